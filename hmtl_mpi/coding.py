@@ -1,0 +1,531 @@
+"""The lossless coding layer: field, code construction, encode / combine / decode.
+
+Field and mapping
+-----------------
+Coding is over the prime field GF(p), p = 65537 = 2^16 + 1. An IV of d float64
+values is viewed as 4d unsigned 16-bit symbols (``iv.view(np.uint16)``): every
+bit pattern, NaN, +-inf, -0.0 and subnormals included, is a valid field element
+(0..65535 < p), so the mapping is a bijection with no escaping at the source and
+no size overhead. Decoded symbols are the original ones and come back < 65536.
+
+Why not GF(2^8) / GF(2^16): they are lossless too, but their multiplication is
+a table lookup, measured at 18-40 MB/s in galois and ~200 MB/s with a custom
+numba kernel on this machine (see ../shared/notes/CODING.md). In GF(65537) a
+linear combination is a float64 BLAS matrix product followed by one floor
+reduction, exact while ``terms * (p-1)^2 < 2^53`` (about 2 million terms; our
+matrices have at most a few thousand columns), which runs at several hundred
+MB/s. The price: a *coded* symbol can equal 65536 (probability 1/p), which does
+not fit in 16 bits. The wire format therefore carries those positions in an
+escape list after the 16-bit payload (4 bytes per escape, ~0.006% of symbols),
+and the bytes counted on the wire include it.
+
+Wire format of one coded message of L symbols: ``uint16[L]`` payload (65536
+written as 0) followed by the escape positions as ``uint32[E]`` viewed as
+``uint16[2E]``; the receiver knows L and gets E from the buffer length.
+
+Code construction (at plan time, once per topology)
+---------------------------------------------------
+For round z with D_z units per IV (``plan.Round``), each IV v_k (k in I_z) is
+cut into D_z units of u = ceil(4d / D_z) symbols (zero-padded). Relay i carries
+``a_i D_z`` consecutive units of every v_k it knows, relays of k taking their
+units in increasing order; units past D_z are padding (zeros), as SCHEME.md
+says for pieces that add up to more than V.
+
+* Uplink (eq. 26): relay i sends ``n_i^z`` combinations of its segments
+  {v_{k,i}: k in N_i ∩ I_z}: ``X_i = C_i @ S_i``, C_i an n_i x |N_i ∩ I_z|
+  matrix, S_i the segments stacked (each a_i D_z units long).
+* Downlink (eq. 31): the server cuts every uplink message into units (the
+  paper's alpha^z pieces) and broadcasts ``R_z = D_z (|I_z| - min_i |I_z ∩ N_i|)``
+  combinations ``Y = M @ X_units``.
+* Decoding: as a function of all IV units x of the round, ``Y = M E x`` where E
+  maps IV units to message units. Relay i knows the units of its own users
+  (x_known) and solves for the others: it picks |U_i| rows of (M E)[:, U_i]
+  that are independent, and ``x_U = Inv (Y_rows - (M E)[rows, known] x_known)``,
+  precomputed as one matrix ``[Inv, -Inv (M E)[rows, known]]``.
+
+Coefficients are drawn uniformly from 1..p-1 with a recorded seed; every relay's
+system is checked to have full rank (galois over GF(65537)) and the whole draw
+is redrawn (seed + 1, ...) until all relays decode every round. Per iteration,
+coding is then matrix application only: no rank test, no elimination.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+P = 65537                   # the field's prime, 2^16 + 1
+SYMBOL_DTYPE = np.uint16    # one symbol on the wire (a coded 65536 goes to the escape list)
+SYMBOLS_PER_VALUE = 4       # a float64 IV value is four 16-bit symbols
+CHUNK_COLUMNS = 16384       # columns per BLAS call: keeps the float64 work set in cache
+
+
+class DecodeError(RuntimeError):
+    """A code whose relays cannot all decode (only ever raised at plan time)."""
+
+
+# --- field arithmetic: the only numerical kernel ------------------------------------
+
+def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
+                  escapes: tuple | None = None) -> np.ndarray:
+    """``out = coeffs @ rows mod p`` in wire form; returns the output's escapes.
+
+    ``coeffs`` is a small r x c matrix of field elements; ``rows`` a c x L uint16
+    array of field elements whose entries listed in ``escapes`` (a pair of row and
+    column index arrays) stand for 65536; ``out`` an r x L uint16 array. The
+    product is a float64 BLAS GEMM over column chunks (exact, as
+    ``c * (p-1)^2 < 2^53``), the escaped inputs are added as a correction
+    ``coeffs[:, row] * 65536`` in their column, and each chunk is reduced with
+    ``y - p * floor(y / p)`` while it is in cache. Results equal to 65536 are
+    written as 0 and their flat positions in ``out`` returned (uint32).
+    """
+    coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
+    r, c = coeffs.shape
+    if rows.shape[0] != c:
+        raise ValueError(f"coefficient matrix is {r} x {c} but {rows.shape[0]} rows were given")
+    if c * (P - 1) ** 2 >= 2 ** 53:
+        raise ValueError(f"{c} terms per combination would not be exact in float64")
+    L = rows.shape[1]
+    if c == 0 or L == 0:
+        out[...] = 0
+        return np.zeros(0, dtype=np.uint32)
+    esc_rows, esc_cols = escapes if escapes is not None else (np.zeros(0, int), np.zeros(0, int))
+    if len(esc_cols):
+        order = np.argsort(esc_cols, kind="stable")
+        esc_rows, esc_cols = np.asarray(esc_rows)[order], np.asarray(esc_cols)[order]
+    width = min(CHUNK_COLUMNS, L)
+    x = np.empty((c, width), dtype=np.float64)
+    y = np.empty((r, width), dtype=np.float64)
+    q = np.empty((r, width), dtype=np.float64)
+    found = []
+    for start in range(0, L, CHUNK_COLUMNS):
+        stop = min(start + CHUNK_COLUMNS, L)
+        w = stop - start
+        xc, yc, qc = x[:, :w], y[:, :w], q[:, :w]
+        np.copyto(xc, rows[:, start:stop], casting="unsafe")
+        np.matmul(coeffs, xc, out=yc)
+        lo, hi = np.searchsorted(esc_cols, [start, stop])
+        for row, col in zip(esc_rows[lo:hi], esc_cols[lo:hi]):
+            yc[:, col - start] += coeffs[:, row] * 65536.0
+        np.multiply(yc, 1.0 / P, out=qc)       # y - p * floor(y / p), in place
+        np.floor(qc, out=qc)
+        qc *= P
+        yc -= qc
+        if yc.max() >= 65536.0:                 # rare: a result of 65536, or the last ulp of 1/p
+            yc[yc >= P] -= P
+            er, ec = np.nonzero(yc == 65536.0)
+            if er.size:
+                yc[er, ec] = 0.0
+                found.append(er.astype(np.int64) * L + start + ec)
+        np.copyto(out[:, start:stop], yc, casting="unsafe")
+    return np.concatenate(found).astype(np.uint32) if found else np.zeros(0, dtype=np.uint32)
+
+
+def combine_packed(coeffs: np.ndarray, rows: np.ndarray, escapes: tuple | None = None) -> np.ndarray:
+    """:func:`combine_mod_p` straight into one wire buffer (payload, then escapes)."""
+    r, L = coeffs.shape[0], rows.shape[1]
+    size = r * L
+    buf = np.empty(size + 2 * (16 + size // 8192), dtype=SYMBOL_DTYPE)  # slack for escapes
+    found = combine_mod_p(coeffs, rows, buf[:size].reshape(r, L), escapes)
+    if size + 2 * found.size > buf.size:
+        return np.concatenate([buf[:size], found.view(SYMBOL_DTYPE)])
+    buf[size: size + 2 * found.size] = found.view(SYMBOL_DTYPE)
+    return buf[: size + 2 * found.size]
+
+
+def split_packed(buf: np.ndarray, shape) -> tuple:
+    """A wire buffer as (payload of ``shape``, (escape rows, escape columns))."""
+    L = math.prod(shape)
+    if buf.size < L or (buf.size - L) % 2:
+        raise ValueError(f"coded message of {buf.size} symbols does not fit a {shape} payload")
+    flat = np.ascontiguousarray(buf[L:]).view(np.uint32).astype(np.int64)
+    cols = shape[-1] if len(shape) > 1 else L
+    return buf[:L].reshape(shape), (flat // cols, flat % cols)
+
+
+def pack(symbols: np.ndarray) -> np.ndarray:
+    """Wire format of field elements 0..65536 (any integer/float dtype)."""
+    flat = np.asarray(symbols).reshape(-1)
+    escapes = np.flatnonzero(flat == 65536).astype(np.uint32)
+    buf = np.empty(flat.size + 2 * escapes.size, dtype=SYMBOL_DTYPE)
+    np.copyto(buf[: flat.size], np.where(flat == 65536, 0, flat), casting="unsafe")
+    buf[flat.size:] = escapes.view(SYMBOL_DTYPE)
+    return buf
+
+
+def unpack(buf: np.ndarray, shape) -> np.ndarray:
+    """Inverse of :func:`pack`: an int64 array of field elements of ``shape``."""
+    payload, (rows, cols) = split_packed(buf, shape)
+    out = payload.astype(np.int64).reshape(shape)
+    out.reshape(-1, shape[-1] if len(shape) > 1 else out.size)[rows, cols] = 65536
+    return out
+
+
+# --- IVs as units ----------------------------------------------------------------------
+
+def unit_symbols(dim: int, D: int) -> int:
+    """u: symbols per unit when a dim-value IV is cut into D units (padded)."""
+    return -(-SYMBOLS_PER_VALUE * dim // D)
+
+
+def iv_units(iv: np.ndarray, D: int) -> np.ndarray:
+    """An IV (float64 vector) as a D x u array of uint16 symbols, zero-padded."""
+    symbols = np.ascontiguousarray(iv, dtype=np.float64).view(np.uint16)
+    u = unit_symbols(iv.size, D)
+    units = np.zeros(D * u, dtype=np.uint16)
+    units[: symbols.size] = symbols
+    return units.reshape(D, u)
+
+
+def units_to_iv(units: np.ndarray, dim: int) -> np.ndarray:
+    """Inverse of :func:`iv_units`: field elements (< 65536) back to float64 values."""
+    symbols = np.asarray(units).reshape(-1)[: SYMBOLS_PER_VALUE * dim]
+    return symbols.astype(np.uint16).view(np.float64).copy()
+
+
+# --- the code ----------------------------------------------------------------------------
+
+@dataclass
+class RoundCode:
+    """Everything the ranks need for one round z; all indices 0-based."""
+
+    z: int
+    D: int
+    users: np.ndarray                  # I_z
+    first_unit: np.ndarray             # H x |I_z|: first unit relay i carries of v_k (-1: none)
+    units: np.ndarray                  # a_i D per relay (H,)
+    n: np.ndarray                      # n_i^z per relay (H,)
+    uplink_coeffs: list                # per relay: n_i x |N_i ∩ I_z| int64 (C_i)
+    downlink_coeffs: np.ndarray        # M: R x T int64
+    decode_rows: list                  # per relay: indices of the R downlink rows it uses
+    decode_matrix: list                # per relay: |U_i| x (|rows| + |known units|) int64
+
+    @property
+    def R(self) -> int:
+        """Downlink combinations (units) of this round."""
+        return int(self.downlink_coeffs.shape[0])
+
+    def relay_users(self, G: np.ndarray, i: int) -> np.ndarray:
+        """N_i ∩ I_z, in increasing order (the order of C_i's columns)."""
+        return self.users[G[i, self.users] == 1]
+
+
+@dataclass
+class Code:
+    """The coded scheme for a topology: deterministic from (G, plan, seed)."""
+
+    G: np.ndarray
+    rounds: list = field(default_factory=list)
+    seed: int = 0          # the seed of the draw that decodes
+    attempts: int = 1      # draws tried (seed, seed+1, ...)
+
+    @property
+    def H(self) -> int:
+        return int(self.G.shape[0])
+
+    @property
+    def K(self) -> int:
+        return int(self.G.shape[1])
+
+    # serialisation: one uint8 buffer, so that one rank builds and Bcasts it
+    def to_buffer(self) -> np.ndarray:
+        arrays = {"G": self.G, "meta": np.array([self.seed, self.attempts, len(self.rounds)])}
+        for r, rc in enumerate(self.rounds):
+            arrays[f"{r}.scalars"] = np.array([rc.z, rc.D])
+            for name in ("users", "first_unit", "units", "n", "downlink_coeffs"):
+                arrays[f"{r}.{name}"] = getattr(rc, name)
+            for i in range(self.H):
+                arrays[f"{r}.C.{i}"] = rc.uplink_coeffs[i]
+                arrays[f"{r}.rows.{i}"] = rc.decode_rows[i]
+                arrays[f"{r}.dec.{i}"] = rc.decode_matrix[i]
+        out = io.BytesIO()
+        np.savez(out, **arrays)
+        return np.frombuffer(out.getvalue(), dtype=np.uint8)
+
+    @classmethod
+    def from_buffer(cls, buf: np.ndarray) -> "Code":
+        data = np.load(io.BytesIO(np.asarray(buf, dtype=np.uint8).tobytes()), allow_pickle=False)
+        seed, attempts, nrounds = (int(x) for x in data["meta"])
+        code = cls(G=data["G"], seed=seed, attempts=attempts)
+        H = code.H
+        for r in range(nrounds):
+            z, D = (int(x) for x in data[f"{r}.scalars"])
+            code.rounds.append(RoundCode(
+                z=z, D=D, users=data[f"{r}.users"], first_unit=data[f"{r}.first_unit"],
+                units=data[f"{r}.units"], n=data[f"{r}.n"],
+                uplink_coeffs=[data[f"{r}.C.{i}"] for i in range(H)],
+                downlink_coeffs=data[f"{r}.downlink_coeffs"],
+                decode_rows=[data[f"{r}.rows.{i}"] for i in range(H)],
+                decode_matrix=[data[f"{r}.dec.{i}"] for i in range(H)]))
+        return code
+
+
+def _unit_layout(G: np.ndarray, users: np.ndarray, units: np.ndarray, D: int) -> np.ndarray:
+    """first_unit[i, k]: where relay i's segment of v_k starts (relays in increasing order)."""
+    H = G.shape[0]
+    first = np.full((H, len(users)), -1, dtype=np.int64)
+    for col, k in enumerate(users):
+        start = 0
+        for i in range(H):
+            if G[i, k] and units[i] > 0:
+                first[i, col] = start
+                start += int(units[i])
+        if start < D:
+            raise DecodeError(f"user {k + 1}: its relays carry {start} of {D} units")
+    return first
+
+
+def _message_unit_map(G, rc_users, first_unit, units, n, C, D) -> np.ndarray:
+    """E: message units (rows, ordered relay, message j, unit s) x IV units (user, unit)."""
+    H = G.shape[0]
+    col_of = {int(k): c for c, k in enumerate(rc_users)}
+    rows = []
+    for i in range(H):
+        mine = [int(k) for k in rc_users if G[i, k]]
+        for j in range(int(n[i]) if units[i] > 0 else 0):
+            for s in range(int(units[i])):
+                row = np.zeros(len(rc_users) * D, dtype=np.int64)
+                for m, k in enumerate(mine):
+                    unit = first_unit[i, col_of[k]] + s
+                    if unit < D:  # past D: padding, contributes nothing
+                        row[col_of[k] * D + unit] = C[i][j, m]
+                rows.append(row)
+    return np.array(rows, dtype=np.int64).reshape(len(rows), len(rc_users) * D)
+
+
+def _draw(rng: np.random.Generator, shape) -> np.ndarray:
+    """Uniform nonzero field elements."""
+    return rng.integers(1, P, size=shape, dtype=np.int64)
+
+
+def _round_code(GF, G, rnd, rng, draw) -> RoundCode | None:
+    """Draw one round's coefficients and build its decoders; None if a relay cannot decode."""
+    H = G.shape[0]
+    D = rnd.D
+    users = np.asarray(rnd.users, dtype=np.int64)
+    units = np.array(rnd.units, dtype=np.int64)
+    n = np.array(rnd.n, dtype=np.int64)
+    first = _unit_layout(G, users, units, D)
+    C = []
+    for i in range(H):
+        m = int(G[i, users].sum())
+        rows_i = int(n[i]) if units[i] > 0 else 0
+        C.append(draw(rng, (rows_i, m)))
+    E = _message_unit_map(G, users, first, units, n, C, D)
+    R = D * (len(users) - rnd.min_known)
+    M = draw(rng, (R, E.shape[0]))
+    ME = np.array(GF(M) @ GF(E), dtype=np.int64)      # exact over GF(p)
+    decode_rows, decode_matrix = [], []
+    for i in range(H):
+        known_cols = np.concatenate([np.arange(c * D, (c + 1) * D)
+                                     for c, k in enumerate(users) if G[i, k]] or [np.zeros(0, int)])
+        unknown_cols = np.setdiff1d(np.arange(len(users) * D), known_cols)
+        A = ME[:, unknown_cols]
+        if unknown_cols.size == 0:
+            decode_rows.append(np.zeros(0, dtype=np.int64))
+            decode_matrix.append(np.zeros((0, known_cols.size), dtype=np.int64))
+            continue
+        rref = GF(A.T).row_reduce()
+        pivots = [int(np.flatnonzero(row)[0]) for row in np.asarray(rref) if row.any()]
+        if len(pivots) < unknown_cols.size:
+            return None
+        rows_sel = np.array(pivots, dtype=np.int64)
+        inv = np.linalg.inv(GF(A[rows_sel]))
+        minus_known = -(inv @ GF(ME[np.ix_(rows_sel, known_cols)])) if known_cols.size else \
+            GF(np.zeros((unknown_cols.size, 0), dtype=np.int64))
+        dec = np.concatenate([np.asarray(inv, dtype=np.int64),
+                              np.asarray(minus_known, dtype=np.int64)], axis=1)
+        decode_rows.append(rows_sel)
+        decode_matrix.append(dec)
+    return RoundCode(z=rnd.z, D=D, users=users, first_unit=first, units=units, n=n,
+                     uplink_coeffs=C, downlink_coeffs=M, decode_rows=decode_rows,
+                     decode_matrix=decode_matrix)
+
+
+def build_code(plan, seed: int = 0, max_attempts: int = 50, draw=_draw) -> Code:
+    """Draw and verify the code for a plan (SCHEME.md: coefficients chosen once, verified).
+
+    Tries seeds ``seed, seed + 1, ...`` until every relay decodes every round;
+    ``draw(rng, shape)`` makes the coefficients (replaceable for tests).
+    """
+    import galois  # plan-time only: exact rank and inverses over GF(65537)
+
+    GF = galois.GF(P)
+    G = np.asarray(plan.G, dtype=np.uint8)
+    for attempt in range(max_attempts):
+        rng = np.random.default_rng(seed + attempt)
+        rounds = []
+        for rnd in plan.rounds:
+            rc = _round_code(GF, G, rnd, rng, draw)
+            if rc is None:
+                break
+            rounds.append(rc)
+        else:
+            return Code(G=G, rounds=rounds, seed=seed + attempt, attempts=attempt + 1)
+    raise DecodeError(f"no decodable coefficient draw in {max_attempts} attempts from seed {seed}")
+
+
+# --- the three per-iteration functions -------------------------------------------------
+
+def relay_encode(code: Code, i: int, ivs: dict) -> list:
+    """Relay i's uplink (eq. 26): per round, its n_i^z combinations as one wire buffer.
+
+    ``ivs`` maps user k -> IV for the users relay i knows. Returns a list with one
+    entry per round: a packed uint16 buffer, or None when relay i sends nothing.
+    """
+    out = []
+    dim = next(iter(ivs.values())).size
+    for rc in code.rounds:
+        C = rc.uplink_coeffs[i]
+        if C.shape[0] == 0:
+            out.append(None)
+            continue
+        mine = rc.relay_users(code.G, i)
+        u = unit_symbols(dim, rc.D)
+        a = int(rc.units[i])
+        cols = np.searchsorted(rc.users, mine)
+        segments = np.zeros((len(mine), a * u), dtype=np.uint16)   # S_i: v_{k,i} stacked
+        for m, (k, col) in enumerate(zip(mine, cols)):
+            start = int(rc.first_unit[i, col])
+            stop = min(start + a, rc.D)           # units past D are padding zeros
+            if stop > start:
+                segments[m, : (stop - start) * u] = iv_units(ivs[int(k)], rc.D)[start:stop].reshape(-1)
+        out.append(combine_packed(C, segments))
+    return out
+
+
+def uplink_shape(code: Code, r: int, i: int, dim: int) -> tuple:
+    """Shape (n_i, a_i D u) of relay i's uplink payload in round index r."""
+    rc = code.rounds[r]
+    return (int(rc.uplink_coeffs[i].shape[0]), int(rc.units[i]) * unit_symbols(dim, rc.D))
+
+
+def uplink_symbols(code: Code, r: int, i: int, dim: int) -> int:
+    """Payload symbols of relay i's uplink in round index r (without escapes)."""
+    return math.prod(uplink_shape(code, r, i, dim))
+
+
+def server_combine(code: Code, r: int, messages: dict, dim: int) -> np.ndarray:
+    """The server's downlink of round index r (eq. 31): one packed broadcast buffer.
+
+    ``messages`` maps relay i -> its packed uplink buffer for that round. Every
+    message is cut into units of u symbols (the paper's alpha^z pieces, eq. 30)
+    and the R_z combinations ``M @ units`` are taken.
+    """
+    rc = code.rounds[r]
+    u = unit_symbols(dim, rc.D)
+    payloads, esc_rows, esc_cols = [], [], []
+    offset = 0
+    for i in range(code.H):
+        shape = uplink_shape(code, r, i, dim)
+        if shape[0] == 0:
+            continue
+        payload, (er, ec) = split_packed(messages[i], shape)
+        a = int(rc.units[i])
+        payloads.append(payload.reshape(shape[0] * a, u))
+        esc_rows.append(offset + er * a + ec // u)
+        esc_cols.append(ec % u)
+        offset += shape[0] * a
+    units = np.concatenate(payloads, axis=0) if payloads else np.zeros((0, u), np.uint16)
+    escapes = (np.concatenate(esc_rows), np.concatenate(esc_cols)) if payloads else None
+    return combine_packed(rc.downlink_coeffs, units, escapes)
+
+
+def downlink_shape(code: Code, r: int, dim: int) -> tuple:
+    """Shape (R_z, u) of the server's broadcast in round index r."""
+    rc = code.rounds[r]
+    return (rc.R, unit_symbols(dim, rc.D))
+
+
+def relay_decode(code: Code, i: int, ivs: dict, downlinks: list, dim: int) -> dict:
+    """Relay i recovers every IV of every round from its own IVs and the broadcasts.
+
+    Returns a dict user k -> IV (float64) holding the IVs it had plus every IV of
+    every round. A decoded symbol of 65536 cannot come from a float64 and means a
+    corrupted message: it raises DecodeError.
+    """
+    out = dict(ivs)
+    for r, rc in enumerate(code.rounds):
+        unknown = [int(k) for k in rc.users if not code.G[i, k]]
+        if not unknown:
+            continue
+        u = unit_symbols(dim, rc.D)
+        Y, (er, ec) = split_packed(downlinks[r], (rc.R, u))
+        rows = rc.decode_rows[i]
+        known = [iv_units(ivs[int(k)], rc.D) for k in rc.relay_users(code.G, i)]
+        stacked = np.concatenate([Y[rows]] + known, axis=0)
+        pos = np.searchsorted(rows, er)
+        hit = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == er)
+        x = np.empty((len(unknown) * rc.D, u), dtype=np.uint16)
+        bad = combine_mod_p(rc.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
+        if bad.size:
+            raise DecodeError(f"relay {i + 1}, round z = {rc.z}: decoded a symbol outside "
+                              f"16 bits; the broadcast was corrupted")
+        x = x.reshape(len(unknown), rc.D, u)
+        for m, k in enumerate(unknown):
+            out[k] = units_to_iv(x[m], dim)
+    return out
+
+
+# --- in-process verification -----------------------------------------------------------
+
+def special_ivs(K: int, dim: int, seed: int) -> np.ndarray:
+    """K random IVs of ``dim`` float64 values salted with NaN, +-inf, -0.0, subnormals."""
+    rng = np.random.default_rng(seed)
+    ivs = rng.standard_normal((K, dim))
+    bits = ivs.view(np.uint64)
+    bits[:, ::7] = rng.integers(0, 2**63, size=bits[:, ::7].shape, dtype=np.uint64) * 2 + 1
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 5e-324, -2.5e-310, 0.0], dtype=np.float64)
+    flat = ivs.reshape(-1)
+    pos = rng.choice(flat.size, size=min(flat.size, 7 * K), replace=False)
+    flat[pos] = specials[np.arange(pos.size) % specials.size]
+    bits.reshape(-1)[pos[: K]] = 0x7FF8DEADBEEF0001  # a NaN with a payload
+    return ivs
+
+
+def verify_exchange(plan, dim: int, seed: int = 0, code: Code | None = None) -> dict:
+    """Run the whole coded exchange in one process and check it bit for bit.
+
+    Returns ``bit_exact``, measured loads (bytes on the wire / bytes of one IV)
+    and the planned ones.
+    """
+    code = code or build_code(plan, seed=seed)
+    G = code.G
+    ivs = special_ivs(code.K, dim, seed)
+    iv_bytes = 8 * dim
+    uplink_bytes = 0
+    downlink_bytes = 0
+    uplinks = {}
+    for i in range(code.H):
+        known = {int(k): ivs[k] for k in np.flatnonzero(G[i])}
+        uplinks[i] = relay_encode(code, i, known)
+        uplink_bytes += sum(m.nbytes for m in uplinks[i] if m is not None)
+    downlinks = []
+    for r in range(len(code.rounds)):
+        msg = server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
+        downlink_bytes += msg.nbytes           # a broadcast: counted once
+        downlinks.append(msg)
+    exact = True
+    in_rounds = set(int(k) for rc in code.rounds for k in rc.users)
+    for i in range(code.H):
+        known = {int(k): ivs[k] for k in np.flatnonzero(G[i])}
+        got = relay_decode(code, i, known, downlinks, dim)
+        for k in in_rounds:
+            if k not in got or got[k].view(np.uint64).tobytes() != ivs[k].view(np.uint64).tobytes():
+                exact = False
+    return {
+        "bit_exact": exact,
+        "dim": dim,
+        "iv_bytes": iv_bytes,
+        "seed": code.seed,
+        "attempts": code.attempts,
+        "uplink_bytes": int(uplink_bytes),
+        "downlink_bytes": int(downlink_bytes),
+        "measured_uplink_load": uplink_bytes / iv_bytes,
+        "measured_downlink_load": downlink_bytes / iv_bytes,
+        "planned_uplink_load": float(plan.uplink_load),
+        "planned_downlink_load": float(plan.downlink_load),
+    }

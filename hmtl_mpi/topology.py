@@ -1,0 +1,298 @@
+"""Network topologies G: load, validate, derive N_i, r_k and I_z, and generate.
+
+G is an H x K 0/1 matrix (rows relays, columns users): ``G[i, k] = 1`` iff relay
+i is linked to user k (Section II of the paper). Files store it as a NumPy
+``.npy`` array; built-in names (``paper-fig2``) are accepted wherever a path is.
+
+Inside the code relays and users are numbered from 0; everything printed for
+people (tables, JSON, error messages) numbers them from 1, as the paper does.
+
+Command line::
+
+    python -m hmtl_mpi.topology KIND [options] -o g.npy
+    python -m hmtl_mpi.topology show PATH_OR_NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from itertools import combinations
+
+import numpy as np
+
+
+class TopologyError(ValueError):
+    """An invalid topology; the message names the file, relay or user concerned."""
+
+
+# The paper's Fig. 2 example, users numbered from 1 (Section III).
+PAPER_FIG2_RELAYS = (
+    (1, 3, 5, 6, 8, 9, 10),
+    (1, 2, 3, 4, 10),
+    (2, 4, 5),
+    (6, 7, 9, 10),
+    (1, 2, 6, 7, 8),
+)
+
+
+def paper_fig2() -> np.ndarray:
+    """The paper's Fig. 2 network: K = 10 users, H = 5 relays (16 ranks)."""
+    G = np.zeros((5, 10), dtype=np.uint8)
+    for i, users in enumerate(PAPER_FIG2_RELAYS):
+        G[i, [k - 1 for k in users]] = 1
+    return G
+
+
+BUILTIN = {"paper-fig2": paper_fig2}
+
+
+def validate(G, source: str = "topology") -> np.ndarray:
+    """Check G against the paper's model and return it as a uint8 H x K array.
+
+    Rejected, with the offending relay/user named (1-based): not a 2-D array,
+    NaN or entries other than 0/1, H < 2, a user with no relay, a relay with no
+    user, a relay linked to every user (it could act as the server).
+    """
+    arr = np.asarray(G)
+    if arr.ndim != 2:
+        raise TopologyError(
+            f"{source}: G must be a 2-D H x K array (rows relays, columns users), "
+            f"got an array of shape {arr.shape}")
+    H, K = arr.shape
+    if H == 0 or K == 0:
+        raise TopologyError(f"{source}: G is empty (shape {arr.shape})")
+    if arr.dtype.kind not in "biuf":
+        raise TopologyError(f"{source}: G must hold numbers 0/1, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        nan = np.argwhere(np.isnan(arr))
+        if len(nan):
+            i, k = nan[0]
+            raise TopologyError(
+                f"{source}: G[{i + 1}, {k + 1}] (relay {i + 1}, user {k + 1}) is NaN; "
+                f"entries must be 0 or 1")
+    bad = np.argwhere((arr != 0) & (arr != 1))
+    if len(bad):
+        i, k = bad[0]
+        raise TopologyError(
+            f"{source}: G[{i + 1}, {k + 1}] (relay {i + 1}, user {k + 1}) is "
+            f"{arr[i, k]!r}; entries must be 0 or 1 ({len(bad)} bad entries)")
+    G = arr.astype(np.uint8)
+    if H < 2:
+        raise TopologyError(f"{source}: H = {H} relay; the scheme needs at least 2 relays")
+    lonely_users = np.flatnonzero(G.sum(axis=0) == 0)
+    if len(lonely_users):
+        raise TopologyError(
+            f"{source}: user {lonely_users[0] + 1} is linked to no relay"
+            + (f" (also users {', '.join(str(k + 1) for k in lonely_users[1:6])})"
+               if len(lonely_users) > 1 else ""))
+    idle_relays = np.flatnonzero(G.sum(axis=1) == 0)
+    if len(idle_relays):
+        raise TopologyError(f"{source}: relay {idle_relays[0] + 1} is linked to no user")
+    full_relays = np.flatnonzero(G.sum(axis=1) == K)
+    if len(full_relays):
+        raise TopologyError(
+            f"{source}: relay {full_relays[0] + 1} is linked to all {K} users; the paper "
+            f"excludes this (that relay could act as the server)")
+    return G
+
+
+def load_topology(path_or_name) -> np.ndarray:
+    """Load G from a ``.npy`` file or a built-in name, and validate it."""
+    if isinstance(path_or_name, np.ndarray):
+        return validate(path_or_name)
+    name = str(path_or_name)
+    if name in BUILTIN:
+        return validate(BUILTIN[name](), source=name)
+    if not os.path.exists(name):
+        raise TopologyError(
+            f"{name}: no such topology file (built-in names: {', '.join(sorted(BUILTIN))})")
+    if os.path.isdir(name):
+        raise TopologyError(f"{name}: is a directory, not a .npy topology file")
+    try:
+        arr = np.load(name, allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError/OSError/EOFError/... on bad files
+        raise TopologyError(f"{name}: not a readable .npy array ({exc.__class__.__name__}: {exc})") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        raise TopologyError(f"{name}: is an .npz archive; save G alone with numpy.save")
+    return validate(arr, source=name)
+
+
+# --- derived sets (Section II, eq. 4) -------------------------------------------------
+
+def relay_users(G: np.ndarray) -> list[np.ndarray]:
+    """N_i: the users of each relay i (0-based user indices)."""
+    return [np.flatnonzero(row) for row in G]
+
+
+def user_relays(G: np.ndarray) -> list[np.ndarray]:
+    """The relays of each user k (0-based relay indices)."""
+    return [np.flatnonzero(col) for col in G.T]
+
+
+def user_degrees(G: np.ndarray) -> np.ndarray:
+    """r_k: the number of relays of each user (column sums of G)."""
+    return G.sum(axis=0).astype(np.int64)
+
+
+def users_by_degree(G: np.ndarray) -> dict[int, np.ndarray]:
+    """I_z for z = 1..H-1 (eq. 4): users linked to exactly z relays; empty sets kept."""
+    r = user_degrees(G)
+    return {z: np.flatnonzero(r == z) for z in range(1, G.shape[0])}
+
+
+# --- generators ------------------------------------------------------------------------
+
+def random_regular(K: int, H: int, r: int, seed: int = 0) -> np.ndarray:
+    """Every user joins r distinct relays drawn uniformly; redrawn until G is valid."""
+    if not 1 <= r <= H - 1:
+        raise TopologyError(f"random: r = {r} must be between 1 and H - 1 = {H - 1}")
+    rng = np.random.default_rng(seed)
+    for _ in range(10_000):
+        G = np.zeros((H, K), dtype=np.uint8)
+        for k in range(K):
+            G[rng.choice(H, size=r, replace=False), k] = 1
+        if G.sum(axis=1).min() > 0 and G.sum(axis=1).max() < K:
+            return G
+    raise TopologyError(
+        f"random: could not draw a valid topology with K = {K}, H = {H}, r = {r} "
+        f"(every relay needs a user and no relay may have all users)")
+
+
+def symmetric(H: int, r: int, per_group: int = 1) -> np.ndarray:
+    """Theorem 3 design: one group of ``per_group`` users per r-subset of the H relays.
+
+    K = C(H, r) * per_group; achieves L_up = K(H-r)/(H-1), L_down = K - rK/H.
+    """
+    if not 1 <= r <= H - 1:
+        raise TopologyError(f"symmetric: r = {r} must be between 1 and H - 1 = {H - 1}")
+    if per_group < 1:
+        raise TopologyError(f"symmetric: per_group = {per_group} must be at least 1")
+    subsets = list(combinations(range(H), r))
+    G = np.zeros((H, len(subsets) * per_group), dtype=np.uint8)
+    for g, subset in enumerate(subsets):
+        for u in range(per_group):
+            G[list(subset), g * per_group + u] = 1
+    return G
+
+
+def heterogeneous(K: int, r: int, d: float, seed: int = 0) -> np.ndarray:
+    """The paper's Fig. 4/7 design for H = 4: relay degrees (r/4 ± d)K.
+
+    Relays 1, 2 get (r/4 + d)K users and relays 3, 4 get (r/4 - d)K users; every
+    user joins r distinct relays. Users are dealt to relays in a round-robin over a
+    seeded random order, most-demanded relays first, so degrees are exact whenever
+    (r/4 ± d)K are integers that add up to rK.
+    """
+    H = 4
+    hi, lo = (r / 4 + d) * K, (r / 4 - d) * K
+    if not (1 <= r <= H - 1):
+        raise TopologyError(f"heterogeneous: r = {r} must be 1, 2 or 3 for H = 4")
+    if abs(hi - round(hi)) > 1e-9 or abs(lo - round(lo)) > 1e-9:
+        raise TopologyError(
+            f"heterogeneous: (r/4 ± d)K = {hi:g}, {lo:g} must be whole numbers of users "
+            f"(K = {K}, r = {r}, d = {d})")
+    degrees = [int(round(hi))] * 2 + [int(round(lo))] * 2
+    if min(degrees) < 1 or max(degrees) >= K:
+        raise TopologyError(
+            f"heterogeneous: relay degrees {degrees} must lie in 1..K-1 = {K - 1} (d = {d} too large)")
+    rng = np.random.default_rng(seed)
+    remaining = list(degrees)
+    G = np.zeros((H, K), dtype=np.uint8)
+    for k in rng.permutation(K):
+        # give user k the r relays that still need the most users (ties broken at random)
+        order = sorted(range(H), key=lambda i: (-remaining[i], rng.random()))
+        chosen = order[:r]
+        if remaining[chosen[-1]] <= 0:
+            raise TopologyError(f"heterogeneous: degrees {degrees} cannot be met with r = {r}")
+        for i in chosen:
+            G[i, k] = 1
+            remaining[i] -= 1
+    return validate(G, source="heterogeneous")
+
+
+# --- command line ----------------------------------------------------------------------
+
+def describe(G: np.ndarray) -> str:
+    """A readable summary: N_i per relay and I_z per round (1-based)."""
+    H, K = G.shape
+    lines = [f"H = {H} relays, K = {K} users, ranks needed: 1 + H + K = {1 + H + K}"]
+    for i, users in enumerate(relay_users(G)):
+        lines.append(f"  N_{i + 1} = {{{', '.join(str(k + 1) for k in users)}}}")
+    for z, users in users_by_degree(G).items():
+        lines.append(f"  I_{z} = {{{', '.join(str(k + 1) for k in users)}}}")
+    full = np.flatnonzero(user_degrees(G) == H)
+    if len(full):
+        lines.append(f"  linked to all relays: {{{', '.join(str(k + 1) for k in full)}}}")
+    return "\n".join(lines)
+
+
+KIND_HELP = """\
+kinds:
+  paper-fig2     the paper's Fig. 2 example (K = 10, H = 5); no options
+  random         every user joins r distinct relays chosen at random:
+                 --users K --relays H --r r [--seed S]
+  symmetric      Theorem 3 design, one group of --per-group users for every
+                 r-subset of the H relays (K = C(H, r) * per-group):
+                 --relays H --r r [--per-group P]
+  heterogeneous  Fig. 4/7 design, H = 4, relay degrees (r/4 + d)K, (r/4 + d)K,
+                 (r/4 - d)K, (r/4 - d)K: --users K --r r --d d [--seed S]
+  show           print N_i and I_z of an existing file or built-in name:
+                 show PATH_OR_NAME
+"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hmtl_mpi.topology",
+        description="Generate or inspect a network topology G (H x K 0/1 .npy, rows relays).",
+        epilog=KIND_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["paper-fig2", "random", "symmetric", "heterogeneous", "show"],
+                        help="what to generate (see kinds below)")
+    parser.add_argument("source", nargs="?", help="with 'show': the .npy file or built-in name")
+    parser.add_argument("--users", "-K", type=int, help="K, number of users")
+    parser.add_argument("--relays", "-H", type=int, help="H, number of relays")
+    parser.add_argument("--r", type=int, help="relays per user")
+    parser.add_argument("--per-group", type=int, default=1, help="users per r-subset (symmetric)")
+    parser.add_argument("--d", type=float, help="heterogeneity d (heterogeneous)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("-o", "--output", help="where to write G (.npy)")
+    args = parser.parse_args(argv)
+
+    def need(*names):
+        missing = [n for n in names if getattr(args, n.replace("-", "_")) is None]
+        if missing:
+            parser.error(f"{args.kind} needs " + ", ".join(f"--{n}" for n in missing))
+
+    try:
+        if args.kind == "show":
+            if not args.source:
+                parser.error("show needs a PATH_OR_NAME")
+            print(describe(load_topology(args.source)))
+            return 0
+        if args.kind == "paper-fig2":
+            G = paper_fig2()
+        elif args.kind == "random":
+            need("users", "relays", "r")
+            G = validate(random_regular(args.users, args.relays, args.r, args.seed), "random")
+        elif args.kind == "symmetric":
+            need("relays", "r")
+            G = validate(symmetric(args.relays, args.r, args.per_group), "symmetric")
+        else:
+            need("users", "r", "d")
+            G = heterogeneous(args.users, args.r, args.d, args.seed)
+    except TopologyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.output:
+        parser.error("give -o PATH.npy to write the topology")
+    out = args.output if args.output.endswith(".npy") else args.output + ".npy"
+    np.save(out, G)
+    print(f"wrote {out}\n{describe(G)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
