@@ -44,7 +44,8 @@ says for pieces that add up to more than V.
   precomputed as one matrix ``[Inv, -Inv (M E)[rows, known]]``.
 
 Coefficients are drawn uniformly from 1..p-1 with a recorded seed; every relay's
-system is checked to have full rank (galois over GF(65537)) and the whole draw
+system is checked to have full rank (exact elimination over GF(65537); the
+tests check these routines against galois) and the whole draw
 is redrawn (seed + 1, ...) until all relays decode every round. Per iteration,
 coding is then matrix application only: no rank test, no elimination.
 """
@@ -296,12 +297,58 @@ def _message_unit_map(G, rc_users, first_unit, units, n, C, D) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(len(rows), len(rc_users) * D)
 
 
+def _rref_pivots(A: np.ndarray) -> list:
+    """Pivot columns of A's reduced row echelon form over GF(p) (Gauss-Jordan in int64)."""
+    A = np.array(A, dtype=np.int64) % P
+    rows, cols = A.shape
+    pivots, r = [], 0
+    for c in range(cols):
+        if r == rows:
+            break
+        nz = np.flatnonzero(A[r:, c])
+        if nz.size == 0:
+            continue
+        pr = r + int(nz[0])
+        if pr != r:
+            A[[r, pr]] = A[[pr, r]]
+        A[r] = A[r] * pow(int(A[r, c]), P - 2, P) % P
+        factors = A[:, c].copy()
+        factors[r] = 0
+        A = (A - np.outer(factors, A[r])) % P
+        pivots.append(c)
+        r += 1
+    return pivots
+
+
+def _inverse_mod_p(S: np.ndarray) -> np.ndarray:
+    """Inverse of a square matrix over GF(p); DecodeError if it is singular."""
+    n = S.shape[0]
+    aug = np.concatenate([np.array(S, dtype=np.int64) % P, np.eye(n, dtype=np.int64)], axis=1)
+    for c in range(n):
+        nz = np.flatnonzero(aug[c:, c])
+        if nz.size == 0:
+            raise DecodeError("singular decoding matrix")
+        pr = c + int(nz[0])
+        if pr != c:
+            aug[[c, pr]] = aug[[pr, c]]
+        aug[c] = aug[c] * pow(int(aug[c, c]), P - 2, P) % P
+        factors = aug[:, c].copy()
+        factors[c] = 0
+        aug = (aug - np.outer(factors, aug[c])) % P
+    return aug[:, n:]
+
+
+def _matmul_mod_p(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Exact A @ B over GF(p) in int64 (entries < p, so sums of < 2^31 terms fit)."""
+    return (np.asarray(A, dtype=np.int64) @ np.asarray(B, dtype=np.int64)) % P
+
+
 def _draw(rng: np.random.Generator, shape) -> np.ndarray:
     """Uniform nonzero field elements."""
     return rng.integers(1, P, size=shape, dtype=np.int64)
 
 
-def _round_code(GF, G, rnd, rng, draw) -> RoundCode | None:
+def _round_code(G, rnd, rng, draw) -> RoundCode | None:
     """Draw one round's coefficients and build its decoders; None if a relay cannot decode."""
     H = G.shape[0]
     D = rnd.D
@@ -317,7 +364,7 @@ def _round_code(GF, G, rnd, rng, draw) -> RoundCode | None:
     E = _message_unit_map(G, users, first, units, n, C, D)
     R = D * (len(users) - rnd.min_known)
     M = draw(rng, (R, E.shape[0]))
-    ME = np.array(GF(M) @ GF(E), dtype=np.int64)      # exact over GF(p)
+    ME = _matmul_mod_p(M, E)
     decode_rows, decode_matrix = [], []
     for i in range(H):
         known_cols = np.concatenate([np.arange(c * D, (c + 1) * D)
@@ -328,16 +375,13 @@ def _round_code(GF, G, rnd, rng, draw) -> RoundCode | None:
             decode_rows.append(np.zeros(0, dtype=np.int64))
             decode_matrix.append(np.zeros((0, known_cols.size), dtype=np.int64))
             continue
-        rref = GF(A.T).row_reduce()
-        pivots = [int(np.flatnonzero(row)[0]) for row in np.asarray(rref) if row.any()]
+        pivots = _rref_pivots(A.T)            # independent rows of A
         if len(pivots) < unknown_cols.size:
             return None
         rows_sel = np.array(pivots, dtype=np.int64)
-        inv = np.linalg.inv(GF(A[rows_sel]))
-        minus_known = -(inv @ GF(ME[np.ix_(rows_sel, known_cols)])) if known_cols.size else \
-            GF(np.zeros((unknown_cols.size, 0), dtype=np.int64))
-        dec = np.concatenate([np.asarray(inv, dtype=np.int64),
-                              np.asarray(minus_known, dtype=np.int64)], axis=1)
+        inv = _inverse_mod_p(A[rows_sel])
+        minus_known = (-_matmul_mod_p(inv, ME[np.ix_(rows_sel, known_cols)])) % P
+        dec = np.concatenate([inv, minus_known], axis=1)
         decode_rows.append(rows_sel)
         decode_matrix.append(dec)
     return RoundCode(z=rnd.z, D=D, users=users, first_unit=first, units=units, n=n,
@@ -351,15 +395,12 @@ def build_code(plan, seed: int = 0, max_attempts: int = 50, draw=_draw) -> Code:
     Tries seeds ``seed, seed + 1, ...`` until every relay decodes every round;
     ``draw(rng, shape)`` makes the coefficients (replaceable for tests).
     """
-    import galois  # plan-time only: exact rank and inverses over GF(65537)
-
-    GF = galois.GF(P)
     G = np.asarray(plan.G, dtype=np.uint8)
     for attempt in range(max_attempts):
         rng = np.random.default_rng(seed + attempt)
         rounds = []
         for rnd in plan.rounds:
-            rc = _round_code(GF, G, rnd, rng, draw)
+            rc = _round_code(G, rnd, rng, draw)
             if rc is None:
                 break
             rounds.append(rc)

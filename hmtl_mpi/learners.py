@@ -1,0 +1,71 @@
+"""Learners: what users compute (local update -> IV) and what the global update does.
+
+The runtime calls a learner through this interface only (every rank builds the
+same learner from the same arguments, so all of it must be deterministic):
+
+``K``, ``dim`` (float64 values per IV), ``model_len`` (float64 values per model
+message), ``initial_model(k)``, ``local_update(k, iteration, model) -> IV``
+(eq. 2, on user k's rank), ``global_update(iteration, ivs) -> models`` (eq. 3,
+``ivs`` is K x dim in user order; on every relay in the coded scheme, on the
+server in the uncoded one), ``test_error(k, model)`` (float or None) and
+``baselines()`` (dict, may be empty).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DATASETS = ("synthetic", "digits", "mnist", "har")
+
+
+class SyntheticLearner:
+    """Random IVs and a fixed mixing global update, for communication work.
+
+    User k's IV at iteration t is drawn from ``default_rng([seed, k, t])`` and
+    shifted by 1e-3 times its current model, so every IV depends on the past.
+    The global update keeps a K x dim state W and sets
+    ``W <- 0.5 W + V + 0.1 mean_k(v_k)``: every model depends on every IV, so a
+    single wrong bit anywhere changes the final model digest.
+    """
+
+    def __init__(self, K: int, dim: int, seed: int = 0):
+        if dim < 1:
+            raise ValueError(f"--dim must be at least 1, got {dim}")
+        self.K, self.dim, self.model_len, self.seed = int(K), int(dim), int(dim), int(seed)
+        self.W = None
+
+    def initial_model(self, k: int) -> np.ndarray:
+        return np.zeros(self.model_len)
+
+    def local_update(self, k: int, iteration: int, model: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, k, iteration])
+        iv = rng.standard_normal(self.dim)
+        iv += 1e-3 * model
+        return iv
+
+    def global_update(self, iteration: int, ivs: np.ndarray) -> np.ndarray:
+        if self.W is None:
+            self.W = np.zeros((self.K, self.dim))
+        self.W *= 0.5
+        self.W += ivs
+        self.W += 0.1 * ivs.mean(axis=0)
+        return self.W.copy()
+
+    def test_error(self, k: int, model: np.ndarray):
+        return None
+
+    def baselines(self) -> dict:
+        return {}
+
+
+def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, **options):
+    """Build the learner for ``--dataset`` (the same call on every rank)."""
+    if dataset == "synthetic":
+        return SyntheticLearner(K, dim if dim is not None else 1000, seed)
+    from .datasets import load_tasks
+    from .mocha import MochaLearner
+
+    tasks = load_tasks(dataset, K, seed=seed, data_dir=options.get("data_dir"),
+                       har_tasks=options.get("har_tasks", "sitting"))
+    kwargs = {k: options[k] for k in ("lam", "inner") if options.get(k) is not None}
+    return MochaLearner(tasks, seed=seed, **kwargs)

@@ -1,0 +1,522 @@
+"""The MPI job: ``mpirun -n 1+H+K python -m hmtl_mpi [options]``.
+
+Setup: rank 0 reads the topology, plans the scheme, builds and verifies the code
+(:mod:`hmtl_mpi.plan`, :mod:`hmtl_mpi.coding`) and broadcasts G and the code as
+one byte buffer; all ranks then build the communicators that mirror G and the
+same learner. A setup error (bad topology, wrong number of ranks, bad data) is
+printed once by rank 0 and every rank exits with status 2.
+
+Per iteration, every phase of :data:`hmtl_mpi.roles.PHASE_ORDER` is delimited by
+a barrier on all ranks before and after it, and its time is the server's
+``MPI.Wtime`` between the two barrier exits, so each phase's figure is the time
+until its slowest rank finished. ``total`` is the whole iteration, barriers
+included. After the timed part, outside every figure: bytes sent per link class
+are summed over ranks, and the IVs every relay (coded) or the server (uncoded)
+holds are checked against the users' by SHA-256 digest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+PROG = "mpirun -n 1+H+K python -m hmtl_mpi"
+
+EPILOG = """\
+ranks: world rank 0 is the server, ranks 1..H the relays, ranks H+1..H+K the
+users, so the job needs exactly 1 + H + K ranks (16 for paper-fig2).
+
+report (--report PATH, JSON): see README.md, "The report". Times are seconds of
+MPI.Wtime on the server between barriers; on one machine with more ranks than
+cores the ranks share CPUs and the links are memory copies.
+"""
+
+
+class SetupError(Exception):
+    """A problem found before training; printed once, exit status 2."""
+
+
+class _ArgError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing, so only rank 0 speaks."""
+
+    def error(self, message):
+        raise _ArgError(message)
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def fault_spec(text):
+    try:
+        rank, iteration = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RANK:ITERATION, got {text!r}") from None
+    return rank, iteration
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .learners import DATASETS
+
+    p = _Parser(prog=PROG, description="Hierarchical multi-task learning over MPI: a server, H "
+                "relays and K users; coded (Hu, Li, Cheng, Wu) and uncoded relay<->server "
+                "exchange, every byte and phase measured.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topology", default="paper-fig2",
+                   help="G as a .npy file (H x K 0/1, rows relays) or a built-in name "
+                        "(default: paper-fig2, 16 ranks)")
+    p.add_argument("--scheme", choices=("coded", "uncoded", "both"), default="both",
+                   help="which scheme to run; 'both' runs uncoded then coded on identical "
+                        "inputs and compares them (default: both)")
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                   help="the learner's data: synthetic IVs for communication work, or MOCHA "
+                        "on digits / mnist / har (default: synthetic)")
+    p.add_argument("--dim", type=positive_int, default=None,
+                   help="float64 values per IV with --dataset synthetic (default 1000)")
+    p.add_argument("--iterations", type=positive_int, default=5,
+                   help="global iterations per scheme (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, learner and code (default 0)")
+    p.add_argument("--downlink", choices=("scatter-allgather", "bcast"), default="scatter-allgather",
+                   help="how the server's broadcast reaches the relays: scatter from the server "
+                        "then allgather among relays (one copy leaves the server; default), or "
+                        "MPI_Bcast")
+    p.add_argument("--timeout", type=positive_float, default=120.0,
+                   help="seconds any rank waits for a message or barrier before the job is "
+                        "aborted with the rank and phase named (default 120)")
+    p.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    p.add_argument("--data-dir", help="with --dataset har: the UCI HAR folder")
+    p.add_argument("--har-tasks", choices=("sitting", "subject"), default="sitting",
+                   help="with --dataset har: 'sitting' vs the rest (paper) or one task per "
+                        "subject (MOCHA paper)")
+    p.add_argument("--lam", type=positive_float, default=None, help="MOCHA's lambda")
+    p.add_argument("--inner", type=positive_int, default=None,
+                   help="MOCHA: refresh Sigma every INNER iterations")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="MOCHA: report test error every N iterations (default: at the end)")
+    p.add_argument("--quiet", action="store_true", help="no per-iteration progress lines")
+    p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION",
+                   help="testing aid: raise an exception on world rank RANK in iteration "
+                        "ITERATION (mid-iteration), to check the job aborts")
+    return p
+
+
+# --- setup ----------------------------------------------------------------------------
+
+def parse_args(argv, rank):
+    """Parse on every rank; only rank 0 prints errors or help. Returns (args, exit code)."""
+    parser = build_parser()
+    quiet = open(os.devnull, "w") if rank != 0 else None
+    saved = sys.stdout
+    try:
+        if quiet is not None:
+            sys.stdout = quiet            # --help is printed by rank 0 only
+        args = parser.parse_args(argv)
+    except _ArgError as exc:
+        if rank == 0:
+            parser.print_usage(sys.stderr)
+            sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return None, 2
+    except SystemExit as exc:       # --help
+        return None, int(exc.code or 0)
+    finally:
+        sys.stdout = saved
+        if quiet is not None:
+            quiet.close()
+    if args.dim is not None and args.dataset != "synthetic":
+        if rank == 0:
+            sys.stderr.write(f"{PROG}: error: --dim applies to --dataset synthetic only; "
+                             f"{args.dataset} fixes the dimension\n")
+        return None, 2
+    if args.dataset == "har" and not args.data_dir:
+        if rank == 0:
+            sys.stderr.write(f"{PROG}: error: --dataset har needs --data-dir (the UCI HAR folder)\n")
+        return None, 2
+    return args, None
+
+
+def learner_for(args, K):
+    from .learners import make_learner
+    return make_learner(args.dataset, K, args.dim, seed=args.seed, data_dir=args.data_dir,
+                        har_tasks=args.har_tasks, lam=args.lam, inner=args.inner)
+
+
+def setup_on_server(args, world_size):
+    """Rank 0: topology, plan and code; raises SetupError with a clear message."""
+    from .topology import TopologyError, load_topology
+
+    try:
+        G = load_topology(args.topology)
+    except TopologyError as exc:
+        raise SetupError(str(exc)) from None
+    H, K = G.shape
+    if args.report:
+        folder = os.path.dirname(os.path.abspath(args.report))
+        if not os.path.isdir(folder):
+            raise SetupError(f"--report {args.report}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise SetupError(f"--report {args.report}: folder {folder} is not writable")
+    if world_size != 1 + H + K:
+        raise SetupError(
+            f"topology {args.topology} has H = {H} relays and K = {K} users, so the job needs "
+            f"1 + H + K = {1 + H + K} ranks (1 server, {H} relays, {K} users); "
+            f"{world_size} were started. Run: mpirun -n {1 + H + K} python -m hmtl_mpi "
+            f"--topology {args.topology} ...")
+    try:
+        learner_for(args, K)           # fail here, once, on bad data
+    except (ValueError, OSError) as exc:
+        raise SetupError(f"dataset {args.dataset}: {exc}") from None
+    from .plan import make_plan
+    plan = make_plan(G)
+    code = None
+    if args.scheme in ("coded", "both"):
+        from .coding import build_code
+        code = build_code(plan, seed=args.seed)
+    return G, plan, code
+
+
+def make_comms(world, G):
+    """Communicators mirroring G (see :mod:`hmtl_mpi.roles`)."""
+    from mpi4py import MPI
+
+    H, K = G.shape
+    rank = world.Get_rank()
+    group = {}
+    world_group = world.Get_group()
+    for i in range(H):           # increasing i on every member: deadlock-free
+        members = [1 + i] + [H + 1 + int(k) for k in __import__("numpy").flatnonzero(G[i])]
+        if rank in members:
+            sub = world_group.Incl(members)
+            group[i] = world.Create_group(sub, tag=i)
+            sub.Free()
+    world_group.Free()
+    uplink = world.Split(0 if rank <= H else MPI.UNDEFINED, rank)
+    relays = world.Split(0 if 1 <= rank <= H else MPI.UNDEFINED, rank)
+    return {"group": group,
+            "uplink": None if uplink == MPI.COMM_NULL else uplink,
+            "relays": None if relays == MPI.COMM_NULL else relays}
+
+
+# --- one scheme -----------------------------------------------------------------------
+
+def run_scheme(scheme, args, world, links, G, plan, code, comms):
+    """Run ``args.iterations`` iterations of one scheme; rank 0 returns its report."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from .roles import PHASE_ORDER, Job, Relay, Server, User
+    from .transport import LINK_CLASSES, PHASES, phase
+
+    rank = world.Get_rank()
+    H, K = G.shape
+    learner = learner_for(args, K)
+    job = Job(G, scheme, learner, links, comms, code=code if scheme == "coded" else None,
+              downlink=args.downlink)
+    if rank == 0:
+        me = Server(job)
+    elif rank <= H:
+        me = Relay(job, rank - 1)
+    else:
+        me = User(job, rank - 1 - H)
+    iv_bytes = 8 * learner.dim
+    iterations = []
+    for it in range(args.iterations):
+        links.reset_counters()
+        seconds = dict.fromkeys(PHASES, 0.0)
+        links.barrier(world, "start of iteration")
+        start = MPI.Wtime()
+        for key, method in PHASE_ORDER[scheme]:
+            links.barrier(world, f"before {method}")
+            t0 = MPI.Wtime()
+            with phase(links, f"{scheme} iteration {it} {method}"):
+                if args.inject_fault == (rank, it) and method == "relay_to_server":
+                    raise RuntimeError(f"fault injected on rank {rank} in iteration {it} "
+                                       f"(--inject-fault)")
+                step = getattr(me, method, None)
+                if step is not None:
+                    step(it)
+                links.barrier(world, f"after {method}")
+            seconds[key] += MPI.Wtime() - t0
+        seconds["total"] = MPI.Wtime() - start
+        with phase(links, f"{scheme} iteration {it} checks"):
+            sent = np.array([links.sent[c] for c in LINK_CLASSES], dtype=np.int64)
+            total = np.zeros_like(sent)
+            links.wait(world.Ireduce(sent, total, op=MPI.SUM, root=0), "byte counters")
+            ivs_ok = check_ivs(world, links, me, K)
+        if rank == 0:
+            record = {"iteration": it, "seconds": seconds,
+                      "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, total)},
+                      "ivs_bit_exact": ivs_ok}
+            iterations.append(record)
+            if not args.quiet:
+                print(progress_line(scheme, it, args.iterations, record, iv_bytes), flush=True)
+        if learner_has_accuracy(learner) and args.eval_every and (it + 1) % args.eval_every == 0 \
+                and it + 1 < args.iterations:
+            acc = gather_accuracy(world, links, me, K)
+            if rank == 0 and not args.quiet:
+                print(f"[{scheme}] iteration {it + 1}: mean test error "
+                      f"{acc['mean_test_error']:.4f}", flush=True)
+    with phase(links, f"{scheme} final checks"):
+        digest, delivered = model_digests(world, links, me, K)
+        accuracy = gather_accuracy(world, links, me, K) if learner_has_accuracy(learner) else None
+    if rank != 0:
+        return None
+    report = {
+        "scheme": scheme, "K": K, "H": H, "dataset": args.dataset, "dim": learner.dim,
+        "iv_bytes": iv_bytes, "model_bytes": 8 * learner.model_len,
+        "downlink_method": args.downlink if scheme == "coded" else "point-to-point",
+        "iterations": iterations,
+        "measured_loads": {
+            "uplink": float(np.mean([r["bytes"]["relay_to_server"] for r in iterations])) / iv_bytes,
+            "downlink": float(np.mean([r["bytes"]["server_to_relay"] for r in iterations])) / iv_bytes,
+        },
+        "planned_loads": ({"uplink": float(plan.uplink_load), "downlink": float(plan.downlink_load)}
+                          if scheme == "coded" else {"uplink": float(K), "downlink": float(K)}),
+        "median_seconds": {p: float(np.median([r["seconds"][p] for r in iterations])) for p in PHASES},
+        "ivs_bit_exact": all(r["ivs_bit_exact"] for r in iterations),
+        "models_delivered_intact": delivered,
+        "model_digest": digest,
+    }
+    if code is not None and scheme == "coded":
+        report["code_seed"] = code.seed
+        report["code_attempts"] = code.attempts
+    if accuracy is not None:
+        report["accuracy"] = accuracy
+    return report
+
+
+def learner_has_accuracy(learner) -> bool:
+    return type(learner).__name__ != "SyntheticLearner"
+
+
+def _sha(buf) -> bytes:
+    import numpy as np
+    return hashlib.sha256(np.ascontiguousarray(buf).tobytes()).digest()
+
+
+def check_ivs(world, links, me, K) -> bool:
+    """Compare, by SHA-256, the IVs every holder has with what the users sent."""
+    import numpy as np
+
+    table = np.zeros((K, 32), dtype=np.uint8)
+    known = np.zeros(K, dtype=np.uint8)
+    if me.role == "user":
+        table[me.k] = np.frombuffer(_sha(me.iv), dtype=np.uint8)
+    else:
+        ivs = me.known_ivs()
+        if ivs is not None:
+            for k in range(K):
+                table[k] = np.frombuffer(_sha(ivs[k]), dtype=np.uint8)
+            known[:] = 1
+    size = world.Get_size()
+    tables = np.empty((size, K, 32), dtype=np.uint8) if world.Get_rank() == 0 else None
+    flags = np.empty((size, K), dtype=np.uint8) if world.Get_rank() == 0 else None
+    links.wait([world.Igather(table, tables, root=0), world.Igather(known, flags, root=0)],
+               "IV digests")
+    if world.Get_rank() != 0:
+        return True
+    H = size - 1 - K
+    sent = tables[H + 1:][np.arange(K), np.arange(K)]           # user k's own digest
+    holders = [r for r in range(size) if flags[r].all()]
+    return bool(holders) and all((tables[r] == sent).all() for r in holders)
+
+
+def model_digests(world, links, me, K):
+    """SHA-256 of the final models in user order, and whether every user got its own."""
+    import numpy as np
+
+    table = np.zeros((K + 1, 32), dtype=np.uint8)
+    flag = np.zeros(1, dtype=np.uint8)
+    if me.role == "user":
+        table[me.k] = np.frombuffer(_sha(me.model), dtype=np.uint8)
+    else:
+        models = me.final_models()
+        if models is not None:
+            for k in range(K):
+                table[k] = np.frombuffer(_sha(models[k]), dtype=np.uint8)
+            table[K] = np.frombuffer(_sha(models), dtype=np.uint8)
+            flag[0] = 1
+    size = world.Get_size()
+    tables = np.empty((size, K + 1, 32), dtype=np.uint8) if world.Get_rank() == 0 else None
+    flags = np.empty((size, 1), dtype=np.uint8) if world.Get_rank() == 0 else None
+    links.wait([world.Igather(table, tables, root=0), world.Igather(flag, flags, root=0)],
+               "model digests")
+    if world.Get_rank() != 0:
+        return None, None
+    H = size - 1 - K
+    holders = [r for r in range(size) if flags[r, 0]]
+    received = tables[H + 1:][np.arange(K), np.arange(K)]
+    agree = all((tables[r] == tables[holders[0]]).all() for r in holders)
+    delivered = agree and bool((received == tables[holders[0]][:K]).all())
+    return tables[holders[0]][K].tobytes().hex(), delivered
+
+
+def gather_accuracy(world, links, me, K):
+    """Users' test errors gathered to rank 0 (outside the timed phases)."""
+    import numpy as np
+
+    err = np.array([np.nan])
+    if me.role == "user":
+        value = me.job.learner.test_error(me.k, me.model)
+        err[0] = np.nan if value is None else value
+    size = world.Get_size()
+    errs = np.empty((size, 1)) if world.Get_rank() == 0 else None
+    links.wait(world.Igather(err, errs, root=0), "test errors")
+    if world.Get_rank() != 0:
+        return None
+    per_task = [float(x) for x in errs[size - K:, 0]]
+    return {"mean_test_error": float(np.mean(per_task)), "per_task": per_task}
+
+
+# --- output ---------------------------------------------------------------------------
+
+def progress_line(scheme, it, n, record, iv_bytes) -> str:
+    s, b = record["seconds"], record["bytes"]
+    return (f"[{scheme:>7}] iteration {it + 1}/{n}: total {s['total']:.4f} s "
+            f"(up {s['relay_to_server']:.4f} s, down {s['server_to_relay']:.4f} s)  "
+            f"relay->server {b['relay_to_server'] / iv_bytes:.3f} IV, "
+            f"server->relay {b['server_to_relay'] / iv_bytes:.3f} IV, "
+            f"IVs {'bit-exact' if record['ivs_bit_exact'] else 'MISMATCH'}")
+
+
+def summary(reports, oversubscribed: bool) -> str:
+    from .transport import PHASES
+
+    names = [r["scheme"] for r in reports]
+    lines = ["", "Loads (IVs per iteration, bytes on the wire / bytes of one IV):"]
+    lines.append(f"  {'':18}" + "".join(f"{n + ' meas.':>16}{n + ' plan':>14}" for n in names))
+    for key, label in (("uplink", "relay->server"), ("downlink", "server->relay")):
+        lines.append(f"  {label:18}" + "".join(
+            f"{r['measured_loads'][key]:>16.4f}{r['planned_loads'][key]:>14.4g}" for r in reports))
+    lines.append("")
+    lines.append("Median seconds per phase" + (
+        " (more ranks than cores: ranks share CPUs, links are memory copies)" if oversubscribed else "")
+                 + ":")
+    lines.append(f"  {'phase':18}" + "".join(f"{n:>14}" for n in names)
+                 + ("    coded/uncoded" if names == ["uncoded", "coded"] else ""))
+    for p in PHASES:
+        vals = [r["median_seconds"][p] for r in reports]
+        ratio = ""
+        if names == ["uncoded", "coded"] and vals[0] > 0:
+            ratio = f"{vals[1] / vals[0]:>17.3f}"
+        lines.append(f"  {p:18}" + "".join(f"{v:>14.6f}" for v in vals) + ratio)
+    lines.append("")
+    for r in reports:
+        acc = r.get("accuracy")
+        lines.append(f"  {r['scheme']:>7}: IVs bit-exact at every holder: {r['ivs_bit_exact']}; "
+                     f"models delivered intact: {r['models_delivered_intact']}; "
+                     f"model digest {r['model_digest'][:16]}..."
+                     + (f"; mean test error {acc['mean_test_error']:.4f}" if acc else ""))
+    if len(reports) == 2:
+        same = reports[0]["model_digest"] == reports[1]["model_digest"]
+        lines.append(f"  coded and uncoded final models bit-identical: {same}")
+    return "\n".join(lines)
+
+
+def write_report(path, payload) -> None:
+    """Write atomically: a failed run never leaves a half-written report."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+# --- entry point ----------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # one BLAS thread per rank
+    from mpi4py import MPI
+
+    from .transport import Links, abort_on_error, install_excepthook
+
+    install_excepthook()
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    args, code_ = parse_args(sys.argv[1:] if argv is None else argv, rank)
+    if args is None:
+        return code_
+    links = Links(world, "server" if rank == 0 else "peer", args.timeout)
+    try:
+        # rank 0 sets up; the others learn the outcome from one broadcast
+        setup = None
+        error = b""
+        if rank == 0:
+            t0 = time.perf_counter()
+            try:
+                G, plan, code = setup_on_server(args, world.Get_size())
+                setup = (G, plan, code)
+            except SetupError as exc:
+                error = str(exc).encode()
+            setup_seconds = time.perf_counter() - t0
+        import numpy as np
+        status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status")
+        if status.size:
+            if rank == 0:
+                sys.stderr.write(f"hmtl_mpi: error: {error.decode()}\n")
+            return 2
+        G = setup[0] if rank == 0 else None
+        gbuf = links.bcast_bytes(world, np.ascontiguousarray(G).reshape(-1) if rank == 0 else None,
+                                 0, "topology")
+        shape = np.array(G.shape if rank == 0 else (0, 0), dtype=np.int64)
+        links.bcast(world, shape, 0, "topology shape")
+        G = gbuf.reshape(int(shape[0]), int(shape[1]))
+        H, K = G.shape
+        links.role = "server" if rank == 0 else (f"relay {rank}" if rank <= H else f"user {rank - H}")
+        from .coding import Code
+        plan = setup[1] if rank == 0 else None
+        code = setup[2] if rank == 0 else None
+        if args.scheme != "uncoded":
+            cbuf = links.bcast_bytes(world, code.to_buffer() if rank == 0 else None, 0, "code")
+            if rank != 0:
+                code = Code.from_buffer(cbuf)
+        comms = make_comms(world, G)
+        if rank == 0:
+            oversubscribed = world.Get_size() > (os.cpu_count() or 1)
+            print(f"hmtl_mpi: {world.Get_size()} ranks (1 server, {H} relays, {K} users) on "
+                  f"{os.cpu_count()} cores{' (oversubscribed)' if oversubscribed else ''}; "
+                  f"topology {args.topology}; dataset {args.dataset}; setup {setup_seconds:.2f} s; "
+                  f"planned coded loads ({float(plan.uplink_load):.4g}, "
+                  f"{float(plan.downlink_load):.4g}), uncoded ({K}, {K})", flush=True)
+        schemes = ["uncoded", "coded"] if args.scheme == "both" else [args.scheme]
+        reports = []
+        for scheme in schemes:
+            links.barrier(world, f"start of {scheme}")
+            reports.append(run_scheme(scheme, args, world, links, G, plan, code, comms))
+        if rank == 0:
+            print(summary(reports, oversubscribed), flush=True)
+            if args.report:
+                payload = reports[0] if len(reports) == 1 else {
+                    "scheme": "both", "K": K, "H": H, "iv_bytes": reports[0]["iv_bytes"],
+                    "runs": {r["scheme"]: r for r in reports},
+                    "model_digests_equal": reports[0]["model_digest"] == reports[1]["model_digest"],
+                }
+                payload["ranks"] = world.Get_size()
+                payload["cores"] = os.cpu_count()
+                payload["topology"] = str(args.topology)
+                write_report(args.report, payload)
+                print(f"report written to {args.report}", flush=True)
+        links.barrier(world, "end of job")
+        if rank == 0 and len(reports) == 2 and reports[0]["model_digest"] != reports[1]["model_digest"]:
+            return 1
+        return 0
+    except BaseException as exc:   # noqa: BLE001 - any failure on any rank ends the whole job
+        abort_on_error(links, exc)
+        return 1
