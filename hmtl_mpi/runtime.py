@@ -25,6 +25,7 @@ import sys
 import time
 
 PROG = "mpirun -n 1+H+K python -m hmtl_mpi"
+SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plan and code
 
 EPILOG = """\
 ranks: world rank 0 is the server, ranks 1..H the relays, ranks H+1..H+K the
@@ -66,11 +67,16 @@ def positive_float(text):
 
 
 def fault_spec(text):
+    parts = text.split(":")
     try:
-        rank, iteration = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected RANK:ITERATION, got {text!r}") from None
-    return rank, iteration
+        rank, iteration = int(parts[0]), int(parts[1])
+        kind = parts[2] if len(parts) == 3 else "raise"
+        if len(parts) not in (2, 3) or kind not in ("raise", "hang"):
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"expected RANK:ITERATION or RANK:ITERATION:hang, got {text!r}") from None
+    return rank, iteration, kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=positive_int, default=None,
                    help="MOCHA: report test error every N iterations (default: at the end)")
     p.add_argument("--quiet", action="store_true", help="no per-iteration progress lines")
-    p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION",
-                   help="testing aid: raise an exception on world rank RANK in iteration "
-                        "ITERATION (mid-iteration), to check the job aborts")
+    p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:hang]",
+                   help="testing aid: on world rank RANK in iteration ITERATION (0-based, "
+                        "mid-iteration, at relay_to_server) raise an exception, or with ':hang' "
+                        "stop responding; either way the whole job must abort")
     return p
 
 
@@ -246,9 +253,9 @@ def run_scheme(scheme, args, world, links, G, plan, code, comms):
             links.barrier(world, f"before {method}")
             t0 = MPI.Wtime()
             with phase(links, f"{scheme} iteration {it} {method}"):
-                if args.inject_fault == (rank, it) and method == "relay_to_server":
-                    raise RuntimeError(f"fault injected on rank {rank} in iteration {it} "
-                                       f"(--inject-fault)")
+                if args.inject_fault and args.inject_fault[:2] == (rank, it) \
+                        and method == "relay_to_server":
+                    inject_fault(args.inject_fault[2], rank, it)
                 step = getattr(me, method, None)
                 if step is not None:
                     step(it)
@@ -300,6 +307,14 @@ def run_scheme(scheme, args, world, links, G, plan, code, comms):
     if accuracy is not None:
         report["accuracy"] = accuracy
     return report
+
+
+def inject_fault(kind, rank, it):
+    """--inject-fault: fail or hang here, to show that the job still ends."""
+    if kind == "hang":
+        while True:
+            time.sleep(1)
+    raise RuntimeError(f"fault injected on rank {rank} in iteration {it} (--inject-fault)")
 
 
 def learner_has_accuracy(learner) -> bool:
@@ -453,7 +468,9 @@ def main(argv=None) -> int:
     args, code_ = parse_args(sys.argv[1:] if argv is None else argv, rank)
     if args is None:
         return code_
-    links = Links(world, "server" if rank == 0 else "peer", args.timeout)
+    links = Links(world, "server" if rank == 0 else "rank waiting for setup", args.timeout)
+    # rank 0 may spend a while planning (cvxpy) and building the code: the others wait longer
+    setup_timeout = max(args.timeout, SETUP_TIMEOUT)
     try:
         # rank 0 sets up; the others learn the outcome from one broadcast
         setup = None
@@ -467,7 +484,8 @@ def main(argv=None) -> int:
                 error = str(exc).encode()
             setup_seconds = time.perf_counter() - t0
         import numpy as np
-        status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status")
+        status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status",
+                                   setup_timeout)
         if status.size:
             if rank == 0:
                 sys.stderr.write(f"hmtl_mpi: error: {error.decode()}\n")

@@ -55,7 +55,7 @@ class Links:
         self.sent[link] += int(nbytes)
 
     # --- waiting -------------------------------------------------------------------
-    def wait(self, requests, what: str) -> None:
+    def wait(self, requests, what: str, timeout: float | None = None) -> None:
         """Wait for all requests with the deadline; polls with a growing sleep.
 
         Sleeping instead of spinning matters with many ranks per core (NETWORK.md:
@@ -64,11 +64,12 @@ class Links:
         requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
         if not requests:
             return
-        deadline = time.monotonic() + self.timeout
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         pause = 2e-5
         while not MPI.Request.Testall(requests):
             if time.monotonic() > deadline:
-                raise PhaseTimeout(f"waited more than {self.timeout:g} s for {what}")
+                raise PhaseTimeout(f"waited more than {limit:g} s for {what}")
             time.sleep(pause)
             pause = min(pause * 2, 1e-3)
 
@@ -114,15 +115,16 @@ class Links:
     def barrier(self, comm, what: str = "barrier") -> None:
         self.wait(comm.Ibarrier(), f"{what} (barrier)")
 
-    def bcast(self, comm, buf: np.ndarray, root: int, what: str) -> None:
-        self.wait(comm.Ibcast(buf, root=root), what)
+    def bcast(self, comm, buf: np.ndarray, root: int, what: str, timeout: float | None = None) -> None:
+        self.wait(comm.Ibcast(buf, root=root), what, timeout)
 
-    def bcast_bytes(self, comm, payload: np.ndarray | None, root: int, what: str) -> np.ndarray:
+    def bcast_bytes(self, comm, payload: np.ndarray | None, root: int, what: str,
+                    timeout: float | None = None) -> np.ndarray:
         """Broadcast a uint8 buffer of a length only the root knows (setup only)."""
         size = np.array([payload.size if payload is not None else 0], dtype=np.int64)
-        self.bcast(comm, size, root, what)
+        self.bcast(comm, size, root, what, timeout)
         buf = payload if comm.Get_rank() == root else np.empty(int(size[0]), dtype=np.uint8)
-        self.bcast(comm, buf, root, what)
+        self.bcast(comm, buf, root, what, timeout)
         return buf
 
 

@@ -1,0 +1,138 @@
+"""Real mpiexec jobs: measured loads equal planned ones, lossless, fail fast, never hang."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hmtl_mpi.plan import make_plan
+from hmtl_mpi.topology import load_topology, random_regular, symmetric
+from mpi_util import run_job
+
+pytestmark = pytest.mark.mpi
+
+
+def assert_lossless_and_planned(report, G, tolerance=0.01):
+    plan = make_plan(G)
+    runs = report["runs"]
+    coded, uncoded = runs["coded"], runs["uncoded"]
+    assert report["model_digests_equal"] is True
+    assert coded["model_digest"] == uncoded["model_digest"]
+    for run in (coded, uncoded):
+        assert run["ivs_bit_exact"] is True
+        assert run["models_delivered_intact"] is True
+        assert len(run["model_digest"]) == 64
+        for it in run["iterations"]:
+            assert set(it["seconds"]) >= {"local_update", "user_to_relay", "encode",
+                                          "relay_to_server", "server_to_relay", "decode",
+                                          "global_update", "relay_to_user", "total"}
+            assert it["seconds"]["total"] > 0
+    K = G.shape[1]
+    assert coded["planned_loads"] == {"uplink": float(plan.uplink_load),
+                                      "downlink": float(plan.downlink_load)}
+    up, down = coded["measured_loads"]["uplink"], coded["measured_loads"]["downlink"]
+    assert float(plan.uplink_load) <= up <= float(plan.uplink_load) * (1 + tolerance)
+    assert float(plan.downlink_load) <= down <= float(plan.downlink_load) * (1 + tolerance)
+    assert uncoded["measured_loads"] == {"uplink": K, "downlink": K}
+    # bytes per link class, counted at the senders, per iteration
+    iv = coded["iv_bytes"]
+    for it in uncoded["iterations"]:
+        assert it["bytes"]["user_to_relay"] == K * iv
+        assert it["bytes"]["relay_to_user"] == K * iv
+    r = G.sum(axis=0)
+    for it in coded["iterations"]:
+        assert it["bytes"]["user_to_relay"] == int(r.sum()) * iv   # every user to each relay
+        assert it["bytes"]["relay_to_user"] == K * iv              # one model per user
+
+
+def test_paper_example_both_schemes(tmp_path):
+    report_path = tmp_path / "r.json"
+    proc, _ = run_job(16, "--topology", "paper-fig2", "--dim", "2000", "--iterations", "2",
+                      "--report", str(report_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["scheme"] == "both" and report["K"] == 10 and report["H"] == 5
+    assert_lossless_and_planned(report, load_topology("paper-fig2"))
+    coded = report["runs"]["coded"]["measured_loads"]
+    assert abs(coded["uplink"] - 8.5) / 8.5 < 0.01 and abs(coded["downlink"] - 7) / 7 < 0.01
+    assert "coded and uncoded final models bit-identical: True" in proc.stdout
+    assert proc.stdout.count("iteration ") >= 4             # a progress line per iteration
+
+
+@pytest.mark.parametrize("name,G", [
+    ("symmetric-4-2", symmetric(4, 2, 1)),                   # H = 4, K = 6: 11 ranks
+    ("random-3-r1-2", random_regular(8, 3, 2, seed=3)),      # H = 3, K = 8: 12 ranks
+])
+def test_other_topologies(tmp_path, name, G):
+    path = tmp_path / f"{name}.npy"
+    np.save(path, G)
+    report_path = tmp_path / "r.json"
+    H, K = G.shape
+    proc, _ = run_job(1 + H + K, "--topology", str(path), "--dim", "1500", "--iterations", "2",
+                      "--report", str(report_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert (report["H"], report["K"]) == (H, K)
+    assert_lossless_and_planned(report, G)
+
+
+def test_bcast_downlink_and_single_scheme(tmp_path):
+    report_path = tmp_path / "r.json"
+    proc, _ = run_job(16, "--scheme", "coded", "--downlink", "bcast", "--dim", "999",
+                      "--iterations", "2", "--report", str(report_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["scheme"] == "coded" and report["downlink_method"] == "bcast"
+    assert report["ivs_bit_exact"] is True
+    assert abs(report["measured_loads"]["uplink"] - 8.5) / 8.5 < 0.01
+    assert abs(report["measured_loads"]["downlink"] - 7) / 7 < 0.01
+    assert len(report["iterations"]) == 2
+
+
+def test_wrong_rank_count_fails_fast(tmp_path):
+    proc, seconds = run_job(4, "--topology", "paper-fig2", "--report", str(tmp_path / "r.json"),
+                            timeout=120)
+    assert proc.returncode == 2
+    assert "needs 1 + H + K = 16 ranks" in proc.stderr
+    assert proc.stderr.count("needs 1 + H + K") == 1          # one message, not one per rank
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_bad_topology_rejected_before_training(tmp_path):
+    G = np.zeros((3, 5), dtype=np.uint8)
+    G[0, :] = 1                                               # relay 1 linked to every user
+    G[1, 0] = G[2, 1] = 1
+    path = tmp_path / "g.npy"
+    np.save(path, G)
+    proc, _ = run_job(9, "--topology", str(path), timeout=120)
+    assert proc.returncode == 2
+    assert "relay 1 is linked to all 5 users" in proc.stderr
+    assert "iteration" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_flag_value_is_one_clear_error():
+    proc, _ = run_job(16, "--dim", "0", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("--dim: must be at least 1") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_exception_on_a_relay_aborts_the_job_quickly():
+    proc, seconds = run_job(16, "--iterations", "3", "--inject-fault", "2:1", "--quiet",
+                            timeout=120)
+    assert proc.returncode != 0
+    assert "fault injected on rank 2 in iteration 1" in proc.stderr
+    assert "rank 2 (relay 2)" in proc.stderr
+    assert seconds < 30, f"job took {seconds:.1f} s to end"
+
+
+def test_hung_rank_hits_the_deadline():
+    proc, seconds = run_job(16, "--iterations", "2", "--inject-fault", "3:0:hang", "--quiet",
+                            "--timeout", "3", timeout=120)
+    assert proc.returncode != 0
+    assert "PhaseTimeout: waited more than 3 s" in proc.stderr
+    assert seconds < 60
