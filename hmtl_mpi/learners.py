@@ -7,8 +7,9 @@ same learner from the same arguments, so all of it must be deterministic):
 message), ``initial_model(k)``, ``local_update(k, iteration, model) -> IV``
 (eq. 2, on user k's rank), ``global_update(iteration, ivs) -> models`` (eq. 3,
 ``ivs`` is K x dim in user order; on every relay in the coded scheme, on the
-server in the uncoded one), ``test_error(k, model)`` (float or None) and
-``baselines()`` (dict, may be empty).
+server in the uncoded one), ``warm_up()`` (one-time compilation, before any
+timed phase), ``test_error(k, model)`` (float or None) and ``baselines()``
+(dict, may be empty).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class SyntheticLearner:
         self.W += ivs
         self.W += 0.1 * ivs.mean(axis=0)
         return self.W.copy()
+
+    def warm_up(self) -> None:
+        """Nothing to compile."""
 
     def test_error(self, k: int, model: np.ndarray):
         return None

@@ -411,6 +411,12 @@ class MochaLearner:
         out[:, self.dim + 1] = self.rho
         return out
 
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the SDCA kernel outside any timed phase."""
+        X = np.ones((1, self.dim))
+        sdca_local_update(X, np.ones(1), np.zeros(1), np.zeros(self.dim), 1.0, 1.0, self.lam, 1,
+                          np.zeros(1, dtype=np.int64))
+
     # -- eq. 2 ------------------------------------------------------------
     def local_update(self, k, iteration, model) -> np.ndarray:
         """User k's local update (eq. 2): H_k SDCA steps, returns the IV v_k = db.
