@@ -1,0 +1,235 @@
+"""End-to-end tests of launch/netns-run: real namespaces, a bridge, tc shaping
+and a small MPICH job over TCP.  Need root and `ip netns`; skipped otherwise."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NETNS_RUN = REPO / "launch" / "netns-run"
+MIB2 = 2 * 1024 * 1024
+
+
+def _netns_unavailable():
+    if os.geteuid() != 0:
+        return "needs root (creates network namespaces)"
+    probe = "hmtl-probe-%d" % os.getpid()
+    try:
+        res = subprocess.run(["ip", "netns", "add", probe], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "'ip netns add' failed: %s" % e
+    if res.returncode != 0:
+        return "'ip netns add' failed: %s" % res.stderr.strip()
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
+    return None
+
+
+_REASON = _netns_unavailable()
+needs_netns = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+
+
+def list_netns():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                         timeout=30).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()]
+
+
+def netns_run(args, timeout=240, **kw):
+    """Start netns-run and wait; returns (CompletedProcess-like, pid)."""
+    env = dict(os.environ, MPIEXEC_TIMEOUT="60")
+    proc = subprocess.Popen([str(NETNS_RUN)] + args, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, **kw)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail("netns-run did not finish in %d s\n%s\n%s" % (timeout, out, err))
+    return proc.returncode, out, err, proc.pid
+
+
+def assert_no_namespaces_of(pid):
+    prefix = "hmtl-%d-" % pid
+    left = [n for n in list_netns() if n.startswith(prefix)]
+    assert left == [], "namespaces left behind: %s" % left
+    # the switch namespace held the bridge and the switch-side veths; with the
+    # namespaces gone nothing of the run can remain (veths were never created
+    # in the root namespace)
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "hmtl-%d" % pid not in out
+
+
+TRANSFER = textwrap.dedent("""\
+    import os, time
+    import numpy as np
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    buf = np.zeros(2 * 1024 * 1024, dtype=np.uint8)
+    if rank == 1:
+        buf[:] = 7
+    comm.Barrier()
+    t0 = time.perf_counter()
+    if rank == 1:
+        comm.Send(buf, dest=0, tag=11)
+    elif rank == 0:
+        comm.Recv(buf, source=1, tag=11)
+        dt = time.perf_counter() - t0
+        assert int(buf.sum()) == 7 * buf.size
+        print("RESULT seconds=%.4f role=%s w1=%s w2=%s" % (
+            dt, os.environ.get("HMTL_ROLE"), os.environ.get("HMTL_W1"),
+            os.environ.get("HMTL_W2")), flush=True)
+    comm.Barrier()
+    """)
+
+FAILING = textwrap.dedent("""\
+    import os, sys
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    comm.Barrier()
+    if comm.Get_rank() == 2:
+        if sys.argv[1] == "os_exit":
+            os._exit(3)
+        raise SystemExit(3)
+    comm.Barrier()   # never completes: rank 2 is gone
+    """)
+
+HANG = "import time\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Barrier()\ntime.sleep(600)\n"
+
+
+@pytest.mark.netns
+@needs_netns
+def test_transfer_crosses_shaped_server_link(tmp_path):
+    prog = tmp_path / "transfer.py"
+    prog.write_text(TRANSFER)
+    counters = tmp_path / "counters.json"
+    t0 = time.monotonic()
+    rc, out, err, pid = netns_run(
+        ["--w1", "50mbit", "--w2", "20mbit", "-n", "4", "--relays", "1",
+         "--verify", "--counters", str(counters), "--", sys.executable, str(prog)])
+    wall = time.monotonic() - t0
+    assert rc == 0, out + err
+    # rank 0 saw the right role and the rates exported by netns-run
+    line = [l for l in out.splitlines() if l.startswith("RESULT")]
+    assert line, out + err
+    fields = dict(kv.split("=") for kv in line[0].split()[1:])
+    assert fields["role"] == "server"
+    assert fields["w1"] == "50mbit" and fields["w2"] == "20mbit"
+    # 2 MiB at 20 Mbit/s is 0.84 s; shared memory would take milliseconds
+    seconds = float(fields["seconds"])
+    assert seconds >= 0.6, "2 MiB crossed a 20mbit link in %.3f s" % seconds
+    assert seconds < 20 and wall < 200
+    # the counters: printed, and as JSON
+    assert "server_link" in err
+    data = json.loads(counters.read_text())
+    assert data["prefix"] == "hmtl-%d" % pid
+    assert data["exit_code"] == 0 and data["n"] == 4 and data["h"] == 1
+    assert data["server_link"]["rx_bytes"] >= MIB2
+    assert data["ranks"][0]["role"] == "server"
+    assert data["ranks"][1]["role"] == "relay"
+    assert data["ranks"][1]["tx_bytes"] >= MIB2
+    # the users took no part in the transfer
+    assert data["users_total"]["rx_bytes"] < MIB2 // 10
+    assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+@pytest.mark.parametrize("how", ["os_exit", "system_exit"])
+def test_failing_job_exits_nonzero_and_cleans_up(tmp_path, how):
+    prog = tmp_path / "failing.py"
+    prog.write_text(FAILING)
+    # os._exit: hydra sees the rank die and aborts the job.  SystemExit under
+    # plain `python` would hang the job (the other ranks wait in Barrier), so
+    # that variant runs under `python -m mpi4py`, which aborts on it.
+    launcher = [sys.executable] if how == "os_exit" else [sys.executable, "-m", "mpi4py"]
+    t0 = time.monotonic()
+    rc, out, err, pid = netns_run(
+        ["--w1", "50mbit", "--w2", "20mbit", "-n", "4", "--relays", "1",
+         "--"] + launcher + [str(prog), how], timeout=200)
+    assert rc != 0, out + err
+    if how == "system_exit":
+        assert rc == 3, out + err
+    assert time.monotonic() - t0 < 50, "job did not abort promptly: " + err
+    assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_sigterm_stops_job_and_cleans_up(tmp_path):
+    prog = tmp_path / "hang.py"
+    prog.write_text(HANG)
+    env = dict(os.environ, MPIEXEC_TIMEOUT="120")
+    proc = subprocess.Popen(
+        [str(NETNS_RUN), "--w1", "10mbit", "--w2", "10mbit", "-n", "3",
+         "--relays", "1", "--", sys.executable, str(prog)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if sum(n.startswith("hmtl-%d-" % proc.pid) for n in list_netns()) == 4:
+                break
+            time.sleep(0.2)
+        time.sleep(3)   # let the ranks start
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert_no_namespaces_of(proc.pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_cleanup_removes_leftovers_of_dead_runs():
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=30)
+    names = ["hmtl-%d-r0" % dead.pid, "hmtl-%d-sw" % dead.pid]
+    for n in names:
+        subprocess.run(["ip", "netns", "add", n], check=True, timeout=30)
+    try:
+        res = subprocess.run([str(NETNS_RUN), "--cleanup"], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        left = set(list_netns())
+        assert not left & set(names), res.stderr
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("args", [
+    [],                                                          # nothing
+    ["--w1", "10mbit", "-n", "4", "--", "true"],                 # no --w2
+    ["--w1", "10mbits", "--w2", "1gbit", "-n", "4", "--relays", "1", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1"],   # no command
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "9", "--", "true"],
+    ["--bogus"],
+])
+def test_bad_options_exit_2(args):
+    res = subprocess.run([str(NETNS_RUN)] + args, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "netns-run" in res.stderr
+
+
+def test_help_explains_roles_and_env():
+    res = subprocess.run([str(NETNS_RUN), "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0
+    for word in ("server", "relays", "users", "tbf", "MPIR_CVAR_NOLOCAL",
+                 "MPIEXEC_TIMEOUT", "HMTL_W1", "scatter", "allgather", "--cleanup"):
+        assert word in res.stdout, word
