@@ -52,6 +52,7 @@ coding is then matrix application only: no rank test, no elimination.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from dataclasses import dataclass, field
@@ -61,7 +62,12 @@ import numpy as np
 P = 65537                   # the field's prime, 2^16 + 1
 SYMBOL_DTYPE = np.uint16    # one symbol on the wire (a coded 65536 goes to the escape list)
 SYMBOLS_PER_VALUE = 4       # a float64 IV value is four 16-bit symbols
-CHUNK_COLUMNS = 16384       # columns per BLAS call: keeps the float64 work set in cache
+CHUNK_COLUMNS = 16384       # most columns per BLAS call
+CHUNK_BYTES = 384 * 1024    # float64 work set per chunk (inputs + result + quotient): fits L2
+BLAS_THREADS = 1            # BLAS threads inside combine_mod_p (None: leave the process setting)
+
+_INV_P = 1.0 / P
+_blas_controller = None
 
 
 class DecodeError(RuntimeError):
@@ -70,6 +76,35 @@ class DecodeError(RuntimeError):
 
 # --- field arithmetic: the only numerical kernel ------------------------------------
 
+def _chunk_width(r: int, c: int, L: int) -> int:
+    """Columns per chunk: the float64 work set (c + 2r) x width stays within CHUNK_BYTES."""
+    width = CHUNK_BYTES // (8 * (c + 2 * r))
+    width = max(256, min(CHUNK_COLUMNS, width - width % 256))
+    return min(width, L)
+
+
+def _blas_limit():
+    """Context limiting BLAS to BLAS_THREADS threads during a combination.
+
+    The GEMMs here are thin (a few rows, thousands of columns) and memory bound;
+    OpenBLAS threads them above ~2^18 multiply-adds, which gains little on an
+    idle machine and loses 10-50x when the cores are shared (an MPI job with
+    more ranks than cores): its threads spin waiting for each other.
+    """
+    global _blas_controller
+    if BLAS_THREADS is None:
+        return contextlib.nullcontext()
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas_controller = ThreadpoolController()
+        except Exception:  # threadpoolctl missing or broken: run as configured
+            _blas_controller = False
+    if _blas_controller is False:
+        return contextlib.nullcontext()
+    return _blas_controller.limit(limits=BLAS_THREADS, user_api="blas")
+
+
 def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
                   escapes: tuple | None = None) -> np.ndarray:
     """``out = coeffs @ rows mod p`` in wire form; returns the output's escapes.
@@ -77,51 +112,71 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     ``coeffs`` is a small r x c matrix of field elements; ``rows`` a c x L uint16
     array of field elements whose entries listed in ``escapes`` (a pair of row and
     column index arrays) stand for 65536; ``out`` an r x L uint16 array. The
-    product is a float64 BLAS GEMM over column chunks (exact, as
-    ``c * (p-1)^2 < 2^53``), the escaped inputs are added as a correction
-    ``coeffs[:, row] * 65536`` in their column, and each chunk is reduced with
-    ``y - p * floor(y / p)`` while it is in cache. Results equal to 65536 are
-    written as 0 and their flat positions in ``out`` returned (uint32).
+    product is a float64 BLAS GEMM over column chunks sized to stay in cache
+    (exact, as ``c * (p-1)^2 < 2^53``), the escaped inputs are added as a
+    correction ``coeffs[:, row] * 65536`` in their column, and each chunk is
+    reduced with ``y - p * floor(y / p)`` while it is in cache. Results equal to
+    65536 are written as 0 and their flat positions in ``out`` returned (uint32).
+
+    Exactness of the reduction: for integers 0 <= y < 2^53, ``floor(y * fl(1/p))``
+    equals floor(y / p). fl(1/p) is below 1/p by a relative 2.7e-20 (~2^-65),
+    too little to move y = n p off n after rounding, and for y = n p + j,
+    1 <= j < p, the product is at least 1/p above n and 1/p below n + 1, more
+    than its rounding error (y / p * 2^-53 < 2^-16) can cross. The conditional
+    ``- p`` in the rare branch is insurance only (checked numerically near
+    multiples of p over the whole range, and by the tests).
     """
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
     r, c = coeffs.shape
-    if rows.shape[0] != c:
-        raise ValueError(f"coefficient matrix is {r} x {c} but {rows.shape[0]} rows were given")
+    if rows.ndim != 2 or rows.shape[0] != c:
+        raise ValueError(f"coefficient matrix is {r} x {c} but rows of shape {rows.shape} were given")
+    L = rows.shape[1]
+    if out.shape != (r, L):
+        raise ValueError(f"out has shape {out.shape}, expected {(r, L)}")
     if c * (P - 1) ** 2 >= 2 ** 53:
         raise ValueError(f"{c} terms per combination would not be exact in float64")
-    L = rows.shape[1]
+    if r * L >= 2 ** 32:
+        raise ValueError(f"{r} x {L} symbols: escape positions would not fit in uint32")
     if c == 0 or L == 0:
         out[...] = 0
         return np.zeros(0, dtype=np.uint32)
-    esc_rows, esc_cols = escapes if escapes is not None else (np.zeros(0, int), np.zeros(0, int))
-    if len(esc_cols):
+    if escapes is not None and len(escapes[1]):
+        esc_rows = np.asarray(escapes[0], dtype=np.int64)
+        esc_cols = np.asarray(escapes[1], dtype=np.int64)
         order = np.argsort(esc_cols, kind="stable")
-        esc_rows, esc_cols = np.asarray(esc_rows)[order], np.asarray(esc_cols)[order]
-    width = min(CHUNK_COLUMNS, L)
+        esc_rows, esc_cols = esc_rows[order], esc_cols[order]
+        esc_coeffs = coeffs[:, esc_rows].T * 65536.0          # per escape: its column's correction
+    else:
+        esc_cols = None
+    width = _chunk_width(r, c, L)
     x = np.empty((c, width), dtype=np.float64)
     y = np.empty((r, width), dtype=np.float64)
     q = np.empty((r, width), dtype=np.float64)
+    xc, yc, qc = x, y, q
     found = []
-    for start in range(0, L, CHUNK_COLUMNS):
-        stop = min(start + CHUNK_COLUMNS, L)
-        w = stop - start
-        xc, yc, qc = x[:, :w], y[:, :w], q[:, :w]
-        np.copyto(xc, rows[:, start:stop], casting="unsafe")
-        np.matmul(coeffs, xc, out=yc)
-        lo, hi = np.searchsorted(esc_cols, [start, stop])
-        for row, col in zip(esc_rows[lo:hi], esc_cols[lo:hi]):
-            yc[:, col - start] += coeffs[:, row] * 65536.0
-        np.multiply(yc, 1.0 / P, out=qc)       # y - p * floor(y / p), in place
-        np.floor(qc, out=qc)
-        qc *= P
-        yc -= qc
-        if yc.max() >= 65536.0:                 # rare: a result of 65536, or the last ulp of 1/p
-            yc[yc >= P] -= P
-            er, ec = np.nonzero(yc == 65536.0)
-            if er.size:
-                yc[er, ec] = 0.0
-                found.append(er.astype(np.int64) * L + start + ec)
-        np.copyto(out[:, start:stop], yc, casting="unsafe")
+    with _blas_limit():
+        for start in range(0, L, width):
+            stop = start + width
+            if stop > L:                            # the last, narrower chunk
+                stop = L
+                xc, yc, qc = x[:, : L - start], y[:, : L - start], q[:, : L - start]
+            np.copyto(xc, rows[:, start:stop], casting="unsafe")
+            np.matmul(coeffs, xc, out=yc)
+            if esc_cols is not None:
+                lo, hi = np.searchsorted(esc_cols, (start, stop))
+                if hi > lo:
+                    np.add.at(yc.T, esc_cols[lo:hi] - start, esc_coeffs[lo:hi])
+            np.multiply(yc, _INV_P, out=qc)         # y - p * floor(y / p), in place
+            np.floor(qc, out=qc)
+            qc *= P
+            yc -= qc
+            if yc.max() >= 65536.0:                 # rare (~1/p per symbol): a result of 65536
+                yc[yc >= P] -= P
+                er, ec = np.nonzero(yc == 65536.0)
+                if er.size:
+                    yc[er, ec] = 0.0
+                    found.append(er.astype(np.int64) * L + start + ec)
+            np.copyto(out[:, start:stop], yc, casting="unsafe")
     return np.concatenate(found).astype(np.uint32) if found else np.zeros(0, dtype=np.uint32)
 
 
@@ -184,7 +239,18 @@ def iv_units(iv: np.ndarray, D: int) -> np.ndarray:
 def units_to_iv(units: np.ndarray, dim: int) -> np.ndarray:
     """Inverse of :func:`iv_units`: field elements (< 65536) back to float64 values."""
     symbols = np.asarray(units).reshape(-1)[: SYMBOLS_PER_VALUE * dim]
-    return symbols.astype(np.uint16).view(np.float64).copy()
+    return symbols.astype(np.uint16).view(np.float64)     # astype copies: a fresh array
+
+
+def _copy_symbols(dst: np.ndarray, iv: np.ndarray, first: int) -> None:
+    """``dst[:] =`` symbols first, first + 1, ... of an IV, zeros past its end.
+
+    The same as slicing the flattened :func:`iv_units` of the IV, without building it.
+    """
+    symbols = np.ascontiguousarray(iv, dtype=np.float64).reshape(-1).view(np.uint16)
+    n = max(0, min(dst.size, symbols.size - first))
+    dst[:n] = symbols[first: first + n]
+    dst[n:] = 0
 
 
 # --- the code ----------------------------------------------------------------------------
@@ -428,12 +494,13 @@ def relay_encode(code: Code, i: int, ivs: dict) -> list:
         u = unit_symbols(dim, rc.D)
         a = int(rc.units[i])
         cols = np.searchsorted(rc.users, mine)
-        segments = np.zeros((len(mine), a * u), dtype=np.uint16)   # S_i: v_{k,i} stacked
+        segments = np.empty((len(mine), a * u), dtype=np.uint16)   # S_i: v_{k,i} stacked
         for m, (k, col) in enumerate(zip(mine, cols)):
             start = int(rc.first_unit[i, col])
             stop = min(start + a, rc.D)           # units past D are padding zeros
+            segments[m, (stop - start) * u:] = 0
             if stop > start:
-                segments[m, : (stop - start) * u] = iv_units(ivs[int(k)], rc.D)[start:stop].reshape(-1)
+                _copy_symbols(segments[m, : (stop - start) * u], ivs[int(k)], start * u)
         out.append(combine_packed(C, segments))
     return out
 
@@ -495,11 +562,17 @@ def relay_decode(code: Code, i: int, ivs: dict, downlinks: list, dim: int) -> di
             continue
         u = unit_symbols(dim, rc.D)
         Y, (er, ec) = split_packed(downlinks[r], (rc.R, u))
-        rows = rc.decode_rows[i]
-        known = [iv_units(ivs[int(k)], rc.D) for k in rc.relay_users(code.G, i)]
-        stacked = np.concatenate([Y[rows]] + known, axis=0)
-        pos = np.searchsorted(rows, er)
-        hit = (pos < len(rows)) & (rows[np.minimum(pos, len(rows) - 1)] == er)
+        rows = np.asarray(rc.decode_rows[i], dtype=np.int64)
+        mine = rc.relay_users(code.G, i)
+        stacked = np.empty((len(rows) + len(mine) * rc.D, u), dtype=np.uint16)
+        np.take(Y, rows, axis=0, out=stacked[: len(rows)])
+        for m, k in enumerate(mine):               # the known IVs' units, zero-padded
+            block = stacked[len(rows) + m * rc.D: len(rows) + (m + 1) * rc.D]
+            _copy_symbols(block.reshape(-1), ivs[int(k)], 0)
+        where = np.full(rc.R, -1, dtype=np.int64)   # broadcast row -> row of ``stacked``
+        where[rows] = np.arange(len(rows))
+        pos = where[er]
+        hit = pos >= 0
         x = np.empty((len(unknown) * rc.D, u), dtype=np.uint16)
         bad = combine_mod_p(rc.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
         if bad.size:

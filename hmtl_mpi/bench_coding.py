@@ -1,0 +1,279 @@
+"""Throughput of the coding layer at realistic shapes, next to the memory ceiling.
+
+Measured in one run (warm-up first, then the median of several repetitions):
+
+* memcpy   -- ``numpy.copyto`` of as many bytes as the encode's input (the ceiling);
+* encode   -- :func:`hmtl_mpi.coding.combine_mod_p`: 10 segments of 1 MB into 8
+              combinations (the shape of a relay's uplink, eq. 26);
+* relay_encode -- :func:`relay_encode` of one relay of paper-fig2, every round;
+* combine  -- :func:`server_combine`: all uplink messages of one round of paper-fig2
+              (eq. 31), escapes included;
+* decode   -- :func:`relay_decode` at one relay of paper-fig2, every round, and at
+              a relay of Theorem 3's symmetric(5, 2) design (a 12 x 20 matrix);
+* galois   -- galois' own ``GF(65537)`` matmul of the encode's coefficients on a
+              slice of its segments (the reference the notes measured).
+
+Throughput is MB/s of *input* payload (1 MB = 1e6 bytes): the uint16 symbols the
+kernel reads (for decode: the broadcast rows it uses plus the known IVs' units).
+
+First-use costs are measured in a fresh subprocess: ``import hmtl_mpi.coding``,
+the first (tiny) ``combine_mod_p`` (it loads threadpoolctl to pin BLAS to one
+thread), ``import galois`` + ``galois.GF(65537)``, ``make_plan`` and ``build_code``
+for paper-fig2 (``build_code`` after the field exists).
+
+Command line::
+
+    python -m hmtl_mpi.bench_coding [--json] [--dim D] [--repeats N]
+
+BLAS: ``combine_mod_p`` limits BLAS to ``coding.BLAS_THREADS`` threads (1) while it
+runs. ``OPENBLAS_CORETYPE`` (if set) picks OpenBLAS' kernel family; it is
+reported, not changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+MB = 1e6
+
+_FIRST_USE = r"""
+import json, time
+t0 = time.perf_counter()
+import hmtl_mpi.coding as coding
+t1 = time.perf_counter()
+import numpy as np
+coding.combine_mod_p(np.ones((2, 3)), np.ones((3, 5), np.uint16), np.empty((2, 5), np.uint16))
+t1b = time.perf_counter()
+import galois
+t2 = time.perf_counter()
+GF = galois.GF(65537)
+t3 = time.perf_counter()
+from hmtl_mpi.plan import make_plan
+from hmtl_mpi.topology import paper_fig2
+t4 = time.perf_counter()
+plan = make_plan(paper_fig2())
+t5 = time.perf_counter()
+code = coding.build_code(plan)
+t6 = time.perf_counter()
+print(json.dumps({"import_coding_s": t1 - t0, "first_combine_s": t1b - t1,
+                  "import_galois_s": t2 - t1b,
+                  "galois_field_s": t3 - t2, "import_plan_s": t4 - t3,
+                  "make_plan_s": t5 - t4, "build_code_s": t6 - t5}))
+"""
+
+
+_CPU_TIMES: list = []   # CPU seconds of the last _median_time, by call
+
+
+def _median_time(fn, repeats: int) -> float:
+    """Wall seconds per call: one warm-up call, then the median of ``repeats`` calls.
+
+    The median CPU seconds of the same calls (this process, all threads) is
+    appended to ``_CPU_TIMES``: on a shared machine wall time measures the
+    neighbours too, CPU time mostly only us.
+    """
+    fn()
+    times, cpu = [], []
+    for _ in range(repeats):
+        c = time.process_time()
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    _CPU_TIMES.append(statistics.median(cpu))
+    return statistics.median(times)
+
+
+def first_use_costs() -> dict:
+    """Import, field creation and code building times in a fresh interpreter."""
+    proc = subprocess.run([sys.executable, "-c", _FIRST_USE], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _blas_info() -> dict:
+    try:
+        from threadpoolctl import threadpool_info
+        info = [d for d in threadpool_info() if d.get("user_api") == "blas"]
+    except Exception:  # threadpoolctl missing
+        info = []
+    first = info[0] if info else {}
+    return {"blas": first.get("internal_api"), "blas_architecture": first.get("architecture"),
+            "blas_threads": first.get("num_threads"),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
+        first_use: bool = True) -> dict:
+    """Measure everything once; print a table (or one JSON object) and return the results.
+
+    The JSON keys ``*_MBps`` are wall-clock input MB/s; ``*_cpu_MBps`` the same per
+    CPU second of this process (close to wall on an idle machine).
+    """
+    from . import coding
+    from .plan import make_plan
+    from .topology import paper_fig2, symmetric
+
+    rng = np.random.default_rng(0)
+    res: dict = {"dim": dim, "repeats": repeats}
+    table = []
+
+    def measure(key, label, mb, fn, reps=repeats, target=""):
+        t = _median_time(fn, reps)
+        cpu = _CPU_TIMES[-1]
+        res[f"{key}_MBps"] = mb / t
+        res[f"{key}_cpu_MBps"] = mb / cpu if cpu > 0 else None     # below clock resolution
+        table.append((label, mb, t, cpu, target))
+
+    # encode: 10 segments of 1 MB into 8 combinations
+    seg_symbols = 1_000_000 // 2
+    segments = rng.integers(0, 65536, size=(10, seg_symbols), dtype=np.uint16)
+    C = rng.integers(1, coding.P, size=(8, 10), dtype=np.int64)
+    out = np.empty((8, seg_symbols), dtype=np.uint16)
+    enc_mb = segments.nbytes / MB
+
+    # the memory ceiling: copy the same volume
+    src = np.frombuffer(rng.bytes(segments.nbytes), dtype=np.uint8)
+    dst = np.empty_like(src)
+    measure("memcpy", "memcpy (np.copyto)", enc_mb, lambda: np.copyto(dst, src), target="ceiling")
+    measure("encode", "encode combine_mod_p 8x10", enc_mb,
+            lambda: coding.combine_mod_p(C, segments, out), target=">= 500")
+
+    # the scheme on paper-fig2 at ``dim``
+    plan = make_plan(paper_fig2())
+    code = coding.build_code(plan)
+    ivs = rng.standard_normal((code.K, dim))
+    G = code.G
+    relay_ivs = [{int(k): ivs[k] for k in np.flatnonzero(G[i])} for i in range(code.H)]
+    uplinks = {i: coding.relay_encode(code, i, relay_ivs[i]) for i in range(code.H)}
+
+    def relay_input(i):      # bytes of the segments relay i combines, all rounds
+        return sum(rc.uplink_coeffs[i].shape[1] * int(rc.units[i]) *
+                   coding.unit_symbols(dim, rc.D) * 2
+                   for rc in code.rounds if rc.uplink_coeffs[i].shape[0])
+    enc_relay = max(range(code.H), key=relay_input)
+    measure("relay_encode", f"relay_encode relay {enc_relay + 1}", relay_input(enc_relay) / MB,
+            lambda: coding.relay_encode(code, enc_relay, relay_ivs[enc_relay]))
+
+    r_comb = max(range(len(code.rounds)),
+                 key=lambda r: sum(uplinks[i][r].nbytes for i in range(code.H)
+                                   if uplinks[i][r] is not None))
+    msgs = {i: uplinks[i][r_comb] for i in range(code.H)}
+    comb_mb = sum(m.nbytes for m in msgs.values() if m is not None) / MB
+    rc = code.rounds[r_comb]
+    measure("combine", f"server_combine z={rc.z} ({rc.R}x{rc.downlink_coeffs.shape[1]})",
+            comb_mb, lambda: coding.server_combine(code, r_comb, msgs, dim))
+    downlinks = [coding.server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
+                 for r in range(len(code.rounds))]
+
+    def decode_input(code, i):   # bytes relay i's decoding matrices read, all rounds
+        total, shapes = 0, []
+        for rnd in code.rounds:
+            if rnd.decode_matrix[i].shape[0]:
+                total += rnd.decode_matrix[i].shape[1] * coding.unit_symbols(dim, rnd.D) * 2
+                shapes.append(list(rnd.decode_matrix[i].shape))
+        return total, shapes
+    dec_relay = max(range(code.H), key=lambda i: decode_input(code, i)[0])
+    dec_bytes, dec_shapes = decode_input(code, dec_relay)
+    n_decoded = sum(1 for rnd in code.rounds for k in rnd.users if not G[dec_relay, k])
+    measure("decode", f"relay_decode relay {dec_relay + 1}", dec_bytes / MB,
+            lambda: coding.relay_decode(code, dec_relay, relay_ivs[dec_relay], downlinks, dim),
+            target=">= 200")
+    res["decode_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]
+    got = coding.relay_decode(code, dec_relay, relay_ivs[dec_relay], downlinks, dim)
+    exact = all(got[k].view(np.uint64).tobytes() == ivs[k].view(np.uint64).tobytes()
+                for k in range(code.K))
+    del uplinks, downlinks, got
+
+    # decode with a larger matrix: Theorem 3's symmetric(5, 2) design (K = 10)
+    code_s = coding.build_code(make_plan(symmetric(5, 2)))
+    ivs_s = rng.standard_normal((code_s.K, dim))
+    relay_s = [{int(k): ivs_s[k] for k in np.flatnonzero(code_s.G[i])} for i in range(code_s.H)]
+    up_s = {i: coding.relay_encode(code_s, i, relay_s[i]) for i in range(code_s.H)}
+    down_s = [coding.server_combine(code_s, r, {i: up_s[i][r] for i in range(code_s.H)}, dim)
+              for r in range(len(code_s.rounds))]
+    sym_bytes, sym_shapes = decode_input(code_s, 0)
+    measure("decode_sym52", f"relay_decode symmetric(5,2) {sym_shapes[0][0]}x{sym_shapes[0][1]}",
+            sym_bytes / MB, lambda: coding.relay_decode(code_s, 0, relay_s[0], down_s, dim))
+    got = coding.relay_decode(code_s, 0, relay_s[0], down_s, dim)
+    exact = exact and all(got[k].view(np.uint64).tobytes() == ivs_s[k].view(np.uint64).tobytes()
+                          for k in range(code_s.K))
+    del up_s, down_s, got
+
+    # galois reference on a smaller slice of the encode's input
+    import galois
+    GF = galois.GF(coding.P)
+    width = 65536
+    Cg, Sg = GF(C), GF(segments[:, :width].astype(np.int64))
+    measure("galois", "galois GF(65537) C @ D (8x10)", 10 * width * 2 / MB, lambda: Cg @ Sg,
+            reps=max(3, repeats // 2), target="reference")
+
+    res.update({
+        "encode_shape": "8 x 10 coefficients on 10 x 500000 symbols (10 x 1 MB)",
+        "relay_encode_relay": enc_relay + 1,
+        "combine_round_z": rc.z,
+        "combine_input_MB": comb_mb,
+        "decode_relay": dec_relay + 1,
+        "decode_matrix_shapes": dec_shapes,
+        "decode_input_MB": dec_bytes / MB,
+        "decode_sym52_matrix_shapes": sym_shapes,
+        "decode_bit_exact": exact,
+        "chunk_bytes": coding.CHUNK_BYTES,
+        "blas_threads_in_kernel": coding.BLAS_THREADS,
+        "loadavg_1min": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    })
+    res.update(_blas_info())
+    if first_use:
+        res["first_use"] = first_use_costs()
+
+    if json_out:
+        print(json.dumps(res, indent=1))
+        return res
+    print(f"coding throughput (paper-fig2 at dim = {dim}; input MB/s, median of {repeats}; "
+          f"load average {res['loadavg_1min']:.1f} on {res['cpus']} cpus; "
+          f"BLAS {res['blas']} {res['blas_architecture']}, "
+          f"OPENBLAS_CORETYPE={res['OPENBLAS_CORETYPE']})")
+    print(f"  {'operation':36}{'input MB':>9}{'wall ms':>9}{'MB/s':>8}{'cpu ms':>9}"
+          f"{'MB/s cpu':>9}  target")
+    for label, mb, t, cpu, target in table:
+        print(f"  {label:36}{mb:>9.1f}{t * 1e3:>9.2f}{mb / t:>8.0f}{cpu * 1e3:>9.2f}"
+              f"{mb / cpu if cpu > 0 else float('inf'):>9.0f}  {target}")
+    print(f"  decode: matrices (rows x cols) per round {dec_shapes}, decoded output "
+          f"{res['decode_output_MBps']:.0f} MB/s, bit-exact: {exact}")
+    if first_use:
+        fu = res["first_use"]
+        if "error" in fu:
+            print(f"first use (fresh process): failed: {fu['error']}")
+        else:
+            print("first use (fresh process): " + ", ".join(
+                f"{k[:-2]} {v:.3f} s" for k, v in fu.items()))
+    return res
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench_coding",
+                                     description="Throughput of the GF(65537) coding layer.")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--dim", type=int, default=1_000_000,
+                        help="float64 values per IV for the paper-fig2 exchange (default 1e6)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (default 5)")
+    parser.add_argument("--no-first-use", action="store_true",
+                        help="skip the fresh-subprocess first-use measurement")
+    args = parser.parse_args(argv)
+    run(json_out=args.json, dim=args.dim, repeats=args.repeats, first_use=not args.no_first_use)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
