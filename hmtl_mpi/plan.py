@@ -23,6 +23,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -155,12 +156,26 @@ def round_counts(G: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, int]:
     return n, int(own.min())
 
 
+@functools.lru_cache(maxsize=None)
+def _lp_solver():
+    """HiGHS when cvxpy has it, else cvxpy's default. Looked up once:
+    ``installed_solvers()`` costs ~7 ms, which per round added up."""
+    import cvxpy as cp
+
+    return cp.HIGHS if "HIGHS" in cp.installed_solvers() else None
+
+
+def _lp_result(problem, a) -> np.ndarray:
+    if a.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
+        raise RuntimeError(f"LP P(z) did not solve: status {problem.status}")
+    return np.clip(np.asarray(a.value, dtype=float), 0.0, 1.0)
+
+
 def solve_round_lp(n: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Solve P(z) (eq. 28) with cvxpy; A is the H x |I_z| incidence of the round.
 
     Users with the same relay set give the same constraint, so only the distinct
-    columns of A are kept. HiGHS (a simplex code, so vertex solutions with small
-    denominators) is used when cvxpy has it.
+    columns of A are kept.
     """
     import cvxpy as cp
 
@@ -168,11 +183,42 @@ def solve_round_lp(n: np.ndarray, A: np.ndarray) -> np.ndarray:
     a = cp.Variable(A.shape[0])
     problem = cp.Problem(cp.Minimize(n.astype(float) @ a),
                          [cols.astype(float) @ a >= 1, a >= 0, a <= 1])
-    solver = cp.HIGHS if "HIGHS" in cp.installed_solvers() else None
-    problem.solve(solver=solver)
-    if a.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
-        raise RuntimeError(f"LP P(z) did not solve: status {problem.status}")
-    return np.clip(np.asarray(a.value, dtype=float), 0.0, 1.0)
+    # no Parameters here, so skip cvxpy's DPP analysis (about a third of the build time)
+    problem.solve(solver=_lp_solver(), ignore_dpp=True)
+    return _lp_result(problem, a)
+
+
+class RoundLP:
+    """P(z) built once per topology with cvxpy Parameters, re-solved for every round.
+
+    Building and canonicalising a cvxpy problem costs several milliseconds; with
+    ~H rounds (mixed user degrees) that dominated planning. Here the objective n^z
+    and the constraint rows are Parameters of fixed shape (``rows`` x H): a round
+    with fewer distinct relay sets repeats its first row, which changes nothing.
+    """
+
+    def __init__(self, H: int, rows: int):
+        import cvxpy as cp
+
+        self.rows = rows
+        self.c = cp.Parameter(H)
+        self.M = cp.Parameter((rows, H))
+        self.a = cp.Variable(H)
+        self.problem = cp.Problem(cp.Minimize(self.c @ self.a),
+                                  [self.M @ self.a >= 1, self.a >= 0, self.a <= 1])
+
+    def solve(self, n: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Solve P(z) for n^z and the distinct relay sets ``cols`` (m x H, m <= rows)."""
+        m = cols.shape[0]
+        if m > self.rows:
+            raise ValueError(f"RoundLP built for {self.rows} rows, got {m}")
+        M = np.empty((self.rows, cols.shape[1]))
+        M[:m] = cols
+        M[m:] = cols[0]
+        self.c.value = n.astype(float)
+        self.M.value = M
+        self.problem.solve(solver=_lp_solver())
+        return _lp_result(self.problem, self.a)
 
 
 def exact_alpha(a: np.ndarray, n: np.ndarray, A: np.ndarray, lp_opt: float,
@@ -185,13 +231,27 @@ def exact_alpha(a: np.ndarray, n: np.ndarray, A: np.ndarray, lp_opt: float,
     alpha = [Fraction(float(x)).limit_denominator(max_denominator) for x in a]
     if any(x < 0 or x > 1 for x in alpha):
         return None
-    for col in np.unique(A.T, axis=0):
-        if sum((alpha[i] for i in np.flatnonzero(col)), Fraction(0)) < 1:
-            return None
+    # coverage in integers: numerators over the common denominator L
+    L = math.lcm(*(x.denominator for x in alpha))
+    nums = [x.numerator * (L // x.denominator) for x in alpha]
+    cols = np.unique(np.asarray(A).T, axis=0)
+    if L * len(alpha) < 2 ** 62:
+        cover = cols.astype(np.int64) @ np.array(nums, dtype=np.int64)
+    else:                                       # exact Python integers, no overflow
+        cover = cols.astype(object) @ np.array(nums, dtype=object)
+    if any(c < L for c in cover.tolist()):
+        return None
     objective = sum((int(ni) * ai for ni, ai in zip(n, alpha)), Fraction(0))
     if float(objective) > lp_opt + 1e-7 * max(1.0, abs(lp_opt)):
         return None
     return alpha
+
+
+# With this many rounds or more, make_plan builds one parametrised LP (RoundLP)
+# instead of a fresh cvxpy problem per round -- unless padding every round to the
+# largest one would more than double the constraint rows (one huge round among
+# small ones), where fresh problems are faster.
+PARAM_LP_MIN_ROUNDS = 3
 
 
 def make_plan(G: np.ndarray, max_denominator: int = MAX_DENOMINATOR) -> Plan:
@@ -200,17 +260,24 @@ def make_plan(G: np.ndarray, max_denominator: int = MAX_DENOMINATOR) -> Plan:
     H = G.shape[0]
     degree = G.sum(axis=0)
     plan = Plan(G=G)
+    work = []
     for z in range(1, H):
         users = np.flatnonzero(degree == z)
         if len(users) == 0:
             continue
-        n, min_known = round_counts(G, users)
         A = G[:, users]
+        work.append((z, users, A, np.unique(A.T, axis=0)))   # distinct relay sets, m x H
+    lp = None
+    rows = [cols.shape[0] for *_, cols in work]
+    if len(work) >= PARAM_LP_MIN_ROUNDS and max(rows) * len(rows) <= 2 * sum(rows):
+        lp = RoundLP(H, max(rows))
+    for z, users, A, cols in work:
+        n, min_known = round_counts(G, users)
         involved = A.any(axis=1)                # relays with users in I_z
-        a = solve_round_lp(n, A)
+        a = lp.solve(n, cols) if lp is not None else solve_round_lp(n, A)
         a[~involved] = 0.0                      # such relays carry nothing (n_i^z = 0)
         lp_opt = float(n @ a)
-        alpha = exact_alpha(a, n, A, lp_opt, max_denominator)
+        alpha = exact_alpha(a, n, cols.T, lp_opt, max_denominator)
         source = "lp"
         if alpha is None:
             alpha = [Fraction(1, z) if involved[i] else Fraction(0) for i in range(H)]
@@ -284,6 +351,15 @@ def main(argv=None) -> int:
         from .coding import verify_exchange
         verify = verify_exchange(plan, dim=args.dim, seed=args.seed)
         out["verify"] = verify
+    try:
+        _print_result(args, plan, out, verify)
+    except BrokenPipeError:                    # e.g. piped into head: not an error of ours
+        sys.stderr.close()
+        return 0
+    return 0 if verify is None or verify["bit_exact"] else 1
+
+
+def _print_result(args, plan, out, verify) -> None:
     if args.json:
         json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -296,7 +372,6 @@ def main(argv=None) -> int:
                   f"{verify['measured_uplink_load']:.4f}, downlink "
                   f"{verify['measured_downlink_load']:.4f} (planned {float(plan.uplink_load):.4g}, "
                   f"{float(plan.downlink_load):.4g}; the difference is padding)")
-    return 0 if verify is None or verify["bit_exact"] else 1
 
 
 if __name__ == "__main__":

@@ -56,7 +56,10 @@ def validate(G, source: str = "topology") -> np.ndarray:
     NaN or entries other than 0/1, H < 2, a user with no relay, a relay with no
     user, a relay linked to every user (it could act as the server).
     """
-    arr = np.asarray(G)
+    try:
+        arr = np.asarray(G)
+    except (ValueError, TypeError) as exc:   # ragged nested lists and the like
+        raise TopologyError(f"{source}: G is not a rectangular array ({exc})") from None
     if arr.ndim != 2:
         raise TopologyError(
             f"{source}: G must be a 2-D H x K array (rows relays, columns users), "
@@ -78,7 +81,7 @@ def validate(G, source: str = "topology") -> np.ndarray:
         i, k = bad[0]
         raise TopologyError(
             f"{source}: G[{i + 1}, {k + 1}] (relay {i + 1}, user {k + 1}) is "
-            f"{arr[i, k]!r}; entries must be 0 or 1 ({len(bad)} bad entries)")
+            f"{arr[i, k].item()!r}; entries must be 0 or 1 ({len(bad)} bad entries)")
     G = arr.astype(np.uint8)
     if H < 2:
         raise TopologyError(f"{source}: H = {H} relay; the scheme needs at least 2 relays")
@@ -112,11 +115,27 @@ def load_topology(path_or_name) -> np.ndarray:
     if os.path.isdir(name):
         raise TopologyError(f"{name}: is a directory, not a .npy topology file")
     try:
+        with open(name, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise TopologyError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    if magic.startswith(b"PK\x03\x04"):
+        raise TopologyError(f"{name}: is an .npz archive; save G alone with numpy.save")
+    if magic != b"\x93NUMPY":
+        # numpy itself would report "pickled data" for any non-.npy file, which misleads
+        raise TopologyError(
+            f"{name}: not a .npy file (it does not start with the NumPy magic string); "
+            f"save G with numpy.save")
+    try:
         arr = np.load(name, allow_pickle=False)
+    except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise TopologyError(
+                f"{name}: G holds Python objects (dtype object); it must be a numeric "
+                f"0/1 array") from None
+        raise TopologyError(f"{name}: not a readable .npy array ({exc.__class__.__name__}: {exc})") from None
     except Exception as exc:  # numpy raises ValueError/OSError/EOFError/... on bad files
         raise TopologyError(f"{name}: not a readable .npy array ({exc.__class__.__name__}: {exc})") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        raise TopologyError(f"{name}: is an .npz archive; save G alone with numpy.save")
     return validate(arr, source=name)
 
 
@@ -149,6 +168,9 @@ def random_regular(K: int, H: int, r: int, seed: int = 0) -> np.ndarray:
     """Every user joins r distinct relays drawn uniformly; redrawn until G is valid."""
     if not 1 <= r <= H - 1:
         raise TopologyError(f"random: r = {r} must be between 1 and H - 1 = {H - 1}")
+    if K < 2:
+        raise TopologyError(f"random: K = {K} users; at least 2 are needed (with one user, "
+                            f"every relay of that user would be linked to all users)")
     rng = np.random.default_rng(seed)
     for _ in range(10_000):
         G = np.zeros((H, K), dtype=np.uint8)
@@ -289,7 +311,11 @@ def main(argv=None) -> int:
     if not args.output:
         parser.error("give -o PATH.npy to write the topology")
     out = args.output if args.output.endswith(".npy") else args.output + ".npy"
-    np.save(out, G)
+    try:
+        np.save(out, G)
+    except OSError as exc:
+        print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}\n{describe(G)}")
     return 0
 

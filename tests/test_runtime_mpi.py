@@ -136,3 +136,23 @@ def test_hung_rank_hits_the_deadline():
     assert proc.returncode != 0
     assert "PhaseTimeout: waited more than 3 s" in proc.stderr
     assert seconds < 60
+
+
+def test_mocha_digits_coded_equals_uncoded(tmp_path):
+    """Coding changes nothing about learning: same models bit for bit, and they learn."""
+    report_path = tmp_path / "r.json"
+    proc, _ = run_job(16, "--dataset", "digits", "--iterations", "12", "--quiet",
+                      "--report", str(report_path), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    coded, uncoded = report["runs"]["coded"], report["runs"]["uncoded"]
+    assert report["model_digests_equal"] is True
+    assert coded["ivs_bit_exact"] and uncoded["ivs_bit_exact"]
+    assert coded["dim"] == 64 and coded["iv_bytes"] == 512
+    acc = coded["accuracy"]
+    assert acc["mean_test_error"] == uncoded["accuracy"]["mean_test_error"]
+    assert len(acc["per_task"]) == 10
+    assert 0 <= acc["baseline_local_error"] <= 1 and 0 <= acc["baseline_global_error"] <= 1
+    # 12 iterations of MOCHA on digits already beat chance by far
+    assert acc["mean_test_error"] < 0.15
+    assert "baselines: independent per-task SVMs" in proc.stdout
