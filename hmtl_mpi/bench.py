@@ -1,4 +1,7 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime} [--json]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network} ...``.
+
+``network`` takes the options of ``python -m hmtl_mpi.bench_network`` (the
+emulated cluster of ``launch/netns-run``; needs root).
 
 Each prints measured figures next to a reference measured in the same run.
 They are benchmarks, not tests: nothing here asserts a speed.
@@ -67,10 +70,15 @@ def runtime_bench(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="pape
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("plan", "coding", "mocha", "runtime"),
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "network":
+        from .bench_network import run as network_run
+        return network_run(argv[1:])
+    parser.add_argument("what", choices=("plan", "coding", "mocha", "runtime", "network"),
                         help="plan: planner at K = 2,000, H = 50; coding: encode/combine/decode "
                              "throughput vs memcpy; mocha: local update, numba vs Python; "
-                             "runtime: the MPI job at --dim 1e3, 1e5, 1e6")
+                             "runtime: the MPI job at --dim 1e3, 1e5, 1e6; network: the emulated "
+                             "cluster (see python -m hmtl_mpi.bench network --help)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--dims", default="1000,100000,1000000",
                         help="runtime: comma-separated --dim values")

@@ -363,8 +363,8 @@ def _message_unit_map(G, rc_users, first_unit, units, n, C, D) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(len(rows), len(rc_users) * D)
 
 
-def _rref_pivots(A: np.ndarray) -> list:
-    """Pivot columns of A's reduced row echelon form over GF(p) (Gauss-Jordan in int64)."""
+def _gauss_jordan(A: np.ndarray) -> tuple:
+    """Reduced row echelon form of A over GF(p) and its pivot columns (int64 arithmetic)."""
     A = np.array(A, dtype=np.int64) % P
     rows, cols = A.shape
     pivots, r = [], 0
@@ -383,25 +383,21 @@ def _rref_pivots(A: np.ndarray) -> list:
         A = (A - np.outer(factors, A[r])) % P
         pivots.append(c)
         r += 1
-    return pivots
+    return A, pivots
+
+
+def _rref_pivots(A: np.ndarray) -> list:
+    """Pivot columns of A's reduced row echelon form over GF(p)."""
+    return _gauss_jordan(A)[1]
 
 
 def _inverse_mod_p(S: np.ndarray) -> np.ndarray:
-    """Inverse of a square matrix over GF(p); DecodeError if it is singular."""
+    """Inverse of a square matrix over GF(p), by Gauss-Jordan on [S | I]."""
     n = S.shape[0]
-    aug = np.concatenate([np.array(S, dtype=np.int64) % P, np.eye(n, dtype=np.int64)], axis=1)
-    for c in range(n):
-        nz = np.flatnonzero(aug[c:, c])
-        if nz.size == 0:
-            raise DecodeError("singular decoding matrix")
-        pr = c + int(nz[0])
-        if pr != c:
-            aug[[c, pr]] = aug[[pr, c]]
-        aug[c] = aug[c] * pow(int(aug[c, c]), P - 2, P) % P
-        factors = aug[:, c].copy()
-        factors[c] = 0
-        aug = (aug - np.outer(factors, aug[c])) % P
-    return aug[:, n:]
+    rref, pivots = _gauss_jordan(np.concatenate([S, np.eye(n, dtype=np.int64)], axis=1))
+    if pivots[:n] != list(range(n)):
+        raise DecodeError("singular decoding matrix")
+    return rref[:, n:]
 
 
 def _matmul_mod_p(A: np.ndarray, B: np.ndarray) -> np.ndarray:

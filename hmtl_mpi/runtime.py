@@ -24,6 +24,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 PROG = "mpirun -n 1+H+K python -m hmtl_mpi"
 SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plan and code
 
@@ -227,7 +229,7 @@ def make_comms(world, G):
     group = {}
     world_group = world.Get_group()
     for i in range(H):           # increasing i on every member: deadlock-free
-        members = [1 + i] + [H + 1 + int(k) for k in __import__("numpy").flatnonzero(G[i])]
+        members = [1 + i] + [H + 1 + int(k) for k in np.flatnonzero(G[i])]
         if rank in members:
             sub = world_group.Incl(members)
             group[i] = world.Create_group(sub, tag=i)
@@ -244,7 +246,6 @@ def make_comms(world, G):
 
 def run_scheme(scheme, args, world, links, G, plan, code, comms):
     """Run ``args.iterations`` iterations of one scheme; rank 0 returns its report."""
-    import numpy as np
     from mpi4py import MPI
 
     from .roles import PHASE_ORDER, Job, Relay, Server, User
@@ -342,14 +343,19 @@ def learner_has_accuracy(learner) -> bool:
 
 
 def _sha(buf) -> bytes:
-    import numpy as np
     return hashlib.sha256(np.ascontiguousarray(buf).tobytes()).digest()
+
+
+def gather_to_root(world, links, arrays, what):
+    """Gather same-shaped arrays from every rank to rank 0 (stacked by rank; None elsewhere)."""
+    root = world.Get_rank() == 0
+    out = [np.empty((world.Get_size(),) + a.shape, dtype=a.dtype) if root else None for a in arrays]
+    links.wait([world.Igather(a, o, root=0) for a, o in zip(arrays, out)], what)
+    return out
 
 
 def check_ivs(world, links, me, K) -> bool:
     """Compare, by SHA-256, the IVs every holder has with what the users sent."""
-    import numpy as np
-
     table = np.zeros((K, 32), dtype=np.uint8)
     known = np.zeros(K, dtype=np.uint8)
     if me.role == "user":
@@ -360,13 +366,10 @@ def check_ivs(world, links, me, K) -> bool:
             for k in range(K):
                 table[k] = np.frombuffer(_sha(ivs[k]), dtype=np.uint8)
             known[:] = 1
-    size = world.Get_size()
-    tables = np.empty((size, K, 32), dtype=np.uint8) if world.Get_rank() == 0 else None
-    flags = np.empty((size, K), dtype=np.uint8) if world.Get_rank() == 0 else None
-    links.wait([world.Igather(table, tables, root=0), world.Igather(known, flags, root=0)],
-               "IV digests")
+    tables, flags = gather_to_root(world, links, (table, known), "IV digests")
     if world.Get_rank() != 0:
         return True
+    size = world.Get_size()
     H = size - 1 - K
     sent = tables[H + 1:][np.arange(K), np.arange(K)]           # user k's own digest
     holders = [r for r in range(size) if flags[r].all()]
@@ -375,8 +378,6 @@ def check_ivs(world, links, me, K) -> bool:
 
 def model_digests(world, links, me, K):
     """SHA-256 of the final models in user order, and whether every user got its own."""
-    import numpy as np
-
     table = np.zeros((K + 1, 32), dtype=np.uint8)
     flag = np.zeros(1, dtype=np.uint8)
     if me.role == "user":
@@ -388,13 +389,10 @@ def model_digests(world, links, me, K):
                 table[k] = np.frombuffer(_sha(models[k]), dtype=np.uint8)
             table[K] = np.frombuffer(_sha(models), dtype=np.uint8)
             flag[0] = 1
-    size = world.Get_size()
-    tables = np.empty((size, K + 1, 32), dtype=np.uint8) if world.Get_rank() == 0 else None
-    flags = np.empty((size, 1), dtype=np.uint8) if world.Get_rank() == 0 else None
-    links.wait([world.Igather(table, tables, root=0), world.Igather(flag, flags, root=0)],
-               "model digests")
+    tables, flags = gather_to_root(world, links, (table, flag), "model digests")
     if world.Get_rank() != 0:
         return None, None
+    size = world.Get_size()
     H = size - 1 - K
     holders = [r for r in range(size) if flags[r, 0]]
     received = tables[H + 1:][np.arange(K), np.arange(K)]
@@ -405,17 +403,14 @@ def model_digests(world, links, me, K):
 
 def gather_accuracy(world, links, me, K):
     """Users' test errors gathered to rank 0 (outside the timed phases)."""
-    import numpy as np
-
     err = np.array([np.nan])
     if me.role == "user":
         value = me.job.learner.test_error(me.k, me.model)
         err[0] = np.nan if value is None else value
-    size = world.Get_size()
-    errs = np.empty((size, 1)) if world.Get_rank() == 0 else None
-    links.wait(world.Igather(err, errs, root=0), "test errors")
+    (errs,) = gather_to_root(world, links, (err,), "test errors")
     if world.Get_rank() != 0:
         return None
+    size = world.Get_size()
     per_task = [float(x) for x in errs[size - K:, 0]]
     return {"mean_test_error": float(np.mean(per_task)), "per_task": per_task}
 
@@ -507,8 +502,7 @@ def main(argv=None) -> int:
             except SetupError as exc:
                 error = str(exc).encode()
             setup_seconds = time.perf_counter() - t0
-        import numpy as np
-        status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status",
+            status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status",
                                    setup_timeout)
         if status.size:
             if rank == 0:

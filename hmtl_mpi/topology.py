@@ -16,7 +16,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from itertools import combinations
