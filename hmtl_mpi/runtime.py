@@ -502,7 +502,7 @@ def main(argv=None) -> int:
             except SetupError as exc:
                 error = str(exc).encode()
             setup_seconds = time.perf_counter() - t0
-            status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status",
+        status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0, "setup status",
                                    setup_timeout)
         if status.size:
             if rank == 0:
