@@ -160,7 +160,13 @@ def test_failing_job_exits_nonzero_and_cleans_up(tmp_path, how):
     assert rc != 0, out + err
     if how == "system_exit":
         assert rc == 3, out + err
-    assert time.monotonic() - t0 < 50, "job did not abort promptly: " + err
+    # A rank killed by os._exit usually ends the job in about a second, but hydra's
+    # proxy sometimes trips an internal assertion ("HYD_pmcd_pmip_control_cmd_cb:
+    # assert (!closed) failed", seen once under load) and the job then ends only at
+    # MPIEXEC_TIMEOUT (60 s here). Either way netns-run must exit non-zero and
+    # leave nothing behind; the mpi4py abort path must be prompt.
+    limit = 50 if how == "system_exit" else 60 + 40
+    assert time.monotonic() - t0 < limit, "job did not end in time: " + err
     assert_no_namespaces_of(pid)
 
 
