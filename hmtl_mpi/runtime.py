@@ -342,8 +342,9 @@ def learner_has_accuracy(learner) -> bool:
     return type(learner).__name__ != "SyntheticLearner"
 
 
-def _sha(buf) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(buf).tobytes()).digest()
+def _sha(buf) -> np.ndarray:
+    """SHA-256 of an array's bytes, as 32 uint8."""
+    return np.frombuffer(hashlib.sha256(np.ascontiguousarray(buf).tobytes()).digest(), np.uint8)
 
 
 def gather_to_root(world, links, arrays, what):
@@ -359,13 +360,10 @@ def check_ivs(world, links, me, K) -> bool:
     table = np.zeros((K, 32), dtype=np.uint8)
     known = np.zeros(K, dtype=np.uint8)
     if me.role == "user":
-        table[me.k] = np.frombuffer(_sha(me.iv), dtype=np.uint8)
-    else:
-        ivs = me.known_ivs()
-        if ivs is not None:
-            for k in range(K):
-                table[k] = np.frombuffer(_sha(ivs[k]), dtype=np.uint8)
-            known[:] = 1
+        table[me.k] = _sha(me.iv)
+    elif me.known_ivs() is not None:
+        table[:] = [_sha(v) for v in me.known_ivs()]
+        known[:] = 1
     tables, flags = gather_to_root(world, links, (table, known), "IV digests")
     if world.Get_rank() != 0:
         return True
@@ -381,14 +379,12 @@ def model_digests(world, links, me, K):
     table = np.zeros((K + 1, 32), dtype=np.uint8)
     flag = np.zeros(1, dtype=np.uint8)
     if me.role == "user":
-        table[me.k] = np.frombuffer(_sha(me.model), dtype=np.uint8)
-    else:
+        table[me.k] = _sha(me.model)
+    elif me.final_models() is not None:
         models = me.final_models()
-        if models is not None:
-            for k in range(K):
-                table[k] = np.frombuffer(_sha(models[k]), dtype=np.uint8)
-            table[K] = np.frombuffer(_sha(models), dtype=np.uint8)
-            flag[0] = 1
+        table[:K] = [_sha(m) for m in models]
+        table[K] = _sha(models)
+        flag[0] = 1
     tables, flags = gather_to_root(world, links, (table, flag), "model digests")
     if world.Get_rank() != 0:
         return None, None
