@@ -38,7 +38,7 @@ def runtime_bench(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="pape
         with tempfile.TemporaryDirectory() as tmp:
             report = os.path.join(tmp, "r.json")
             cmd = [mpiexec, "-n", str(1 + H + K), sys.executable, "-m", "hmtl_mpi",
-                   "--topology", topology, "--dim", str(dim), "--iterations", str(iterations),
+                   "--topology", topology, "--dataset", "synthetic", "--dim", str(dim), "--iterations", str(iterations),
                    "--quiet", "--report", report]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             if proc.returncode != 0:

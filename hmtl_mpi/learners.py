@@ -4,7 +4,9 @@ The runtime calls a learner through this interface only (every rank builds the
 same learner from the same arguments, so all of it must be deterministic):
 
 ``K``, ``dim`` (float64 values per IV), ``model_len`` (float64 values per model
-message), ``initial_model(k)``, ``local_update(k, iteration, model) -> IV``
+message), ``extra_len`` and ``extras_changed(iteration)`` (the message's last
+``extra_len`` values change only in the iterations where ``extras_changed`` is
+true, and are sent only then), ``initial_model(k)``, ``local_update(k, iteration, model) -> IV``
 (eq. 2, on user k's rank), ``global_update(iteration, ivs) -> models`` (eq. 3,
 ``ivs`` is K x dim in user order; on every relay in the coded scheme, on the
 server in the uncoded one), ``warm_up()`` (one-time compilation, before any
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DATASETS = ("synthetic", "digits", "mnist", "har")
+DATASETS = ("digits", "mnist", "har", "synthetic")
 
 
 class SyntheticLearner:
@@ -33,6 +35,7 @@ class SyntheticLearner:
         if dim < 1:
             raise ValueError(f"--dim must be at least 1, got {dim}")
         self.K, self.dim, self.model_len, self.seed = int(K), int(dim), int(dim), int(seed)
+        self.extra_len = 0
         self.W = None
 
     def initial_model(self, k: int) -> np.ndarray:
@@ -51,6 +54,9 @@ class SyntheticLearner:
         self.W += ivs
         self.W += 0.1 * ivs.mean(axis=0)
         return self.W.copy()
+
+    def extras_changed(self, iteration: int) -> bool:
+        return False
 
     def warm_up(self) -> None:
         """Nothing to compile."""

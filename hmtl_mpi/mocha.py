@@ -345,7 +345,10 @@ class MochaLearner:
     :meth:`global_update`. Both are deterministic, so all ranks agree bitwise.
 
     Model message of user k (``model_len = d + 2``): ``[w_k, Sigma_kk, rho]``.
-    IV of user k (``dim = d``): v_k = db, float64.
+    IV of user k (``dim = d``): v_k = db, float64. The last ``extra_len = 2``
+    values change only when Sigma and rho are refreshed (:meth:`extras_changed`),
+    so the runtime sends them only then; every other iteration the downlink
+    carries w_k alone, an IV-sized vector, as in the paper's load accounting.
     """
 
     def __init__(self, tasks, lam: float = DEFAULT_LAMBDA, inner: int = DEFAULT_INNER,
@@ -373,6 +376,7 @@ class MochaLearner:
         self.K: int = len(tasks)
         self.dim: int = dims.pop()
         self.model_len: int = self.dim + 2
+        self.extra_len: int = 2
         self.n_steps = [int(math.floor(len(y_tr) * self.frac)) for _, y_tr, _, _ in self._data]
         # global state (meaningful on the rank running global_update)
         self.W = np.zeros((self.dim, self.K))
@@ -458,6 +462,10 @@ class MochaLearner:
         if (int(iteration) + 1) % self.inner == 0:
             self.Sigma, self.rho = refresh_task_relationship(self.W)
         return self.models()
+
+    def extras_changed(self, iteration) -> bool:
+        """Whether the global update of ``iteration`` refreshed Sigma_kk and rho."""
+        return (int(iteration) + 1) % self.inner == 0
 
     # -- evaluation ---------------------------------------------------------
     def test_error(self, k, model) -> float:

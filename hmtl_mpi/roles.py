@@ -77,6 +77,13 @@ class Job:
         self.dim = learner.dim
         self.model_len = learner.model_len
 
+    def model_values_sent(self, it) -> int:
+        """How much of a model message goes down in iteration ``it``: all of it, or
+        all but the learner's extras when they did not change (MOCHA: Sigma_kk and
+        rho, refreshed every ``inner`` iterations). Both ends know the schedule."""
+        changed = self.learner.extras_changed(it)
+        return self.model_len if changed else self.model_len - self.learner.extra_len
+
 
 class Server:
     """Rank 0. Coded: combines the relays' messages and broadcasts (eq. 31).
@@ -130,7 +137,7 @@ class Server:
             for i in range(job.H):
                 users = np.flatnonzero(job.home == i)
                 if len(users):
-                    buf = np.ascontiguousarray(self.models[users])
+                    buf = np.ascontiguousarray(self.models[users, : job.model_values_sent(it)])
                     self.model_bufs.append(buf)
                     reqs.append(links.isend(job.uplink, buf, 1 + i, TAG_MODEL, "server_to_relay"))
             links.wait(reqs, "model sends to the relays")
@@ -242,7 +249,7 @@ class Relay:
         if job.scheme == "coded":
             self.downlinks = receive_downlink(job, self.i)
         elif len(self.home_users):
-            self.models_in = np.empty((len(self.home_users), job.model_len))
+            self.models_in = np.empty((len(self.home_users), job.model_values_sent(it)))
             links.wait(links.irecv(job.uplink, self.models_in, 0, TAG_MODEL),
                        "models from the server")
 
@@ -259,7 +266,8 @@ class Relay:
     def relay_to_user(self, it):
         job, links = self.job, self.job.links
         if job.scheme == "coded":
-            out = {int(k): np.ascontiguousarray(self.models[k]) for k in self.home_users}
+            n = job.model_values_sent(it)
+            out = {int(k): np.ascontiguousarray(self.models[k, :n]) for k in self.home_users}
         else:
             out = {int(k): self.models_in[m] for m, k in enumerate(self.home_users)}
         reqs = [links.isend(self.comm, buf, self._group_rank(k), TAG_MODEL, "relay_to_user")
@@ -297,8 +305,10 @@ class User:
 
     def relay_to_user(self, it):
         job, links = self.job, self.job.links
-        buf = np.empty(job.model_len)
+        n = job.model_values_sent(it)
+        buf = np.empty(n)
         home = int(job.home[self.k])
         links.wait(links.irecv(job.group[home], buf, 0, TAG_MODEL),
                    f"model from relay {home + 1}")
-        self.model = buf
+        self.model = self.model.copy()
+        self.model[:n] = buf

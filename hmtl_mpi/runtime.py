@@ -94,13 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=("coded", "uncoded", "both"), default="both",
                    help="which scheme to run; 'both' runs uncoded then coded on identical "
                         "inputs and compares them (default: both)")
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
-                   help="the learner's data: synthetic IVs for communication work, or MOCHA "
-                        "on digits / mnist / har (default: synthetic)")
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="the learner's data: MOCHA on digits / mnist / har, or synthetic IVs "
+                        "of --dim values for communication work (default: digits)")
     p.add_argument("--dim", type=positive_int, default=None,
                    help="float64 values per IV with --dataset synthetic (default 1000)")
-    p.add_argument("--iterations", type=positive_int, default=5,
-                   help="global iterations per scheme (default 5)")
+    p.add_argument("--iterations", type=positive_int, default=10,
+                   help="global iterations per scheme (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, learner and code (default 0)")
     p.add_argument("--downlink", choices=("scatter-allgather", "bcast"), default="scatter-allgather",
                    help="how the server's broadcast reaches the relays: scatter from the server "
@@ -308,7 +308,8 @@ def run_scheme(scheme, args, world, links, G, plan, code, comms):
         return None
     report = {
         "scheme": scheme, "K": K, "H": H, "dataset": args.dataset, "dim": learner.dim,
-        "iv_bytes": iv_bytes, "model_bytes": 8 * learner.model_len,
+        "iv_bytes": iv_bytes, "model_bytes": 8 * (learner.model_len - learner.extra_len),
+        "model_extra_bytes": 8 * learner.extra_len,
         "downlink_method": args.downlink if scheme == "coded" else "point-to-point",
         "iterations": iterations,
         "measured_loads": {

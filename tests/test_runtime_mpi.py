@@ -49,7 +49,7 @@ def assert_lossless_and_planned(report, G, tolerance=0.01):
 
 def test_paper_example_both_schemes(tmp_path):
     report_path = tmp_path / "r.json"
-    proc, _ = run_job(16, "--topology", "paper-fig2", "--dim", "2000", "--iterations", "2",
+    proc, _ = run_job(16, "--topology", "paper-fig2", "--dataset", "synthetic", "--dim", "2000", "--iterations", "2",
                       "--report", str(report_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -70,7 +70,7 @@ def test_other_topologies(tmp_path, name, G):
     np.save(path, G)
     report_path = tmp_path / "r.json"
     H, K = G.shape
-    proc, _ = run_job(1 + H + K, "--topology", str(path), "--dim", "1500", "--iterations", "2",
+    proc, _ = run_job(1 + H + K, "--topology", str(path), "--dataset", "synthetic", "--dim", "1500", "--iterations", "2",
                       "--report", str(report_path), "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -80,7 +80,7 @@ def test_other_topologies(tmp_path, name, G):
 
 def test_bcast_downlink_and_single_scheme(tmp_path):
     report_path = tmp_path / "r.json"
-    proc, _ = run_job(16, "--scheme", "coded", "--downlink", "bcast", "--dim", "999",
+    proc, _ = run_job(16, "--scheme", "coded", "--downlink", "bcast", "--dataset", "synthetic", "--dim", "999",
                       "--iterations", "2", "--report", str(report_path), "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
@@ -122,7 +122,8 @@ def test_bad_flag_value_is_one_clear_error():
 
 
 def test_exception_on_a_relay_aborts_the_job_quickly():
-    proc, seconds = run_job(16, "--iterations", "3", "--inject-fault", "2:1", "--quiet",
+    proc, seconds = run_job(16, "--dataset", "synthetic", "--iterations", "3", "--inject-fault", "2:1",
+                            "--quiet",
                             timeout=120)
     assert proc.returncode != 0
     assert "fault injected on rank 2 in iteration 1" in proc.stderr
@@ -131,7 +132,8 @@ def test_exception_on_a_relay_aborts_the_job_quickly():
 
 
 def test_hung_rank_hits_the_deadline():
-    proc, seconds = run_job(16, "--iterations", "2", "--inject-fault", "3:0:hang", "--quiet",
+    proc, seconds = run_job(16, "--dataset", "synthetic", "--iterations", "2",
+                            "--inject-fault", "3:0:hang", "--quiet",
                             "--timeout", "3", timeout=120)
     assert proc.returncode != 0
     assert "PhaseTimeout: waited more than 3 s" in proc.stderr
@@ -141,14 +143,26 @@ def test_hung_rank_hits_the_deadline():
 def test_mocha_digits_coded_equals_uncoded(tmp_path):
     """Coding changes nothing about learning: same models bit for bit, and they learn."""
     report_path = tmp_path / "r.json"
-    proc, _ = run_job(16, "--dataset", "digits", "--iterations", "12", "--quiet",
+    proc, _ = run_job(16, "--iterations", "12", "--inner", "5", "--quiet",   # digits: the default
                       "--report", str(report_path), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(report_path.read_text())
     coded, uncoded = report["runs"]["coded"], report["runs"]["uncoded"]
     assert report["model_digests_equal"] is True
     assert coded["ivs_bit_exact"] and uncoded["ivs_bit_exact"]
-    assert coded["dim"] == 64 and coded["iv_bytes"] == 512
+    assert coded["dataset"] == "digits"
+    assert coded["dim"] == 64 and coded["iv_bytes"] == 512 and coded["model_extra_bytes"] == 16
+    # the model goes down as w_k (one IV) every iteration, with Sigma_kk and rho only after
+    # a refresh (iterations 5 and 10 with --inner 5)
+    for it in uncoded["iterations"]:
+        extra = 16 * 10 if (it["iteration"] + 1) % 5 == 0 else 0
+        assert it["bytes"]["server_to_relay"] == 10 * 512 + extra
+        assert it["bytes"]["relay_to_user"] == 10 * 512 + extra
+    for it in coded["iterations"]:
+        extra = 16 * 10 if (it["iteration"] + 1) % 5 == 0 else 0
+        assert it["bytes"]["relay_to_user"] == 10 * 512 + extra
+    assert abs(coded["measured_loads"]["uplink"] - 8.5) / 8.5 < 0.01
+    assert abs(coded["measured_loads"]["downlink"] - 7) / 7 < 0.01
     acc = coded["accuracy"]
     assert acc["mean_test_error"] == uncoded["accuracy"]["mean_test_error"]
     assert len(acc["per_task"]) == 10
