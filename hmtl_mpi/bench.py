@@ -67,6 +67,26 @@ def runtime_bench(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="pape
     return results
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _dims(text):
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"every --dim must be at least 1, got {text!r}")
+    return dims
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,14 +100,13 @@ def main(argv=None) -> int:
                              "runtime: the MPI job at --dim 1e3, 1e5, 1e6; network: the emulated "
                              "cluster (see python -m hmtl_mpi.bench network --help)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--dims", default="1000,100000,1000000",
+    parser.add_argument("--dims", default="1000,100000,1000000", type=_dims,
                         help="runtime: comma-separated --dim values")
-    parser.add_argument("--iterations", type=int, default=3, help="runtime: iterations per run")
+    parser.add_argument("--iterations", type=_positive, default=3, help="runtime: iterations per run")
     parser.add_argument("--topology", default="paper-fig2", help="runtime: topology")
     args = parser.parse_args(argv)
     if args.what == "runtime":
-        dims = tuple(int(x) for x in args.dims.split(","))
-        runtime_bench(dims, args.iterations, args.topology, args.json)
+        runtime_bench(args.dims, args.iterations, args.topology, args.json)
         return 0
     module = {"plan": "bench_plan", "coding": "bench_coding", "mocha": "bench_mocha"}[args.what]
     mod = __import__(f"hmtl_mpi.{module}", fromlist=["run"])
