@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 
+from .cli import positive_int, positive_int_list
+
 
 def runtime_bench(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",
                   json_out=False) -> dict:
@@ -67,26 +69,6 @@ def runtime_bench(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="pape
     return results
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _dims(text):
-    try:
-        dims = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"every --dim must be at least 1, got {text!r}")
-    return dims
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,9 +82,9 @@ def main(argv=None) -> int:
                              "runtime: the MPI job at --dim 1e3, 1e5, 1e6; network: the emulated "
                              "cluster (see python -m hmtl_mpi.bench network --help)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--dims", default="1000,100000,1000000", type=_dims,
+    parser.add_argument("--dims", default="1000,100000,1000000", type=positive_int_list,
                         help="runtime: comma-separated --dim values")
-    parser.add_argument("--iterations", type=_positive, default=3, help="runtime: iterations per run")
+    parser.add_argument("--iterations", type=positive_int, default=3, help="runtime: iterations per run")
     parser.add_argument("--topology", default="paper-fig2", help="runtime: topology")
     args = parser.parse_args(argv)
     if args.what == "runtime":

@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from .cli import positive_int
+
 MB = 1e6
 
 _FIRST_USE = r"""
@@ -265,9 +267,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench_coding",
                                      description="Throughput of the GF(65537) coding layer.")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--dim", type=int, default=1_000_000,
+    parser.add_argument("--dim", type=positive_int, default=1_000_000,
                         help="float64 values per IV for the paper-fig2 exchange (default 1e6)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions (default 5)")
     parser.add_argument("--no-first-use", action="store_true",
                         help="skip the fresh-subprocess first-use measurement")
     args = parser.parse_args(argv)

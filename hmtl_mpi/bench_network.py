@@ -56,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cli import float_list, positive_float, positive_int, positive_int_list
+
 REPO = Path(__file__).resolve().parent.parent
 NETNS_RUN = REPO / "launch" / "netns-run"
 OUT_DIR = REPO / "benchmarks" / "network"
@@ -210,20 +212,20 @@ def settings_for(experiment: str, args) -> list[dict]:
             out.append(dict(topology="paper-fig2", K=10, H=5, r="", d="", sweep="setting", x=0,
                             series="paper-fig2", w1=w1, w2=w2))
         elif experiment == "fig6":
-            for r in [int(v) for v in args.r6.split(",")]:
-                for K in [int(v) for v in args.Ks.split(",")]:
+            for r in args.r6:
+                for K in args.Ks:
                     out.append(dict(topology=args.fig6_topology, K=K, H=5, r=r, d="", sweep="K",
                                     x=K, series=f"r={r}", w1=w1, w2=w2))
         elif experiment == "fig5":
-            for H in [int(v) for v in args.H5.split(",")]:
-                for r in [int(v) for v in args.rs.split(",")]:
+            for H in args.H5:
+                for r in args.rs:
                     if r >= H:
                         continue
                     out.append(dict(topology="random", K=args.K5, H=H, r=r, d="", sweep="r", x=r,
                                     series=f"H={H}", w1=w1, w2=w2))
         elif experiment == "fig7":
             K = args.K7
-            ds = ([float(v) for v in args.ds.split(",")] if args.ds
+            ds = (list(args.ds) if args.ds
                   else [d for d in heterogeneous_ds(K) if abs(d * 10 - round(d * 10)) < 1e-9])
             for d in ds:
                 out.append(dict(topology="heterogeneous", K=K, H=4, r=2, d=d, sweep="d", x=d,
@@ -600,27 +602,27 @@ def run(argv=None) -> int:
     parser.add_argument("experiment", choices=EXPERIMENTS)
     parser.add_argument("--out", help="CSV path (default benchmarks/network/<experiment>.csv); "
                                       "the PNG goes next to it with .png")
-    parser.add_argument("--dim", type=int, default=50_000,
+    parser.add_argument("--dim", type=positive_int, default=50_000,
                         help="float64 values per IV (default 50000 = 400 KB)")
     parser.add_argument("--iterations", type=int, default=0,
                         help="iterations per run (default 4 for check, 3 otherwise)")
     parser.add_argument("--rates", help="comma-separated W1:W2 pairs in tc syntax")
     parser.add_argument("--seed", type=int, default=1, help="topology, data and code seed")
-    parser.add_argument("--Ks", default="10,20,30,40", help="fig6: K values")
-    parser.add_argument("--r6", default="2,3", help="fig6: r values")
+    parser.add_argument("--Ks", type=positive_int_list, default="10,20,30,40", help="fig6: K values")
+    parser.add_argument("--r6", type=positive_int_list, default="2,3", help="fig6: r values")
     parser.add_argument("--fig6-topology", choices=("symmetric", "random"), default="symmetric",
                         help="fig6: Theorem 3 design (K a multiple of C(5, r) = 10; default) or "
                              "every user on r random relays (seed --seed)")
     parser.add_argument("--plans", type=int, default=0, metavar="N",
                         help="print the planned loads of the settings' topologies (and, for "
                              "random ones, of N seeds) and exit; no runs")
-    parser.add_argument("--K5", type=int, default=20, help="fig5: K")
-    parser.add_argument("--H5", default="10,20", help="fig5: H values")
-    parser.add_argument("--rs", default="1,3,5,7,9", help="fig5: r values (r < H kept)")
-    parser.add_argument("--K7", type=int, default=30, help="fig7: K")
-    parser.add_argument("--ds", default="", help="fig7: d values (default 0, .1, ... with "
+    parser.add_argument("--K5", type=positive_int, default=20, help="fig5: K")
+    parser.add_argument("--H5", type=positive_int_list, default="10,20", help="fig5: H values")
+    parser.add_argument("--rs", type=positive_int_list, default="1,3,5,7,9", help="fig5: r values (r < H kept)")
+    parser.add_argument("--K7", type=positive_int, default=30, help="fig7: K")
+    parser.add_argument("--ds", type=float_list, default="", help="fig7: d values (default 0, .1, ... with "
                                                  "integer degrees)")
-    parser.add_argument("--run-timeout", type=float, default=300,
+    parser.add_argument("--run-timeout", type=positive_float, default=300,
                         help="seconds per netns-run job (MPIEXEC_TIMEOUT; default 300)")
     parser.add_argument("--budget", type=float, default=0,
                         help="stop starting new settings after this many seconds (0: no limit)")
@@ -642,7 +644,7 @@ def run(argv=None) -> int:
     png = out.with_suffix(".png")
     title = {"check": "check: paper-fig2 (K = 10, H = 5)",
              "fig6": "Fig. 6 setting: H = 5, r in {2, 3}, K swept",
-             "fig5": f"Fig. 5 setting: K = {args.K5}, H in {{{args.H5}}}, r swept",
+             "fig5": f"Fig. 5 setting: K = {args.K5}, H in {{{', '.join(map(str, args.H5))}}}, r swept",
              "fig7": f"Fig. 7 setting: K = {args.K7}, H = 4, r = 2, d swept"}[args.experiment]
     title += f"  (synthetic IVs, dim {args.dim}; solid measured, dashed model)"
     if args.plot_only:

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from .cli import positive_float, positive_int
+
 PROG = "mpirun -n 1+H+K python -m hmtl_mpi"
 SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plan and code
 
@@ -52,20 +54,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise _ArgError(message)
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def fault_spec(text):

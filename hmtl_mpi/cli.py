@@ -1,0 +1,38 @@
+"""argparse value types shared by the command lines: clear errors, never tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def positive_int_list(text) -> tuple:
+    """Comma-separated integers, each at least 1."""
+    return tuple(positive_int(x) for x in str(text).split(","))
+
+
+def float_list(text) -> tuple:
+    """Comma-separated numbers (empty: none)."""
+    try:
+        return tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
