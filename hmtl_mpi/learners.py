@@ -9,7 +9,8 @@ message), ``extra_len`` and ``extras_changed(iteration)`` (the message's last
 true, and are sent only then), ``initial_model(k)``, ``local_update(k, iteration, model) -> IV``
 (eq. 2, on user k's rank), ``global_update(iteration, ivs) -> models`` (eq. 3,
 ``ivs`` is K x dim in user order; on every relay in the coded scheme, on the
-server in the uncoded one), ``warm_up()`` (one-time compilation, before any
+server in the uncoded one), ``evaluates`` (whether test errors and baselines
+mean anything), ``warm_up()`` (one-time compilation, before any
 timed phase), ``test_error(k, model)`` (float or None) and ``baselines()``
 (dict, may be empty).
 """
@@ -36,6 +37,7 @@ class SyntheticLearner:
             raise ValueError(f"--dim must be at least 1, got {dim}")
         self.K, self.dim, self.model_len, self.seed = int(K), int(dim), int(dim), int(seed)
         self.extra_len = 0
+        self.evaluates = False
         self.W = None
 
     def initial_model(self, k: int) -> np.ndarray:

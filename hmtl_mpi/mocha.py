@@ -377,6 +377,7 @@ class MochaLearner:
         self.dim: int = dims.pop()
         self.model_len: int = self.dim + 2
         self.extra_len: int = 2
+        self.evaluates = True                  # test errors and SVM baselines are reported
         self.n_steps = [int(math.floor(len(y_tr) * self.frac)) for _, y_tr, _, _ in self._data]
         # global state (meaningful on the rank running global_update)
         self.W = np.zeros((self.dim, self.K))

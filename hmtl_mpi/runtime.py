@@ -283,7 +283,7 @@ def run_scheme(scheme, args, world, links, G, plan, code, comms):
             iterations.append(record)
             if not args.quiet:
                 print(progress_line(scheme, it, args.iterations, record, iv_bytes), flush=True)
-        if learner_has_accuracy(learner) and args.eval_every and (it + 1) % args.eval_every == 0 \
+        if learner.evaluates and args.eval_every and (it + 1) % args.eval_every == 0 \
                 and it + 1 < args.iterations:
             acc = gather_accuracy(world, links, me, K)
             if rank == 0 and not args.quiet:
@@ -291,7 +291,7 @@ def run_scheme(scheme, args, world, links, G, plan, code, comms):
                       f"{acc['mean_test_error']:.4f}", flush=True)
     with phase(links, f"{scheme} final checks"):
         digest, delivered = model_digests(world, links, me, K)
-        accuracy = gather_accuracy(world, links, me, K) if learner_has_accuracy(learner) else None
+        accuracy = gather_accuracy(world, links, me, K) if learner.evaluates else None
     if rank != 0:
         return None
     report = {
@@ -325,10 +325,6 @@ def inject_fault(kind, rank, it):
         while True:
             time.sleep(1)
     raise RuntimeError(f"fault injected on rank {rank} in iteration {it} (--inject-fault)")
-
-
-def learner_has_accuracy(learner) -> bool:
-    return type(learner).__name__ != "SyntheticLearner"
 
 
 def _sha(buf) -> np.ndarray:
