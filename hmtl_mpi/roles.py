@@ -132,14 +132,13 @@ class Server:
         if job.scheme == "coded":
             send_downlink(job, self.downlink)
         else:
-            reqs = []
-            self.model_bufs = []
+            reqs, bufs = [], []         # bufs: alive until every send completed
             for i in range(job.H):
                 users = np.flatnonzero(job.home == i)
                 if len(users):
-                    buf = np.ascontiguousarray(self.models[users, : job.model_values_sent(it)])
-                    self.model_bufs.append(buf)
-                    reqs.append(links.isend(job.uplink, buf, 1 + i, TAG_MODEL, "server_to_relay"))
+                    bufs.append(np.ascontiguousarray(self.models[users, : job.model_values_sent(it)]))
+                    reqs.append(links.isend(job.uplink, bufs[-1], 1 + i, TAG_MODEL,
+                                            "server_to_relay"))
             links.wait(reqs, "model sends to the relays")
 
     def global_update(self, it):
@@ -272,7 +271,6 @@ class Relay:
             out = {int(k): self.models_in[m] for m, k in enumerate(self.home_users)}
         reqs = [links.isend(self.comm, buf, self._group_rank(k), TAG_MODEL, "relay_to_user")
                 for k, buf in out.items()]
-        self._out = out
         links.wait(reqs, "model sends to the users")
 
     def known_ivs(self):
