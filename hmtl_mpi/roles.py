@@ -51,7 +51,7 @@ PHASE_ORDER = {
     ),
 }
 
-TAG_IV, TAG_MODEL, TAG_UPLINK, TAG_DOWN = 11, 12, 100, 13
+TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100   # uplink: TAG_UPLINK + round index
 
 
 def home_relays(G: np.ndarray) -> np.ndarray:
