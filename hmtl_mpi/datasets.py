@@ -265,8 +265,19 @@ def _har_file(root: Path, part: str, stem: str) -> Path:
     return path
 
 
+def _read_text(path: Path) -> str:
+    """A text file's content, or a DatasetError naming it (unreadable, not text)."""
+    try:
+        return path.read_text(encoding="ascii")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a text file of numbers (byte {exc.start} is "
+                           f"0x{exc.object[exc.start]:02x})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _read_har_features(path: Path) -> np.ndarray:
-    text = path.read_text()
+    text = _read_text(path)
     lines = text.splitlines()
     if not any(line.strip() for line in lines):
         raise DatasetError(f"{path}: file is empty")
@@ -284,7 +295,7 @@ def _read_har_features(path: Path) -> np.ndarray:
 
 def _read_har_ints(path: Path, lo: int, hi: int, what: str) -> np.ndarray:
     values = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
         s = line.strip()
         if not s:
             continue

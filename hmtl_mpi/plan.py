@@ -23,9 +23,11 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -165,6 +167,35 @@ def _lp_solver():
     return cp.HIGHS if "HIGHS" in cp.installed_solvers() else None
 
 
+@contextlib.contextmanager
+def stdout_silenced():
+    """Send whatever C code writes to file descriptor 1 to /dev/null meanwhile.
+
+    Solvers print banners from C (highspy 1.16: "Running HiGHS 1.16.0 ...") on
+    standard output whatever cvxpy's ``verbose`` says, and standard output is
+    reserved for our own results (``--json`` prints one JSON document there).
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:                 # no file descriptor 1 at all: nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def solve_quietly(problem, **options) -> None:
+    """``problem.solve(**options)`` with solver banners kept off standard output."""
+    with stdout_silenced():
+        problem.solve(**options)
+
+
 def _lp_result(problem, a) -> np.ndarray:
     if a.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
         raise RuntimeError(f"LP P(z) did not solve: status {problem.status}")
@@ -184,7 +215,7 @@ def solve_round_lp(n: np.ndarray, A: np.ndarray) -> np.ndarray:
     problem = cp.Problem(cp.Minimize(n.astype(float) @ a),
                          [cols.astype(float) @ a >= 1, a >= 0, a <= 1])
     # no Parameters here, so skip cvxpy's DPP analysis (about a third of the build time)
-    problem.solve(solver=_lp_solver(), ignore_dpp=True)
+    solve_quietly(problem, solver=_lp_solver(), ignore_dpp=True)
     return _lp_result(problem, a)
 
 
@@ -217,7 +248,7 @@ class RoundLP:
         M[m:] = cols[0]
         self.c.value = n.astype(float)
         self.M.value = M
-        self.problem.solve(solver=_lp_solver())
+        solve_quietly(self.problem, solver=_lp_solver())
         return _lp_result(self.problem, self.a)
 
 

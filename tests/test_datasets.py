@@ -184,3 +184,20 @@ def test_har_bad_label_and_row_mismatch(har_dir, tmp_path):
     g.write_text("x\n" + g.read_text())
     with pytest.raises(DatasetError, match=r"subject_test.txt: line 1: subject 'x' is not an integer"):
         load_tasks("har", 2, data_dir=d)
+
+
+@pytest.mark.parametrize("name", ["train/X_train.txt", "train/y_train.txt", "test/subject_test.txt"])
+def test_har_file_of_random_bytes_is_named(har_dir, tmp_path, name):
+    d = _copy(har_dir, tmp_path / "h")
+    (d / name).write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    with pytest.raises(DatasetError, match=rf"{name.split('/')[1]}: not a text file of numbers"):
+        load_tasks("har", 2, data_dir=d)
+
+
+def test_har_unreadable_file_is_named(har_dir, tmp_path):
+    d = _copy(har_dir, tmp_path / "h")
+    f = d / "train" / "X_train.txt"
+    f.unlink()
+    f.mkdir()                                   # a directory where a file should be
+    with pytest.raises(DatasetError, match="X_train.txt"):
+        load_tasks("har", 2, data_dir=d)
