@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text) -> int:
@@ -16,12 +17,27 @@ def positive_int(text) -> int:
 
 
 def positive_float(text) -> float:
+    """A finite number > 0 (``inf`` would silently switch off what it limits)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not math.isfinite(value) or not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+SEED_MAX = 2**32 - 1
+
+
+def seed_value(text) -> int:
+    """A random seed: an integer 0 .. 2**32 - 1 (NumPy's seed range for one word)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32-1 = {SEED_MAX}, got {value}")
     return value
 
 

@@ -6,21 +6,22 @@ uppercase mpi4py calls, so ``buf.nbytes`` is exactly what goes on the wire as
 payload.
 
 Never hang: every wait is a ``Test`` loop with a deadline (``--timeout``); when
-it passes, :class:`PhaseTimeout` names the rank, the phase and what it waited
-for. Any exception on any rank goes through :func:`abort_on_error`, which prints
-the rank's message and calls ``MPI.COMM_WORLD.Abort`` (a plain uncaught Python
-exception would leave the other ranks blocked: see NETWORK.md).
+it passes, :class:`~hmtl_mpi.failures.PhaseTimeout` says what the rank waited
+for. Each turn of the loop also answers the failure layer's status requests
+(:meth:`hmtl_mpi.failures.Control.poll`), which is how a rank that stopped
+answering is found, and how rank 0 hears of a failure elsewhere. Every
+exception ends the job through :func:`hmtl_mpi.failures.end_job` (a plain
+uncaught Python exception would leave the other ranks blocked: NETWORK.md).
 """
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
-from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
+
+from .failures import PhaseTimeout
 
 # Link classes whose bytes are counted (SCHEME.md: bytes on the wire are the truth).
 LINK_CLASSES = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user",
@@ -30,22 +31,19 @@ PHASES = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_
           "decode", "global_update", "relay_to_user", "total")
 
 
-class PhaseTimeout(RuntimeError):
-    """A blocking wait passed its deadline."""
-
-
 class Links:
-    """One rank's view of the job: its communicators, byte counters and deadline.
+    """One rank's view of the job: byte counters and the deadline of every wait.
 
-    ``phase`` names what the rank is doing, for error messages.
+    ``control`` (:class:`hmtl_mpi.failures.Control`) is polled while waiting;
+    ``state`` (:class:`hmtl_mpi.failures.RankState`) learns what is awaited.
     """
 
-    def __init__(self, world, role: str, timeout: float):
+    def __init__(self, world, timeout: float, control=None, state=None):
         self.world = world
         self.rank = world.Get_rank()
-        self.role = role
         self.timeout = float(timeout)
-        self.phase = "setup"
+        self.control = control
+        self.state = state
         self.sent = dict.fromkeys(LINK_CLASSES, 0)
 
     def reset_counters(self) -> None:
@@ -67,11 +65,23 @@ class Links:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         pause = 2e-5
+        self._waiting(what)
         while not MPI.Request.Testall(requests):
-            if time.monotonic() > deadline:
-                raise PhaseTimeout(f"waited more than {limit:g} s for {what}")
-            time.sleep(pause)
+            self._idle(pause, deadline, limit, what)
             pause = min(pause * 2, 1e-3)
+        self._waiting("")
+
+    def _waiting(self, what: str) -> None:
+        if self.state is not None:
+            self.state.waiting = what
+
+    def _idle(self, pause: float, deadline: float, limit: float, what: str) -> None:
+        """One turn of a wait: answer the failure layer, check the deadline, sleep."""
+        if self.control is not None:
+            self.control.poll()
+        if time.monotonic() > deadline:
+            raise PhaseTimeout(what, limit)
+        time.sleep(pause)
 
     # --- point to point ------------------------------------------------------------
     def isend(self, comm, buf: np.ndarray, dest: int, tag: int, link: str):
@@ -92,6 +102,7 @@ class Links:
         status = MPI.Status()
         deadline = time.monotonic() + self.timeout
         pause = 2e-5
+        self._waiting(what)
         while pending:
             matched = False
             for key in list(pending):
@@ -103,10 +114,8 @@ class Links:
                     pending.remove(key)
                     matched = True
             if pending and not matched:
-                if time.monotonic() > deadline:
-                    who = ", ".join(f"rank {s} tag {t}" for s, t in pending)
-                    raise PhaseTimeout(f"waited more than {self.timeout:g} s for {what} ({who})")
-                time.sleep(pause)
+                who = ", ".join(f"rank {s} tag {t}" for s, t in pending)
+                self._idle(pause, deadline, self.timeout, f"{what} ({who})")
                 pause = min(pause * 2, 1e-3)
         self.wait(requests, what)
         return got
@@ -126,35 +135,3 @@ class Links:
         buf = payload if comm.Get_rank() == root else np.empty(int(size[0]), dtype=np.uint8)
         self.bcast(comm, buf, root, what, timeout)
         return buf
-
-
-@contextmanager
-def phase(links: Links, name: str):
-    """Mark what this rank is doing, so that a timeout or error names it."""
-    previous = links.phase
-    links.phase = name
-    yield                       # on an exception the phase stays set, for the abort message
-    links.phase = previous
-
-
-def abort_on_error(links: Links | None, exc: BaseException, code: int = 1) -> None:
-    """Print this rank's error and abort the whole job (never returns)."""
-    rank = MPI.COMM_WORLD.Get_rank()
-    where = f"rank {rank}"
-    if links is not None:
-        where += f" ({links.role}), phase {links.phase}"
-    detail = "".join(traceback.format_exception(exc)) if not isinstance(
-        exc, (PhaseTimeout, KeyboardInterrupt)) else ""
-    sys.stderr.write(f"hmtl_mpi: {where}: {exc.__class__.__name__}: {exc}\n")
-    if detail and not isinstance(exc, SystemExit):
-        sys.stderr.write(detail)
-    sys.stderr.write(f"hmtl_mpi: aborting all ranks (exit code {code})\n")
-    sys.stderr.flush()
-    MPI.COMM_WORLD.Abort(code)
-
-
-def install_excepthook() -> None:
-    """Make any uncaught exception abort the whole job instead of hanging it."""
-    def hook(exc_type, exc, tb):
-        abort_on_error(None, exc)
-    sys.excepthook = hook

@@ -1,0 +1,376 @@
+"""Every abnormal end named once, with its culprit, from one place.
+
+A job of 1 + H + K ranks can end badly in four ways; each prints one short
+message on standard error (the "hmtl_mpi:" line, plus MPICH's own one-line
+note of the abort) and exits with its own code:
+
+==========  =====================================================================
+exit code   cause
+==========  =====================================================================
+0           success
+1           a lossless check failed (models of the schemes differ)
+2           bad input: a flag, the topology, the data, the number of ranks
+3           a fault: an exception on some rank (the rank, role, phase, iteration
+            and the exception are named)
+4           a rank stopped answering: a wait passed ``--timeout`` and the rank
+            that did not answer a status request is named
+130 / 143   interrupted by SIGINT (Ctrl-C) / terminated by SIGTERM
+killed      a rank killed by a signal (``kill -9``, OOM) is named by its watcher
+            (:mod:`hmtl_mpi.supervisor`); the exit code is then the launcher's
+            (MPICH's hydra reports 9)
+==========  =====================================================================
+
+How the culprit is found. Rank 0 speaks for the job. Every wait of every rank
+is a polling loop (:meth:`hmtl_mpi.transport.Links.wait`) that also calls
+:meth:`Control.poll` on a communicator of its own (a duplicate of the world),
+which answers status requests and, on rank 0, picks up failure reports.
+
+* A rank other than 0 that fails (exception, timeout, interrupt) sends rank 0 a
+  report and keeps answering status requests until rank 0 ends the job.
+* Rank 0, on a report or a failure of its own, collects the reports that
+  arrive within a short window; on a timeout it asks every rank for its status
+  and names the ranks that do not answer within the grace period (a rank that
+  is computing or hung does not poll, so it cannot answer). It then prints one
+  message, removes files it was writing, waits until the message has left its
+  standard-error pipe, and calls ``MPI_Abort`` with the exit code.
+* If rank 0 itself does not react (it is the one that hangs), the failed ranks
+  wait a little longer, staggered by rank so that the lowest speaks first, ask
+  rank 0 for its status and, without an answer, name rank 0.
+
+Set ``HMTL_TRACEBACK=1`` to print the full traceback of an exception too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from .supervisor import drain_stderr
+
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_FAULT = 3
+EXIT_HANG = 4
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+TAG_REPORT, TAG_STATUS_REQUEST, TAG_STATUS_REPLY = 1, 2, 3
+RECORD_BYTES = 2048          # one report or status record: JSON text in a uint8 buffer
+REPORT_WINDOW = 0.3          # s rank 0 waits for further reports after the first
+MAX_GRACE = 1.0              # s a status request may take before the rank counts as silent
+
+
+class PhaseTimeout(RuntimeError):
+    """A wait passed its deadline (``--timeout``)."""
+
+    def __init__(self, what: str, limit: float):
+        super().__init__(f"waited more than {limit:g} s for {what}")
+        self.what, self.limit = what, limit
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same path ends the job."""
+
+
+class RemoteFailure(Exception):
+    """Rank 0 received a failure report from another rank."""
+
+    def __init__(self, report: dict):
+        super().__init__(report.get("detail", "failure"))
+        self.report = report
+
+
+_KEEP = object()
+
+
+class RankState:
+    """Who this rank is and where it is, for every message about it.
+
+    ``step`` is called by the job at every step; the text also goes to the
+    supervisor's shared page, so that a rank killed by a signal is named too.
+    """
+
+    def __init__(self, rank: int, page=None):
+        self.rank = rank
+        self.page = page
+        self.roles = None            # rank -> role name, once the topology is known
+        self.scheme = None
+        self.iteration = None
+        self.phase = "start-up"
+        self.note = ""               # e.g. "at the barrier after it"
+        self.waiting = ""
+        self.cleanup = []            # callables rank 0 runs before it aborts (temporary files)
+        self._publish()
+
+    def set_roles(self, role_of) -> None:
+        self.roles = role_of
+        self._publish()
+
+    def who(self, rank: int | None = None) -> str:
+        rank = self.rank if rank is None else rank
+        if self.roles is None:
+            return f"rank {rank}"
+        return f"rank {rank} ({self.roles(rank)})"
+
+    def step(self, phase: str, scheme=_KEEP, iteration=_KEEP, note: str = "") -> None:
+        self.phase, self.note = phase, note
+        if scheme is not _KEEP:
+            self.scheme = scheme
+        if iteration is not _KEEP:
+            self.iteration = iteration
+        self._publish()
+
+    def where(self, note: bool = True) -> str:
+        """Where the rank is; ``note=False`` leaves out where inside the step it waits."""
+        phase = f"{self.phase} ({self.note})" if note and self.note else self.phase
+        if self.scheme is None:
+            return f"during {phase}"
+        if self.iteration is None:
+            return f"in the {self.scheme} run, {phase}"
+        return f"in iteration {self.iteration} of the {self.scheme} run, {phase}"
+
+    def record(self) -> dict:
+        return {"rank": self.rank, "who": self.who(), "where": self.where(), "waiting": self.waiting}
+
+    def _publish(self) -> None:
+        if self.page is not None:
+            self.page.write(f"{self.who()}\t{self.where()}")
+
+
+def _encode(record: dict) -> np.ndarray:
+    data = json.dumps(record).encode()
+    if len(data) > RECORD_BYTES:
+        record = dict(record, detail=record.get("detail", "")[:400] + " ...")
+        data = json.dumps(record).encode()[:RECORD_BYTES]
+    buf = np.zeros(RECORD_BYTES, dtype=np.uint8)
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return buf
+
+
+def _decode(buf: np.ndarray) -> dict:
+    data = buf.tobytes().rstrip(b"\0")
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"detail": data.decode("utf-8", "replace")}
+
+
+class Control:
+    """Failure reports and status requests, on a communicator of their own."""
+
+    def __init__(self, world, state: RankState):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = world.Dup()
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.state = state
+        self._status = MPI.Status()
+        self._ping = np.zeros(1, dtype=np.int64)
+        self._sends = []             # (request, buffer): buffers stay alive until sent
+
+    def _send(self, dest: int, tag: int, buf: np.ndarray) -> None:
+        self._sends = [(r, b) for r, b in self._sends if not r.Test()]
+        self._sends.append((self.comm.Isend(buf, dest=dest, tag=tag), buf))
+
+    def _recv_record(self, source: int, tag: int) -> dict:
+        buf = np.empty(RECORD_BYTES, dtype=np.uint8)
+        self.comm.Recv(buf, source=source, tag=tag)
+        return _decode(buf)
+
+    def _probe(self, tag: int):
+        if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=self._status):
+            return self._status.Get_source()
+        return None
+
+    def poll(self) -> None:
+        """Answer status requests; on rank 0, raise :class:`RemoteFailure` on a report."""
+        while (source := self._probe(TAG_STATUS_REQUEST)) is not None:
+            self.comm.Recv(self._ping, source=source, tag=TAG_STATUS_REQUEST)
+            self._send(source, TAG_STATUS_REPLY, _encode(self.state.record()))
+        if self.rank == 0 and (source := self._probe(TAG_REPORT)) is not None:
+            raise RemoteFailure(self._recv_record(source, TAG_REPORT))
+
+    def report(self, record: dict) -> None:
+        self._send(0, TAG_REPORT, _encode(record))
+
+    def collect_reports(self, seconds: float) -> list:
+        """Rank 0: the reports that arrive within ``seconds``."""
+        got, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            source = self._probe(TAG_REPORT)
+            if source is None:
+                time.sleep(0.002)
+                continue
+            got.append(self._recv_record(source, TAG_REPORT))
+        return got
+
+    def status_of(self, ranks, grace: float):
+        """Ask ``ranks`` for their status; returns ({rank: record}, reports seen meanwhile)."""
+        ping = np.ones(1, dtype=np.int64)
+        for r in ranks:
+            self._send(r, TAG_STATUS_REQUEST, ping)
+        replies, reports = {}, []
+        deadline = time.monotonic() + grace
+        while len(replies) < len(ranks) and time.monotonic() < deadline:
+            busy = False
+            if (source := self._probe(TAG_STATUS_REPLY)) is not None:
+                replies[source] = self._recv_record(source, TAG_STATUS_REPLY)
+                busy = True
+            if self.rank == 0 and (source := self._probe(TAG_REPORT)) is not None:
+                reports.append(self._recv_record(source, TAG_REPORT))
+                busy = True
+            while (source := self._probe(TAG_STATUS_REQUEST)) is not None:   # answer others too
+                self.comm.Recv(self._ping, source=source, tag=TAG_STATUS_REQUEST)
+                self._send(source, TAG_STATUS_REPLY, _encode(self.state.record()))
+            if not busy:
+                time.sleep(0.002)
+        return replies, reports
+
+    def linger(self, seconds: float) -> None:
+        """Keep answering status requests while rank 0 ends the job."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.002)
+
+
+# --- what a failure is -------------------------------------------------------------
+
+def _location(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    ours = [f for f in frames if f"{os.sep}hmtl_mpi{os.sep}" in f.filename] or frames
+    f = ours[-1]
+    path = f.filename
+    cut = path.rfind(f"{os.sep}hmtl_mpi{os.sep}")
+    if cut >= 0:
+        path = path[cut + 1:]
+    return f" [{path}:{f.lineno} in {f.name}]"
+
+
+def classify(exc: BaseException) -> dict:
+    """kind, exit code and a one-line detail of a failure on this rank."""
+    if isinstance(exc, PhaseTimeout):
+        return {"kind": "timeout", "code": EXIT_HANG, "detail": str(exc), "what": exc.what,
+                "limit": exc.limit}
+    if isinstance(exc, Terminated):
+        return {"kind": "interrupted", "code": EXIT_TERMINATED, "detail": "terminated by SIGTERM"}
+    if isinstance(exc, KeyboardInterrupt):
+        return {"kind": "interrupted", "code": EXIT_INTERRUPTED,
+                "detail": "interrupted by SIGINT (Ctrl-C)"}
+    text = str(exc).strip().splitlines()
+    detail = f"{exc.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
+    return {"kind": "exception", "code": EXIT_FAULT, "detail": detail + _location(exc)}
+
+
+def _join(names) -> str:
+    return ", ".join(names)
+
+
+def compose(state: RankState, mine: dict | None, reports: list, silent: list,
+            replies: dict, timeout: float) -> tuple:
+    """Rank 0's one message and exit code from everything it knows."""
+    failures = ([dict(mine, who=state.who(), where=state.where(), rank=0)] if mine else []) + reports
+    exceptions = [f for f in failures if f.get("kind") == "exception"]
+    if exceptions:
+        first = exceptions[0]
+        text = f"{first['who']} failed {first['where']}: {first['detail']}"
+        others = [f["who"] for f in exceptions[1:]]
+        if others:
+            text += f"\n  (also failed: {_join(others)})"
+        return text, EXIT_FAULT
+    if silent:
+        it = "it" if len(silent) == 1 else "they"
+        text = (f"{_join(state.who(r) for r in silent)} stopped answering {state.where(note=False)}: the "
+                f"other ranks waited more than {timeout:g} s and {it} did not answer a status "
+                f"request")
+        return text, EXIT_HANG
+    interrupted = [f for f in failures if f.get("kind") == "interrupted"]
+    if interrupted:
+        first = interrupted[0]
+        if mine and mine.get("kind") == "interrupted":
+            return f"{mine['detail']} {state.where()}", mine["code"]
+        return f"{first['who']} was {first['detail']} {first['where']}", first["code"]
+    timeouts = [f for f in failures if f.get("kind") == "timeout"]
+    if timeouts:
+        first = timeouts[0]
+        text = (f"{first['who']} {first['detail']} {first['where']}; every rank answered a "
+                f"status request, so a message it waited for was never sent")
+        waits = [f"{rec['who']}: {rec['waiting']}" for r, rec in sorted(replies.items())
+                 if rec.get("waiting")]
+        if waits:
+            text += "\n  (waiting: " + "; ".join(waits[:6]) + (" ..." if len(waits) > 6 else "") + ")"
+        return text, EXIT_HANG
+    return f"{failures[0]['who']} failed {failures[0]['where']}: {failures[0]['detail']}", EXIT_FAULT
+
+
+def _say(text: str) -> None:
+    try:
+        sys.stderr.write(f"hmtl_mpi: {text}\n")
+    except (OSError, ValueError):
+        pass
+    drain_stderr()
+
+
+def end_job(exc: BaseException, state: RankState, control: Control | None, timeout: float):
+    """The one way a failed job ends, on every rank (never returns)."""
+    from mpi4py import MPI
+
+    mine = None if isinstance(exc, RemoteFailure) else classify(exc)
+    if os.environ.get("HMTL_TRACEBACK") and mine and mine["kind"] == "exception":
+        traceback.print_exception(exc)
+    world = MPI.COMM_WORLD
+    grace = min(MAX_GRACE, max(0.5, timeout))
+    try:
+        if control is None or control.size == 1:
+            _say(f"{state.who()} failed {state.where()}: {mine['detail']}" if mine else str(exc))
+            _abort(state, world, mine["code"] if mine else EXIT_FAULT)
+        if control.rank == 0:
+            reports = [exc.report] if isinstance(exc, RemoteFailure) else []
+            kinds = {f.get("kind") for f in reports} | ({mine["kind"]} if mine else set())
+            if "timeout" not in kinds:           # others may have failed at the same moment
+                reports += control.collect_reports(REPORT_WINDOW)
+                kinds |= {f.get("kind") for f in reports}
+            silent, replies = [], {}
+            if "exception" not in kinds and "timeout" in kinds:
+                others = list(range(1, control.size))
+                replies, late = control.status_of(others, grace)
+                reports += late
+                silent = [r for r in others if r not in replies]
+            text, code = compose(state, mine, reports, silent, replies, timeout)
+            _say(text)
+            _abort(state, world, code)
+        # another rank: tell rank 0, answer its questions, let it end the job
+        control.report(dict(mine, who=state.who(), where=state.where(), rank=state.rank))
+        control.linger(grace + REPORT_WINDOW + 1.0 + min(0.25 * (control.rank - 1), 5.0))
+        # still alive: rank 0 did not end the job (it is busy, or it is the one that hangs)
+        if mine["kind"] == "timeout":
+            replies, _ = control.status_of([0], 1.0)
+            if 0 not in replies:
+                _say(f"{state.who(0)} stopped answering: {state.who()} {mine['detail']} "
+                     f"{state.where()}, and rank 0 did not answer a status request")
+                _abort(state, world, EXIT_HANG)
+        _say(f"{state.who()} failed {state.where()}: {mine['detail']}")
+        _abort(state, world, mine["code"])
+    except KeyboardInterrupt:        # a second Ctrl-C while ending: end now, quietly
+        _abort(state, world, EXIT_INTERRUPTED, quiet=True)
+
+
+def _abort(state: RankState, world, code: int, quiet: bool = False):
+    for fn in state.cleanup:
+        try:
+            fn()
+        except Exception:            # noqa: BLE001 - cleaning up must not stop the abort
+            pass
+    if not quiet:
+        drain_stderr()
+    world.Abort(code)
+    os._exit(code)

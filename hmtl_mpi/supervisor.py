@@ -1,0 +1,138 @@
+"""A watcher per rank, so that a rank killed by a signal is named.
+
+When one rank dies by a signal (``kill -9``, the OOM killer), MPICH's hydra
+kills every other rank with SIGKILL within milliseconds: no rank can react, and
+hydra's own banner names a process id, often not the one that died. So
+``python -m hmtl_mpi`` forks once, before MPI is initialised (forking after
+``MPI_Init`` is unsafe): the child is the MPI rank, the parent (the process the
+launcher started) only waits for it. The rank writes where it is (its rank,
+role, scheme, iteration and phase) into a shared memory page at every step;
+the parent reads it if the rank dies by a signal, prints one line naming it,
+waits until that line has left its standard-error pipe, and exits with
+128 + the signal number. Any other end passes the rank's exit code through
+unchanged and prints nothing: the rank itself reports everything else (see
+:mod:`hmtl_mpi.failures`).
+
+Signals: SIGINT is ignored here (terminals and hydra send Ctrl-C to the whole
+process group, so the rank gets it directly); SIGTERM and SIGHUP are passed on
+to the rank. Set ``HMTL_NO_SUPERVISOR=1`` to run without the watcher.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import sys
+import time
+
+PAGE_BYTES = 1024
+
+
+class StatePage:
+    """The rank's side: "who<TAB>where", overwritten at every step (no system call)."""
+
+    def __init__(self, page: mmap.mmap):
+        self._page = page
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")[: PAGE_BYTES - 1]
+        self._page[: len(data) + 1] = data + b"\0"
+
+    def read(self) -> str:
+        raw = self._page[:PAGE_BYTES]
+        return raw[: raw.find(b"\0") if b"\0" in raw else PAGE_BYTES].decode("utf-8", "replace")
+
+
+def launcher_rank() -> str:
+    """This process's rank as the launcher's environment gives it (before MPI_Init)."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return os.environ[name]
+    return "?"
+
+
+def drain_stderr(limit: float = 1.0) -> None:
+    """Flush standard error and wait (up to ``limit`` s) until its pipe has been read.
+
+    A launcher forwards our standard error through a pipe; when the job is torn
+    down right after we write (MPI_Abort, or the launcher reacting to our exit),
+    bytes still in the pipe can be lost. FIONREAD on the pipe tells how many are
+    left unread. On a terminal or a file there is nothing to wait for.
+    """
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    try:
+        import array
+        import fcntl
+        import stat
+        import termios
+
+        if not stat.S_ISFIFO(os.fstat(2).st_mode):
+            return
+        left = array.array("i", [0])
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            fcntl.ioctl(2, termios.FIONREAD, left, True)
+            if left[0] == 0:
+                return
+            time.sleep(0.005)
+    except (OSError, ImportError):
+        return
+
+
+def start() -> StatePage | None:
+    """Fork the watcher; returns the rank's :class:`StatePage` (in the child) or None.
+
+    Never returns in the parent: it waits for the rank and exits with its status.
+    """
+    if os.environ.get("HMTL_NO_SUPERVISOR") or not hasattr(os, "fork"):
+        return None
+    page = mmap.mmap(-1, PAGE_BYTES)
+    state = StatePage(page)
+    state.write(f"rank {launcher_rank()}\tduring start-up")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        return state
+    _watch(child, state)                        # never returns
+
+
+def _watch(child: int, state: StatePage) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def forward(signum, _frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    # The copies of the launcher's sockets (PMI) stay open here on purpose: when the rank
+    # dies, the launcher must not see its PMI connection close (it would kill this
+    # watcher before it speaks); it learns of the end when this process exits.
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except ChildProcessError:
+            os._exit(1)
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        try:
+            who, _, where = state.read().partition("\t")
+            sys.stderr.write(f"hmtl_mpi: {who} was killed by signal {signum} ({name}) {where}; "
+                             f"the job ends\n")
+        except (OSError, ValueError):
+            pass
+        drain_stderr()
+        os._exit(128 + signum)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
