@@ -52,3 +52,192 @@ def float_list(text) -> tuple:
         return tuple(float(x) for x in str(text).split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+# --- the job's command line: mpirun -n 1+H+K python -m hmtl_mpi ---------------------------
+
+PROG = "mpirun -n 1+H+K python -m hmtl_mpi"
+USAGE = f"{PROG} [options]   (--help lists them)"
+DEFAULT_ITERATIONS = 30  # MOCHA on digits ends below the per-task SVM baseline (README)
+FAULT_KINDS = ("raise", "hang", "kill")
+SCHEME_ALIASES = {"both": "uncoded,coded"}
+
+EPILOG = """\
+ranks: world rank 0 is the server, ranks 1..H the relays, ranks H+1..H+K the
+users, so the job needs exactly 1 + H + K ranks (16 for paper-fig2); with
+--layout flat there are no user ranks and the job needs 1 + H.
+
+schemes:
+{schemes}
+
+report (--report PATH, JSON): see README.md, "The report". Times are seconds of
+MPI.Wtime on the server between barriers; on one machine with more ranks than
+cores the ranks share CPUs and the links are memory copies.
+
+exit codes: 0 success; 1 a lossless check failed; 2 bad input (flags, topology,
+data, number of ranks); 3 an exception on a rank; 4 a rank stopped answering
+(--timeout); 130 interrupted (Ctrl-C), 143 terminated. A rank killed by a signal
+is named by its watcher; mpiexec then exits with its own code. Every abnormal
+end prints one "hmtl_mpi:" line naming the rank, its role, the iteration and the
+phase; HMTL_TRACEBACK=1 adds the traceback of an exception.
+"""
+
+
+class ArgError(Exception):
+    pass
+
+
+class JobParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing, so that only rank 0 speaks."""
+
+    def error(self, message):
+        raise ArgError(message)
+
+
+def fault_spec(text):
+    parts = text.split(":")
+    try:
+        rank, iteration = int(parts[0]), int(parts[1])
+        kind = parts[2] if len(parts) == 3 else "raise"
+        if len(parts) not in (2, 3) or kind not in FAULT_KINDS or rank < 0 or iteration < 0:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"expected RANK:ITERATION[:raise|:hang|:kill] with RANK, ITERATION >= 0, "
+            f"got {text!r}") from None
+    return rank, iteration, kind
+
+
+def scheme_list(text) -> tuple:
+    """A comma list of registered schemes (``both`` = uncoded,coded), in the order given."""
+    from .schemes import names
+
+    text = SCHEME_ALIASES.get(text, text)
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in names()]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scheme {unknown[0] if unknown else text!r}; choose from "
+            f"{', '.join(names())}, a comma list of them, or 'both' (= uncoded,coded)")
+    if len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"a scheme is named twice in {text!r}")
+    return tuple(chosen)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .learners import DATASETS
+    from .schemes import REGISTRY
+
+    listing = "\n".join(f"  {name:8} {cls.summary}" for name, cls in REGISTRY.items())
+    p = JobParser(prog=PROG, description="Hierarchical multi-task learning over MPI: a server, H "
+                  "relays and K users; uncoded and coded relay<->server exchanges, every byte "
+                  "and phase measured, every run checked lossless.",
+                  epilog=EPILOG.format(schemes=listing),
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topology", default="paper-fig2",
+                   help="G as a .npy file (H x K 0/1, rows relays) or a built-in name "
+                        "(default: paper-fig2, 16 ranks)")
+    p.add_argument("--scheme", type=scheme_list, default="both", metavar="NAME[,NAME...]",
+                   help="the schemes to run, one after the other on identical inputs, and "
+                        "compare (listed below); 'both' = uncoded,coded (default: both)")
+    p.add_argument("--layout", choices=("hierarchical", "flat"), default="hierarchical",
+                   help="hierarchical: users compute the IVs and send them to their relays "
+                        "(1 + H + K ranks); flat: seed 001's system, no user ranks, relay i is "
+                        "the worker of every task in its row of G (1 + H ranks)")
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="the learner's data: MOCHA on digits / mnist / har, or synthetic IVs "
+                        "of --dim values for communication work (default: digits)")
+    p.add_argument("--dim", type=positive_int, default=None,
+                   help="float64 values per IV with --dataset synthetic (default 1000)")
+    p.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,
+                   help=f"global iterations per scheme (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--seed", type=seed_value, default=0,
+                   help="seed of data, learner and code, 0 .. 2**32-1 (default 0)")
+    p.add_argument("--downlink", choices=("scatter-allgather", "bcast"), default="scatter-allgather",
+                   help="how the server's broadcast reaches the relays: scatter from the server "
+                        "then allgather among relays (one copy leaves the server; default), or "
+                        "MPI_Bcast")
+    p.add_argument("--timeout", type=positive_float, default=60.0,
+                   help="seconds any rank waits for a message or barrier before the job ends, "
+                        "naming the rank that stopped answering (default 60)")
+    p.add_argument("--report", metavar="PATH",
+                   help="write the JSON report here (checked before the run; written "
+                        "atomically at the end, never half-written)")
+    p.add_argument("--data-dir", help="with --dataset har: the UCI HAR folder")
+    p.add_argument("--har-tasks", choices=("sitting", "subject"), default="sitting",
+                   help="with --dataset har: 'sitting' vs the rest (paper) or one task per "
+                        "subject (MOCHA paper)")
+    p.add_argument("--lam", type=positive_float, default=None, help="MOCHA's lambda")
+    p.add_argument("--cv", action="store_true",
+                   help="MOCHA: choose lambda by 5-fold cross-validation over the paper's grid "
+                        "{1e-5, ..., 10} on rank 0 before training (slow; default off, lambda "
+                        "1e-4)")
+    p.add_argument("--inner", type=positive_int, default=None,
+                   help="MOCHA: refresh Sigma every INNER iterations")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="MOCHA: report test error every N iterations (default: at the end)")
+    p.add_argument("--quiet", action="store_true", help="no per-iteration progress lines")
+    p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:KIND]",
+                   help="testing aid: on world rank RANK in iteration ITERATION (0-based, "
+                        "mid-iteration, at relay_to_server) raise an exception (KIND raise, the "
+                        "default), stop responding (hang) or die by SIGKILL (kill); the job "
+                        "must end naming that rank")
+    return p
+
+
+def parse_job_args(argv, rank, size):
+    """Parse on every rank; only rank 0 prints errors or help. Returns (args, exit code).
+
+    Everything that can be checked without the topology or the file system is
+    checked here, identically on every rank, so that every rank stops together.
+    """
+    import os
+    import sys
+
+    parser = build_parser()
+    quiet = open(os.devnull, "w") if rank != 0 else None
+    saved = sys.stdout
+    try:
+        if quiet is not None:
+            sys.stdout = quiet            # --help is printed by rank 0 only
+        args = parser.parse_args(argv)
+    except ArgError as exc:
+        return None, usage_error(rank, str(exc))
+    except SystemExit as exc:       # --help
+        return None, int(exc.code or 0)
+    finally:
+        sys.stdout = saved
+        if quiet is not None:
+            quiet.close()
+    args.scheme_arg = "both" if args.scheme == scheme_list("both") else ",".join(args.scheme)
+    problem = None
+    if args.dim is not None and args.dataset != "synthetic":
+        problem = f"--dim applies to --dataset synthetic only; {args.dataset} fixes the dimension"
+    elif args.cv and args.dataset == "synthetic":
+        problem = "--cv needs a learning dataset (digits, mnist, har)"
+    elif args.cv and args.lam is not None:
+        problem = "give either --lam or --cv, not both"
+    elif args.dataset == "har" and not args.data_dir:
+        problem = "--dataset har needs --data-dir (the UCI HAR folder)"
+    elif args.report is not None and not args.report.strip():
+        problem = "--report: the path is empty"
+    elif args.inject_fault and args.inject_fault[0] >= size:
+        problem = (f"--inject-fault: rank {args.inject_fault[0]} does not exist; the job has "
+                   f"ranks 0 .. {size - 1}")
+    elif args.inject_fault and args.inject_fault[1] >= args.iterations:
+        problem = (f"--inject-fault: iteration {args.inject_fault[1]} never runs; iterations are "
+                   f"0 .. {args.iterations - 1} (--iterations {args.iterations})")
+    if problem:
+        return None, usage_error(rank, problem)
+    return args, None
+
+
+def usage_error(rank, message) -> int:
+    """Two lines on rank 0: the short usage and the problem. Returns the exit code."""
+    import sys
+
+    from .failures import EXIT_BAD_INPUT
+
+    if rank == 0:
+        sys.stderr.write(f"usage: {USAGE}\nhmtl_mpi: error: {message}\n")
+    return EXIT_BAD_INPUT

@@ -256,36 +256,56 @@ def _copy_symbols(dst: np.ndarray, iv: np.ndarray, first: int) -> None:
 # --- the code ----------------------------------------------------------------------------
 
 @dataclass
-class RoundCode:
-    """Everything the ranks need for one round z; all indices 0-based."""
+class BlockLayout:
+    """The shape of one coded exchange block, before any coefficient is drawn.
 
-    z: int
-    D: int
-    users: np.ndarray                  # I_z
-    first_unit: np.ndarray             # H x |I_z|: first unit relay i carries of v_k (-1: none)
-    units: np.ndarray                  # a_i D per relay (H,)
-    n: np.ndarray                      # n_i^z per relay (H,)
-    uplink_coeffs: list                # per relay: n_i x |N_i ∩ I_z| int64 (C_i)
-    downlink_coeffs: np.ndarray        # M: R x T int64
-    decode_rows: list                  # per relay: indices of the R downlink rows it uses
-    decode_matrix: list                # per relay: |U_i| x (|rows| + |known units|) int64
+    A block exchanges the IVs of ``users``, each cut into ``F`` units. Relay i
+    builds its uplink from ``rows[i]``: one input row per (column c into ``users``,
+    first unit f), holding ``width[i]`` consecutive units of ``v_{users[c]}`` from
+    unit f on (units at F and beyond are zero padding), and sends ``messages[i]``
+    random combinations of those rows. The server broadcasts
+    ``F (|users| - min_i |users ∩ N_i|)`` unit-sized combinations of all message
+    units, enough for the relay that knows the fewest IVs of the block.
+
+    * The paper's round z (SCHEME.md): F = D_z, one row per user of N_i ∩ I_z (its
+      segment, ``a_i D_z`` units wide), ``n_i^z`` messages (eq. 26).
+    * The joint exchange (CODED_DMTL.md section 3): one block, one row per
+      (user, unit) of N_i, width 1, ``F L_i`` messages.
+    """
+
+    label: str                   # how messages name the block ("round z = 2", "joint")
+    F: int                       # units per IV
+    users: np.ndarray            # the IVs of the block, 0-based, increasing
+    rows: list                   # per relay: int64 (m_i, 2) of (column into users, first unit)
+    width: np.ndarray            # per relay: units per input row (H,)
+    messages: np.ndarray         # per relay: combinations sent (H,)
+
+
+@dataclass
+class Block(BlockLayout):
+    """A block with its coefficients and every relay's precomputed decoder."""
+
+    uplink_coeffs: list = field(default_factory=list)   # per relay: messages_i x m_i (C_i)
+    downlink_coeffs: np.ndarray = None                 # M: R x (message units of all relays)
+    decode_rows: list = field(default_factory=list)    # per relay: the R rows it uses
+    decode_matrix: list = field(default_factory=list)  # per relay: |U_i| x (|rows| + |known units|)
 
     @property
     def R(self) -> int:
-        """Downlink combinations (units) of this round."""
+        """Downlink combinations (units) of this block."""
         return int(self.downlink_coeffs.shape[0])
 
-    def relay_users(self, G: np.ndarray, i: int) -> np.ndarray:
-        """N_i ∩ I_z, in increasing order (the order of C_i's columns)."""
+    def known(self, G: np.ndarray, i: int) -> np.ndarray:
+        """The block's users relay i knows (N_i ∩ users), increasing."""
         return self.users[G[i, self.users] == 1]
 
 
 @dataclass
 class Code:
-    """The coded scheme for a topology: deterministic from (G, plan, seed)."""
+    """A coded exchange for a topology: its blocks, deterministic from (G, layouts, seed)."""
 
     G: np.ndarray
-    rounds: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
     seed: int = 0          # the seed of the draw that decodes
     attempts: int = 1      # draws tried (seed, seed+1, ...)
 
@@ -299,15 +319,17 @@ class Code:
 
     # serialisation: one uint8 buffer, so that one rank builds and Bcasts it
     def to_buffer(self) -> np.ndarray:
-        arrays = {"G": self.G, "meta": np.array([self.seed, self.attempts, len(self.rounds)])}
-        for r, rc in enumerate(self.rounds):
-            arrays[f"{r}.scalars"] = np.array([rc.z, rc.D])
-            for name in ("users", "first_unit", "units", "n", "downlink_coeffs"):
-                arrays[f"{r}.{name}"] = getattr(rc, name)
+        arrays = {"G": self.G, "meta": np.array([self.seed, self.attempts, len(self.blocks)])}
+        for b, blk in enumerate(self.blocks):
+            arrays[f"{b}.F"] = np.array([blk.F])
+            arrays[f"{b}.label"] = np.frombuffer(blk.label.encode(), dtype=np.uint8)
+            for name in ("users", "width", "messages", "downlink_coeffs"):
+                arrays[f"{b}.{name}"] = getattr(blk, name)
             for i in range(self.H):
-                arrays[f"{r}.C.{i}"] = rc.uplink_coeffs[i]
-                arrays[f"{r}.rows.{i}"] = rc.decode_rows[i]
-                arrays[f"{r}.dec.{i}"] = rc.decode_matrix[i]
+                arrays[f"{b}.in.{i}"] = blk.rows[i]
+                arrays[f"{b}.C.{i}"] = blk.uplink_coeffs[i]
+                arrays[f"{b}.rows.{i}"] = blk.decode_rows[i]
+                arrays[f"{b}.dec.{i}"] = blk.decode_matrix[i]
         out = io.BytesIO()
         np.savez(out, **arrays)
         return np.frombuffer(out.getvalue(), dtype=np.uint8)
@@ -315,52 +337,41 @@ class Code:
     @classmethod
     def from_buffer(cls, buf: np.ndarray) -> "Code":
         data = np.load(io.BytesIO(np.asarray(buf, dtype=np.uint8).tobytes()), allow_pickle=False)
-        seed, attempts, nrounds = (int(x) for x in data["meta"])
+        seed, attempts, nblocks = (int(x) for x in data["meta"])
         code = cls(G=data["G"], seed=seed, attempts=attempts)
         H = code.H
-        for r in range(nrounds):
-            z, D = (int(x) for x in data[f"{r}.scalars"])
-            code.rounds.append(RoundCode(
-                z=z, D=D, users=data[f"{r}.users"], first_unit=data[f"{r}.first_unit"],
-                units=data[f"{r}.units"], n=data[f"{r}.n"],
-                uplink_coeffs=[data[f"{r}.C.{i}"] for i in range(H)],
-                downlink_coeffs=data[f"{r}.downlink_coeffs"],
-                decode_rows=[data[f"{r}.rows.{i}"] for i in range(H)],
-                decode_matrix=[data[f"{r}.dec.{i}"] for i in range(H)]))
+        for b in range(nblocks):
+            code.blocks.append(Block(
+                label=data[f"{b}.label"].tobytes().decode(), F=int(data[f"{b}.F"][0]),
+                users=data[f"{b}.users"], rows=[data[f"{b}.in.{i}"] for i in range(H)],
+                width=data[f"{b}.width"], messages=data[f"{b}.messages"],
+                uplink_coeffs=[data[f"{b}.C.{i}"] for i in range(H)],
+                downlink_coeffs=data[f"{b}.downlink_coeffs"],
+                decode_rows=[data[f"{b}.rows.{i}"] for i in range(H)],
+                decode_matrix=[data[f"{b}.dec.{i}"] for i in range(H)]))
         return code
 
 
-def _unit_layout(G: np.ndarray, users: np.ndarray, units: np.ndarray, D: int) -> np.ndarray:
-    """first_unit[i, k]: where relay i's segment of v_k starts (relays in increasing order)."""
-    H = G.shape[0]
-    first = np.full((H, len(users)), -1, dtype=np.int64)
-    for col, k in enumerate(users):
-        start = 0
-        for i in range(H):
-            if G[i, k] and units[i] > 0:
-                first[i, col] = start
-                start += int(units[i])
-        if start < D:
-            raise DecodeError(f"user {k + 1}: its relays carry {start} of {D} units")
-    return first
+def _message_unit_map(layout: BlockLayout, C: list) -> np.ndarray:
+    """E: message units (rows: relay i, message j, unit s) x IV units (columns: user, unit).
 
-
-def _message_unit_map(G, rc_users, first_unit, units, n, C, D) -> np.ndarray:
-    """E: message units (rows, ordered relay, message j, unit s) x IV units (user, unit)."""
-    H = G.shape[0]
-    col_of = {int(k): c for c, k in enumerate(rc_users)}
-    rows = []
+    Message unit (i, j, s) = sum over relay i's input rows m of C_i[j, m] times unit
+    ``first_m + s`` of that row's user (nothing when that is past F: padding).
+    """
+    F = layout.F
+    H = len(layout.rows)
+    total = sum(int(layout.messages[i]) * int(layout.width[i]) for i in range(H))
+    E = np.zeros((total, len(layout.users) * F), dtype=np.int64)
+    row = 0
     for i in range(H):
-        mine = [int(k) for k in rc_users if G[i, k]]
-        for j in range(int(n[i]) if units[i] > 0 else 0):
-            for s in range(int(units[i])):
-                row = np.zeros(len(rc_users) * D, dtype=np.int64)
-                for m, k in enumerate(mine):
-                    unit = first_unit[i, col_of[k]] + s
-                    if unit < D:  # past D: padding, contributes nothing
-                        row[col_of[k] * D + unit] = C[i][j, m]
-                rows.append(row)
-    return np.array(rows, dtype=np.int64).reshape(len(rows), len(rc_users) * D)
+        rows_i = np.asarray(layout.rows[i], dtype=np.int64).reshape(-1, 2)
+        for j in range(int(layout.messages[i])):
+            for s in range(int(layout.width[i])):
+                for m, (col, first) in enumerate(rows_i):
+                    if first + s < F:
+                        E[row, col * F + first + s] = C[i][j, m]
+                row += 1
+    return E
 
 
 def _gauss_jordan(A: np.ndarray) -> tuple:
@@ -410,171 +421,170 @@ def _draw(rng: np.random.Generator, shape) -> np.ndarray:
     return rng.integers(1, P, size=shape, dtype=np.int64)
 
 
-def _round_code(G, rnd, rng, draw) -> RoundCode | None:
-    """Draw one round's coefficients and build its decoders; None if a relay cannot decode."""
+def downlink_rows(G: np.ndarray, layout: BlockLayout) -> int:
+    """R = F (|users| - min_i |users ∩ N_i|): what the relay knowing least must learn."""
+    if len(layout.users) == 0:
+        return 0
+    min_known = int(G[:, layout.users].sum(axis=1).min())
+    return layout.F * (len(layout.users) - min_known)
+
+
+def _block(G, layout: BlockLayout, rng, draw) -> Block | None:
+    """Draw one block's coefficients and build its decoders; None if a relay cannot decode."""
     H = G.shape[0]
-    D = rnd.D
-    users = np.asarray(rnd.users, dtype=np.int64)
-    units = np.array(rnd.units, dtype=np.int64)
-    n = np.array(rnd.n, dtype=np.int64)
-    first = _unit_layout(G, users, units, D)
-    C = []
-    for i in range(H):
-        m = int(G[i, users].sum())
-        rows_i = int(n[i]) if units[i] > 0 else 0
-        C.append(draw(rng, (rows_i, m)))
-    E = _message_unit_map(G, users, first, units, n, C, D)
-    R = D * (len(users) - rnd.min_known)
-    M = draw(rng, (R, E.shape[0]))
+    F = layout.F
+    users = layout.users
+    C = [draw(rng, (int(layout.messages[i]), len(layout.rows[i]))) for i in range(H)]
+    E = _message_unit_map(layout, C)
+    M = draw(rng, (downlink_rows(G, layout), E.shape[0]))
     ME = _matmul_mod_p(M, E)
     decode_rows, decode_matrix = [], []
     for i in range(H):
-        known_cols = np.concatenate([np.arange(c * D, (c + 1) * D)
+        known_cols = np.concatenate([np.arange(c * F, (c + 1) * F)
                                      for c, k in enumerate(users) if G[i, k]] or [np.zeros(0, int)])
-        unknown_cols = np.setdiff1d(np.arange(len(users) * D), known_cols)
-        A = ME[:, unknown_cols]
+        unknown_cols = np.setdiff1d(np.arange(len(users) * F), known_cols)
         if unknown_cols.size == 0:
             decode_rows.append(np.zeros(0, dtype=np.int64))
             decode_matrix.append(np.zeros((0, known_cols.size), dtype=np.int64))
             continue
+        A = ME[:, unknown_cols]
         pivots = _rref_pivots(A.T)            # independent rows of A
         if len(pivots) < unknown_cols.size:
             return None
         rows_sel = np.array(pivots, dtype=np.int64)
         inv = _inverse_mod_p(A[rows_sel])
         minus_known = (-_matmul_mod_p(inv, ME[np.ix_(rows_sel, known_cols)])) % P
-        dec = np.concatenate([inv, minus_known], axis=1)
         decode_rows.append(rows_sel)
-        decode_matrix.append(dec)
-    return RoundCode(z=rnd.z, D=D, users=users, first_unit=first, units=units, n=n,
-                     uplink_coeffs=C, downlink_coeffs=M, decode_rows=decode_rows,
-                     decode_matrix=decode_matrix)
+        decode_matrix.append(np.concatenate([inv, minus_known], axis=1))
+    return Block(label=layout.label, F=F, users=np.asarray(users, dtype=np.int64),
+                 rows=[np.asarray(r, dtype=np.int64).reshape(-1, 2) for r in layout.rows],
+                 width=np.asarray(layout.width, dtype=np.int64),
+                 messages=np.asarray(layout.messages, dtype=np.int64),
+                 uplink_coeffs=C, downlink_coeffs=M, decode_rows=decode_rows,
+                 decode_matrix=decode_matrix)
 
 
-def build_code(plan, seed: int = 0, max_attempts: int = 50, draw=_draw) -> Code:
-    """Draw and verify the code for a plan (SCHEME.md: coefficients chosen once, verified).
+def build_code(G: np.ndarray, layouts: list, seed: int = 0, max_attempts: int = 50,
+               draw=_draw) -> Code:
+    """Draw and verify the code for a list of block layouts (SCHEME.md: coefficients
+    chosen once, verified).
 
-    Tries seeds ``seed, seed + 1, ...`` until every relay decodes every round;
+    Tries seeds ``seed, seed + 1, ...`` until every relay decodes every block;
     ``draw(rng, shape)`` makes the coefficients (replaceable for tests).
     """
-    G = np.asarray(plan.G, dtype=np.uint8)
+    G = np.asarray(G, dtype=np.uint8)
     for attempt in range(max_attempts):
         rng = np.random.default_rng(seed + attempt)
-        rounds = []
-        for rnd in plan.rounds:
-            rc = _round_code(G, rnd, rng, draw)
-            if rc is None:
+        blocks = []
+        for layout in layouts:
+            blk = _block(G, layout, rng, draw)
+            if blk is None:
                 break
-            rounds.append(rc)
+            blocks.append(blk)
         else:
-            return Code(G=G, rounds=rounds, seed=seed + attempt, attempts=attempt + 1)
+            return Code(G=G, blocks=blocks, seed=seed + attempt, attempts=attempt + 1)
     raise DecodeError(f"no decodable coefficient draw in {max_attempts} attempts from seed {seed}")
 
 
 # --- the three per-iteration functions -------------------------------------------------
 
 def relay_encode(code: Code, i: int, ivs: dict) -> list:
-    """Relay i's uplink (eq. 26): per round, its n_i^z combinations as one wire buffer.
+    """Relay i's uplink (eq. 26): per block, its combinations as one wire buffer.
 
     ``ivs`` maps user k -> IV for the users relay i knows. Returns a list with one
-    entry per round: a packed uint16 buffer, or None when relay i sends nothing.
+    entry per block: a packed uint16 buffer, or None when relay i sends nothing.
     """
     out = []
     dim = next(iter(ivs.values())).size
-    for rc in code.rounds:
-        C = rc.uplink_coeffs[i]
+    for blk in code.blocks:
+        C = blk.uplink_coeffs[i]
         if C.shape[0] == 0:
             out.append(None)
             continue
-        mine = rc.relay_users(code.G, i)
-        u = unit_symbols(dim, rc.D)
-        a = int(rc.units[i])
-        cols = np.searchsorted(rc.users, mine)
-        segments = np.empty((len(mine), a * u), dtype=np.uint16)   # S_i: v_{k,i} stacked
-        for m, (k, col) in enumerate(zip(mine, cols)):
-            start = int(rc.first_unit[i, col])
-            stop = min(start + a, rc.D)           # units past D are padding zeros
-            segments[m, (stop - start) * u:] = 0
-            if stop > start:
-                _copy_symbols(segments[m, : (stop - start) * u], ivs[int(k)], start * u)
-        out.append(combine_packed(C, segments))
+        u = unit_symbols(dim, blk.F)
+        w = int(blk.width[i])
+        rows = blk.rows[i]
+        inputs = np.empty((len(rows), w * u), dtype=np.uint16)   # S_i: the input rows
+        for m, (col, first) in enumerate(rows):
+            _copy_symbols(inputs[m], ivs[int(blk.users[col])], int(first) * u)
+        out.append(combine_packed(C, inputs))
     return out
 
 
-def uplink_shape(code: Code, r: int, i: int, dim: int) -> tuple:
-    """Shape (n_i, a_i D u) of relay i's uplink payload in round index r."""
-    rc = code.rounds[r]
-    return (int(rc.uplink_coeffs[i].shape[0]), int(rc.units[i]) * unit_symbols(dim, rc.D))
+def uplink_shape(code: Code, b: int, i: int, dim: int) -> tuple:
+    """Shape (messages_i, width_i u) of relay i's uplink payload in block b."""
+    blk = code.blocks[b]
+    return (int(blk.messages[i]), int(blk.width[i]) * unit_symbols(dim, blk.F))
 
 
-def uplink_symbols(code: Code, r: int, i: int, dim: int) -> int:
-    """Payload symbols of relay i's uplink in round index r (without escapes)."""
-    return math.prod(uplink_shape(code, r, i, dim))
+def uplink_symbols(code: Code, b: int, i: int, dim: int) -> int:
+    """Payload symbols of relay i's uplink in block b (without escapes)."""
+    return math.prod(uplink_shape(code, b, i, dim))
 
 
-def server_combine(code: Code, r: int, messages: dict, dim: int) -> np.ndarray:
-    """The server's downlink of round index r (eq. 31): one packed broadcast buffer.
+def server_combine(code: Code, b: int, messages: dict, dim: int) -> np.ndarray:
+    """The server's broadcast for block b (eq. 31): one packed buffer.
 
-    ``messages`` maps relay i -> its packed uplink buffer for that round. Every
+    ``messages`` maps relay i -> its packed uplink buffer for that block. Every
     message is cut into units of u symbols (the paper's alpha^z pieces, eq. 30)
-    and the R_z combinations ``M @ units`` are taken.
+    and the R combinations ``M @ units`` are taken.
     """
-    rc = code.rounds[r]
-    u = unit_symbols(dim, rc.D)
+    blk = code.blocks[b]
+    u = unit_symbols(dim, blk.F)
     payloads, esc_rows, esc_cols = [], [], []
     offset = 0
     for i in range(code.H):
-        shape = uplink_shape(code, r, i, dim)
+        shape = uplink_shape(code, b, i, dim)
         if shape[0] == 0:
             continue
         payload, (er, ec) = split_packed(messages[i], shape)
-        a = int(rc.units[i])
-        payloads.append(payload.reshape(shape[0] * a, u))
-        esc_rows.append(offset + er * a + ec // u)
+        w = int(blk.width[i])
+        payloads.append(payload.reshape(shape[0] * w, u))
+        esc_rows.append(offset + er * w + ec // u)
         esc_cols.append(ec % u)
-        offset += shape[0] * a
+        offset += shape[0] * w
     units = np.concatenate(payloads, axis=0) if payloads else np.zeros((0, u), np.uint16)
     escapes = (np.concatenate(esc_rows), np.concatenate(esc_cols)) if payloads else None
-    return combine_packed(rc.downlink_coeffs, units, escapes)
+    return combine_packed(blk.downlink_coeffs, units, escapes)
 
 
-def downlink_shape(code: Code, r: int, dim: int) -> tuple:
-    """Shape (R_z, u) of the server's broadcast in round index r."""
-    rc = code.rounds[r]
-    return (rc.R, unit_symbols(dim, rc.D))
+def downlink_shape(code: Code, b: int, dim: int) -> tuple:
+    """Shape (R, u) of the server's broadcast for block b."""
+    blk = code.blocks[b]
+    return (blk.R, unit_symbols(dim, blk.F))
 
 
 def relay_decode(code: Code, i: int, ivs: dict, downlinks: list, dim: int) -> dict:
-    """Relay i recovers every IV of every round from its own IVs and the broadcasts.
+    """Relay i recovers every IV of every block from its own IVs and the broadcasts.
 
     Returns a dict user k -> IV (float64) holding the IVs it had plus every IV of
-    every round. A decoded symbol of 65536 cannot come from a float64 and means a
+    every block. A decoded symbol of 65536 cannot come from a float64 and means a
     corrupted message: it raises DecodeError.
     """
     out = dict(ivs)
-    for r, rc in enumerate(code.rounds):
-        unknown = [int(k) for k in rc.users if not code.G[i, k]]
+    for b, blk in enumerate(code.blocks):
+        unknown = [int(k) for k in blk.users if not code.G[i, k]]
         if not unknown:
             continue
-        u = unit_symbols(dim, rc.D)
-        Y, (er, ec) = split_packed(downlinks[r], (rc.R, u))
-        rows = np.asarray(rc.decode_rows[i], dtype=np.int64)
-        mine = rc.relay_users(code.G, i)
-        stacked = np.empty((len(rows) + len(mine) * rc.D, u), dtype=np.uint16)
+        u = unit_symbols(dim, blk.F)
+        Y, (er, ec) = split_packed(downlinks[b], (blk.R, u))
+        rows = np.asarray(blk.decode_rows[i], dtype=np.int64)
+        mine = blk.known(code.G, i)
+        stacked = np.empty((len(rows) + len(mine) * blk.F, u), dtype=np.uint16)
         np.take(Y, rows, axis=0, out=stacked[: len(rows)])
         for m, k in enumerate(mine):               # the known IVs' units, zero-padded
-            block = stacked[len(rows) + m * rc.D: len(rows) + (m + 1) * rc.D]
+            block = stacked[len(rows) + m * blk.F: len(rows) + (m + 1) * blk.F]
             _copy_symbols(block.reshape(-1), ivs[int(k)], 0)
-        where = np.full(rc.R, -1, dtype=np.int64)   # broadcast row -> row of ``stacked``
+        where = np.full(blk.R, -1, dtype=np.int64)   # broadcast row -> row of ``stacked``
         where[rows] = np.arange(len(rows))
         pos = where[er]
         hit = pos >= 0
-        x = np.empty((len(unknown) * rc.D, u), dtype=np.uint16)
-        bad = combine_mod_p(rc.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
+        x = np.empty((len(unknown) * blk.F, u), dtype=np.uint16)
+        bad = combine_mod_p(blk.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
         if bad.size:
-            raise DecodeError(f"relay {i + 1}, round z = {rc.z}: decoded a symbol outside "
+            raise DecodeError(f"relay {i + 1}, {blk.label}: decoded a symbol outside "
                               f"16 bits; the broadcast was corrupted")
-        x = x.reshape(len(unknown), rc.D, u)
+        x = x.reshape(len(unknown), blk.F, u)
         for m, k in enumerate(unknown):
             out[k] = units_to_iv(x[m], dim)
     return out
@@ -596,13 +606,12 @@ def special_ivs(K: int, dim: int, seed: int) -> np.ndarray:
     return ivs
 
 
-def verify_exchange(plan, dim: int, seed: int = 0, code: Code | None = None) -> dict:
+def verify_exchange(code: Code, dim: int, seed: int = 0) -> dict:
     """Run the whole coded exchange in one process and check it bit for bit.
 
-    Returns ``bit_exact``, measured loads (bytes on the wire / bytes of one IV)
-    and the planned ones.
+    Returns ``bit_exact`` and the measured loads (bytes on the wire / bytes of one
+    IV): every relay's uplink, and each block's broadcast counted once.
     """
-    code = code or build_code(plan, seed=seed)
     G = code.G
     ivs = special_ivs(code.K, dim, seed)
     iv_bytes = 8 * dim
@@ -614,16 +623,16 @@ def verify_exchange(plan, dim: int, seed: int = 0, code: Code | None = None) -> 
         uplinks[i] = relay_encode(code, i, known)
         uplink_bytes += sum(m.nbytes for m in uplinks[i] if m is not None)
     downlinks = []
-    for r in range(len(code.rounds)):
-        msg = server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
+    for b in range(len(code.blocks)):
+        msg = server_combine(code, b, {i: uplinks[i][b] for i in range(code.H)}, dim)
         downlink_bytes += msg.nbytes           # a broadcast: counted once
         downlinks.append(msg)
     exact = True
-    in_rounds = set(int(k) for rc in code.rounds for k in rc.users)
+    in_blocks = set(int(k) for blk in code.blocks for k in blk.users)
     for i in range(code.H):
         known = {int(k): ivs[k] for k in np.flatnonzero(G[i])}
         got = relay_decode(code, i, known, downlinks, dim)
-        for k in in_rounds:
+        for k in in_blocks:
             if k not in got or got[k].view(np.uint64).tobytes() != ivs[k].view(np.uint64).tobytes():
                 exact = False
     return {
@@ -636,6 +645,4 @@ def verify_exchange(plan, dim: int, seed: int = 0, code: Code | None = None) -> 
         "downlink_bytes": int(downlink_bytes),
         "measured_uplink_load": uplink_bytes / iv_bytes,
         "measured_downlink_load": downlink_bytes / iv_bytes,
-        "planned_uplink_load": float(plan.uplink_load),
-        "planned_downlink_load": float(plan.downlink_load),
     }

@@ -351,58 +351,72 @@ def format_plan(plan: Plan) -> str:
 
 
 def main(argv=None) -> int:
+    from .schemes import REGISTRY, get
+
     parser = argparse.ArgumentParser(
         prog="python -m hmtl_mpi.plan",
-        description="Plan the coded scheme for a topology: rounds, exact alphas, loads "
-                    "(Theorem 1), bounds (Theorem 2), uncoded and equal-split loads.")
+        description="Plan a scheme for a topology: the coded scheme's rounds, exact alphas and "
+                    "loads (Theorem 1) with the bounds (Theorem 2), uncoded and equal-split "
+                    "loads; or another scheme's plan (--scheme).",
+        epilog="schemes:\n" + "\n".join(f"  {n:8} {c.summary}" for n, c in REGISTRY.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topology", default="paper-fig2",
                         help="a .npy file (H x K, rows relays) or a built-in name (default paper-fig2)")
+    parser.add_argument("--scheme", choices=list(REGISTRY), default="coded",
+                        help="the scheme to plan (default coded, the paper's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    parser.add_argument("--max-denominator", type=int, default=MAX_DENOMINATOR,
-                        help=f"largest denominator for exact alphas (default {MAX_DENOMINATOR})")
+    parser.add_argument("--max-denominator", type=int, default=None,
+                        help=f"largest denominator for exact alphas / loads (default: the "
+                             f"planner's, {MAX_DENOMINATOR} for coded; 64, 720, 5040 in turn "
+                             f"for joint)")
     parser.add_argument("--verify", action="store_true",
                         help="also run the whole coded exchange in this process on random IVs "
                              "and check every relay recovers every IV bit-exactly")
     parser.add_argument("--dim", type=int, default=1000, help="with --verify: float64 values per IV")
     parser.add_argument("--seed", type=int, default=0, help="with --verify: coefficient seed")
     args = parser.parse_args(argv)
-    if args.max_denominator < 1:
+    if args.max_denominator is not None and args.max_denominator < 1:
         parser.error(f"--max-denominator must be at least 1, got {args.max_denominator}")
     if args.verify and args.dim < 1:
         parser.error(f"--dim must be at least 1, got {args.dim}")
     try:
         G = load_topology(args.topology)
-    except TopologyError as exc:
+        scheme = get(args.scheme).plan(G, seed=args.seed, max_denominator=args.max_denominator)
+    except (TopologyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    plan = make_plan(G, args.max_denominator)
-    out = plan.to_dict()
+    out = scheme.plan_dict()
     verify = None
     if args.verify:
-        from .coding import verify_exchange
-        verify = verify_exchange(plan, dim=args.dim, seed=args.seed)
+        try:
+            verify = scheme.verify(dim=args.dim, seed=args.seed)
+        except NotImplementedError:
+            print(f"error: --verify: the {args.scheme} scheme exchanges no coded messages",
+                  file=sys.stderr)
+            return 2
         out["verify"] = verify
     try:
-        _print_result(args, plan, out, verify)
+        _print_result(args, scheme, out, verify)
     except BrokenPipeError:                    # e.g. piped into head: not an error of ours
         sys.stderr.close()
         return 0
     return 0 if verify is None or verify["bit_exact"] else 1
 
 
-def _print_result(args, plan, out, verify) -> None:
+def _print_result(args, scheme, out, verify) -> None:
     if args.json:
         json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_plan(plan))
+        print(scheme.format_plan())
         if verify is not None:
             print()
             print(f"verify (dim = {args.dim}, seed = {verify['seed']}): "
                   f"bit_exact = {verify['bit_exact']}, measured uplink load "
                   f"{verify['measured_uplink_load']:.4f}, downlink "
-                  f"{verify['measured_downlink_load']:.4f} (planned {float(plan.uplink_load):.4g}, "
-                  f"{float(plan.downlink_load):.4g}; the difference is padding)")
+                  f"{verify['measured_downlink_load']:.4f} (planned "
+                  f"{verify['planned_uplink_load']:.4g}, {verify['planned_downlink_load']:.4g}; "
+                  f"the difference is padding)")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-"""The protocol, one role at a time: server, relay, user; coded and uncoded.
+"""The roles' links: how the server, a relay and a user move buffers between each other.
 
-Each role has one method per phase of an iteration; the runtime calls the
-phases in :data:`PHASE_ORDER` on every rank, with a barrier on both sides of
-each (see :mod:`hmtl_mpi.runtime`). A role simply has no method for a phase in
-which it does nothing.
-
-Rank layout: world rank 0 is the server, ranks 1..H the relays (relay i is rank
-1 + i, 0-based i), ranks H+1..H+K the users (user k is rank H + 1 + k).
-Communicators mirror G:
+What a role sends and when is its scheme's business (:mod:`hmtl_mpi.schemes`);
+here is only where the bytes go, on communicators that mirror G, each send
+counted in its link class (:mod:`hmtl_mpi.transport`):
 
 * ``group[i]``: relay i (rank 0 in it) and its users N_i (ranks 1.. in user order);
 * ``uplink``: the server (rank 0) and the relays (relay i is rank 1 + i);
 * ``relays``: the relays only (relay i is rank i), for the downlink's allgather.
 
-Home relay: a user linked to several relays gets its model from exactly one,
-its lowest-numbered relay; in the uncoded scheme that is also the one relay
-its IV goes through.
+Rank layout: world rank 0 is the server, ranks 1..H the relays (relay i is rank
+1 + i, 0-based i), ranks H+1..H+K the users (user k is rank H + 1 + k); the flat
+layout has no user ranks. Home relay: a user linked to several relays gets its
+model from exactly one, its lowest-numbered relay.
+
+The broadcast (``downlink``): by default the server scatters its buffer in H
+pieces to the relays and the relays allgather them among themselves, so one copy
+leaves the server (MPICH's own ``MPI_Bcast`` for long messages sends about two);
+``bcast`` uses ``MPI_Bcast``. Either way a header of int64 byte lengths, one per
+part, goes first by ``MPI_Bcast``; the broadcast is counted once in
+``server_to_relay`` and the relays' allgather in ``relay_to_relay``.
 """
 
 from __future__ import annotations
@@ -23,290 +26,172 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from . import coding
-
-# (timing key, method name) per scheme, in protocol order. Coded (SCHEME.md):
-# relays encode, the server combines (coding work, timed under "encode") and
-# broadcasts, relays decode and run the global update. Uncoded (Example 1): the
-# server runs the global update between the uplink and the downlink.
-PHASE_ORDER = {
-    "coded": (
-        ("local_update", "local_update"),
-        ("user_to_relay", "user_to_relay"),
-        ("encode", "encode"),
-        ("relay_to_server", "relay_to_server"),
-        ("encode", "combine"),
-        ("server_to_relay", "server_to_relay"),
-        ("decode", "decode"),
-        ("global_update", "global_update"),
-        ("relay_to_user", "relay_to_user"),
-    ),
-    "uncoded": (
-        ("local_update", "local_update"),
-        ("user_to_relay", "user_to_relay"),
-        ("relay_to_server", "relay_to_server"),
-        ("global_update", "global_update"),
-        ("server_to_relay", "server_to_relay"),
-        ("relay_to_user", "relay_to_user"),
-    ),
-}
-
-TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100   # uplink: TAG_UPLINK + round index
+from .schemes.base import TAG_IV, TAG_MODEL, role_of
 
 
-def home_relays(G: np.ndarray) -> np.ndarray:
-    """The relay each user gets its model from: its lowest-numbered relay."""
-    return np.argmax(G != 0, axis=0)
-
-
-class Job:
-    """What every role knows: topology, scheme, learner, links and communicators."""
-
-    def __init__(self, G, scheme, learner, links, comms, code=None, downlink="scatter-allgather"):
-        self.G = G
-        self.H, self.K = G.shape
-        self.scheme = scheme
-        self.learner = learner
-        self.links = links
-        self.code = code
-        self.downlink = downlink
-        self.home = home_relays(G)
-        self.group = comms["group"]          # relay index -> communicator (on members)
-        self.uplink = comms["uplink"]        # server + relays (None on users)
-        self.relays = comms["relays"]        # relays only (None elsewhere)
-        self.dim = learner.dim
-        self.model_len = learner.model_len
-
-    def model_values_sent(self, it) -> int:
-        """How much of a model message goes down in iteration ``it``: all of it, or
-        all but the learner's extras when they did not change (MOCHA: Sigma_kk and
-        rho, refreshed every ``inner`` iterations). Both ends know the schedule."""
-        changed = self.learner.extras_changed(it)
-        return self.model_len if changed else self.model_len - self.learner.extra_len
-
-
-class Server:
-    """Rank 0. Coded: combines the relays' messages and broadcasts (eq. 31).
-    Uncoded: receives every IV once, runs the global update, sends every model once."""
-
-    role = "server"
-
-    def __init__(self, job: Job):
-        self.job = job
-        self.ivs = None                      # uncoded: all IVs, in user order
-
-    # -- uplink: relay -> server
-    def relay_to_server(self, it):
-        job, links = self.job, self.job.links
-        if job.scheme == "coded":
-            expected = [(1 + i, TAG_UPLINK + r) for r in range(len(job.code.rounds))
-                        for i in range(job.H)
-                        if coding.uplink_symbols(job.code, r, i, job.dim) > 0]
-            self.uplinks = links.recv_variable_many(job.uplink, expected, "coded uplink messages")
-        else:
-            self.ivs = np.empty((job.K, job.dim))
-            reqs = []
-            for i in range(job.H):
-                users = np.flatnonzero(job.home == i)
-                if len(users):
-                    buf = np.empty((len(users), job.dim))
-                    reqs.append((users, buf, links.irecv(job.uplink, buf, 1 + i, TAG_IV)))
-            links.wait([r for _, _, r in reqs], "IVs forwarded by the relays")
-            for users, buf, _ in reqs:
-                self.ivs[users] = buf
-
-    # -- coding at the server
-    def combine(self, it):
-        job = self.job
-        if job.scheme != "coded":
-            return
-        parts = []
-        for r in range(len(job.code.rounds)):
-            msgs = {i: self.uplinks.get((1 + i, TAG_UPLINK + r)) for i in range(job.H)}
-            parts.append(coding.server_combine(job.code, r, msgs, job.dim))
-        self.downlink = parts
-
-    # -- downlink: server -> relays
-    def server_to_relay(self, it):
-        job, links = self.job, self.job.links
-        if job.scheme == "coded":
-            send_downlink(job, self.downlink)
-        else:
-            reqs, bufs = [], []         # bufs: alive until every send completed
-            for i in range(job.H):
-                users = np.flatnonzero(job.home == i)
-                if len(users):
-                    bufs.append(np.ascontiguousarray(self.models[users, : job.model_values_sent(it)]))
-                    reqs.append(links.isend(job.uplink, bufs[-1], 1 + i, TAG_MODEL,
-                                            "server_to_relay"))
-            links.wait(reqs, "model sends to the relays")
-
-    def global_update(self, it):
-        if self.job.scheme == "uncoded":
-            self.models = self.job.learner.global_update(it, self.ivs)
-
-    def known_ivs(self):
-        return self.ivs if self.job.scheme == "uncoded" else None
-
-    def final_models(self):
-        return getattr(self, "models", None) if self.job.scheme == "uncoded" else None
-
-
-def send_downlink(job: Job, parts: list) -> None:
-    """The server's broadcast of all rounds' combinations to every relay.
-
-    A header of int64 lengths (one per round) goes first. ``scatter-allgather``:
-    the server scatters the buffer in H pieces (one copy leaves the server) and
-    the relays allgather them among themselves; ``bcast``: one MPI_Bcast. Either
-    way the broadcast is counted once in ``server_to_relay``; the relays'
-    allgather traffic is counted in ``relay_to_relay``.
-    """
-    links = job.links
-    header = np.array([p.size for p in parts], dtype=np.int64)
-    buf = np.concatenate(parts) if parts else np.zeros(0, np.uint16)
-    links.count("server_to_relay", header.nbytes + buf.nbytes)
-    links.bcast(job.uplink, header, 0, "downlink header")
-    if job.downlink == "bcast":
-        links.bcast(job.uplink, buf, 0, "downlink broadcast")
-        return
-    counts, displs = scatter_layout(buf.size, job.H)
-    links.wait(job.uplink.Iscatterv([buf, [0] + counts, [0] + displs, MPI.UINT16_T],
-                                    MPI.IN_PLACE, root=0), "downlink scatter")
+def make_comms(world, G, flat: bool = False) -> dict:
+    """Communicators mirroring G (collective over the world: every rank calls it)."""
+    H, K = G.shape
+    rank = world.Get_rank()
+    group = {}
+    if not flat:
+        world_group = world.Get_group()
+        for i in range(H):           # increasing i on every member: deadlock-free
+            members = [1 + i] + [H + 1 + int(k) for k in np.flatnonzero(G[i])]
+            if rank in members:
+                sub = world_group.Incl(members)
+                group[i] = world.Create_group(sub, tag=i)
+                sub.Free()
+        world_group.Free()
+    uplink = world.Split(0 if rank <= H else MPI.UNDEFINED, rank)
+    relays = world.Split(0 if 1 <= rank <= H else MPI.UNDEFINED, rank)
+    return {"group": group,
+            "uplink": None if uplink == MPI.COMM_NULL else uplink,
+            "relays": None if relays == MPI.COMM_NULL else relays}
 
 
 def scatter_layout(total: int, H: int):
-    """Counts and displacements of the downlink's H near-equal pieces."""
+    """Counts and displacements of the broadcast's H near-equal pieces."""
     base, extra = divmod(total, H)
     counts = [base + (1 if i < extra else 0) for i in range(H)]
     displs = list(np.cumsum([0] + counts[:-1]).astype(int))
     return counts, [int(d) for d in displs]
 
 
-def receive_downlink(job: Job, i: int) -> list:
-    """Relay i's side of :func:`send_downlink`: every round's broadcast buffer."""
-    links = job.links
-    header = np.empty(len(job.code.rounds), dtype=np.int64)
-    links.bcast(job.uplink, header, 0, "downlink header from the server")
-    buf = np.empty(int(header.sum()), dtype=np.uint16)
-    if job.downlink == "bcast":
-        links.bcast(job.uplink, buf, 0, "downlink broadcast from the server")
-    else:
-        counts, displs = scatter_layout(buf.size, job.H)
-        mine = np.empty(counts[i], dtype=np.uint16)
-        links.wait(job.uplink.Iscatterv(None, mine, root=0), "downlink scatter from the server")
-        links.count("relay_to_relay", mine.nbytes * (job.H - 1))
-        links.wait(job.relays.Iallgatherv(mine, [buf, counts, displs, MPI.UINT16_T]),
-                   "downlink allgather among the relays")
-    ends = np.cumsum(header)
-    return [buf[e - n: e] for n, e in zip(header, ends)]
+class Net:
+    """What every role's links share: the job's links, communicators and topology."""
+
+    def __init__(self, links, comms, G, downlink="scatter-allgather"):
+        self.links = links
+        self.G = G
+        self.H, self.K = G.shape
+        self.group = comms["group"]          # relay index -> communicator (on members)
+        self.uplink = comms["uplink"]        # server + relays (None on users)
+        self.relays = comms["relays"]        # relays only (None elsewhere)
+        self.downlink = downlink
 
 
-class Relay:
-    """Ranks 1..H. Coded: receives its users' IVs, encodes (eq. 26), decodes the
-    broadcast, runs the global update, sends models. Uncoded: forwards."""
+class UserNet(Net):
+    """User k's links: to each of its relays in ``group[i]``, where the relay is rank 0."""
 
-    role = "relay"
+    def __init__(self, links, comms, G, k, downlink="scatter-allgather"):
+        super().__init__(links, comms, G, downlink)
+        self.k = k
+        self.home = int(np.argmax(G[:, k] != 0))
 
-    def __init__(self, job: Job, i: int):
-        self.job, self.i = job, i
-        self.users = np.flatnonzero(job.G[i])                      # N_i
-        self.home_users = np.flatnonzero(job.home == i)
-        self.comm = job.group[i]
+    def send_iv(self, relays, iv: np.ndarray) -> None:
+        reqs = [self.links.isend(self.group[int(i)], iv, 0, TAG_IV, "user_to_relay")
+                for i in relays]
+        self.links.wait(reqs, f"IV sends to relays {', '.join(str(int(i) + 1) for i in relays)}")
 
-    def user_to_relay(self, it):
-        job, links = self.job, self.job.links
-        senders = self.users if job.scheme == "coded" else self.home_users
-        self.own = {}
-        reqs = []
-        for k in senders:
-            buf = np.empty(job.dim)
-            self.own[int(k)] = buf
-            reqs.append(links.irecv(self.comm, buf, self._group_rank(k), TAG_IV))
-        links.wait(reqs, f"IVs from users {', '.join(str(k + 1) for k in senders)}")
+    def recv_model(self, n: int) -> np.ndarray:
+        buf = np.empty(n)
+        self.links.wait(self.links.irecv(self.group[self.home], buf, 0, TAG_MODEL),
+                        f"model from relay {self.home + 1}")
+        return buf
+
+
+class RelayNet(Net):
+    """Relay i's links: its users in ``group[i]``, the server in ``uplink``."""
+
+    def __init__(self, links, comms, G, i, downlink="scatter-allgather"):
+        super().__init__(links, comms, G, downlink)
+        self.i = i
+        self.users = np.flatnonzero(G[i])
+        self.comm = self.group.get(i)
 
     def _group_rank(self, k) -> int:
         return 1 + int(np.searchsorted(self.users, k))
 
-    def encode(self, it):
-        if self.job.scheme == "coded":
-            self.uplink_msgs = coding.relay_encode(self.job.code, self.i, self.own)
+    def recv_ivs(self, users, dim: int) -> dict:
+        got, reqs = {}, []
+        for k in users:
+            got[int(k)] = buf = np.empty(dim)
+            reqs.append(self.links.irecv(self.comm, buf, self._group_rank(k), TAG_IV))
+        self.links.wait(reqs, f"IVs from users {', '.join(str(int(k) + 1) for k in users)}")
+        return got
 
-    def relay_to_server(self, it):
-        job, links = self.job, self.job.links
-        reqs = []
-        if job.scheme == "coded":
-            for r, msg in enumerate(self.uplink_msgs):
-                if msg is not None:
-                    reqs.append(links.isend(job.uplink, msg, 0, TAG_UPLINK + r, "relay_to_server"))
-        elif len(self.home_users):
-            self.forward = np.stack([self.own[int(k)] for k in self.home_users])
-            reqs.append(links.isend(job.uplink, self.forward, 0, TAG_IV, "relay_to_server"))
-        links.wait(reqs, "uplink sends to the server")
+    def send_models(self, models: dict) -> None:
+        reqs = [self.links.isend(self.comm, buf, self._group_rank(k), TAG_MODEL, "relay_to_user")
+                for k, buf in models.items()]
+        self.links.wait(reqs, "model sends to the users")
 
-    def server_to_relay(self, it):
-        job, links = self.job, self.job.links
-        if job.scheme == "coded":
-            self.downlinks = receive_downlink(job, self.i)
-        elif len(self.home_users):
-            self.models_in = np.empty((len(self.home_users), job.model_values_sent(it)))
-            links.wait(links.irecv(job.uplink, self.models_in, 0, TAG_MODEL),
-                       "models from the server")
+    def send_to_server(self, messages) -> None:
+        """``messages``: (tag, buffer) pairs, each sent to the server."""
+        reqs = [self.links.isend(self.uplink, buf, 0, tag, "relay_to_server")
+                for tag, buf in messages]
+        self.links.wait(reqs, "uplink sends to the server")
 
-    def decode(self, it):
-        job = self.job
-        if job.scheme == "coded":
-            ivs = coding.relay_decode(job.code, self.i, self.own, self.downlinks, job.dim)
-            self.ivs = np.stack([ivs[k] for k in range(job.K)])
+    def recv_from_server(self, shape, tag: int) -> np.ndarray:
+        buf = np.empty(shape)
+        self.links.wait(self.links.irecv(self.uplink, buf, 0, tag), "models from the server")
+        return buf
 
-    def global_update(self, it):
-        if self.job.scheme == "coded":
-            self.models = self.job.learner.global_update(it, self.ivs)
-
-    def relay_to_user(self, it):
-        job, links = self.job, self.job.links
-        if job.scheme == "coded":
-            n = job.model_values_sent(it)
-            out = {int(k): np.ascontiguousarray(self.models[k, :n]) for k in self.home_users}
+    def recv_broadcast(self, nparts: int) -> list:
+        """The server's broadcast: ``nparts`` uint8 buffers (see the module doc)."""
+        links = self.links
+        header = np.empty(nparts, dtype=np.int64)
+        links.bcast(self.uplink, header, 0, "broadcast header from the server")
+        buf = np.empty(int(header.sum()), dtype=np.uint8)
+        if self.downlink == "bcast":
+            links.bcast(self.uplink, buf, 0, "broadcast from the server")
         else:
-            out = {int(k): self.models_in[m] for m, k in enumerate(self.home_users)}
-        reqs = [links.isend(self.comm, buf, self._group_rank(k), TAG_MODEL, "relay_to_user")
-                for k, buf in out.items()]
-        links.wait(reqs, "model sends to the users")
-
-    def known_ivs(self):
-        return self.ivs if self.job.scheme == "coded" else None
-
-    def final_models(self):
-        return self.models if self.job.scheme == "coded" else None
+            counts, displs = scatter_layout(buf.size, self.H)
+            mine = np.empty(counts[self.i], dtype=np.uint8)
+            links.wait(self.uplink.Iscatterv(None, mine, root=0), "broadcast scatter from the server")
+            links.count("relay_to_relay", mine.nbytes * (self.H - 1))
+            links.wait(self.relays.Iallgatherv(mine, [buf, counts, displs, MPI.BYTE]),
+                       "broadcast allgather among the relays")
+        ends = np.cumsum(header)
+        return [buf[e - n: e] for n, e in zip(header, ends)]
 
 
-class User:
-    """Ranks H+1..H+K: local update (eq. 2), IV up, model down."""
+class ServerNet(Net):
+    """The server's links: every relay in ``uplink``, where relay i is rank 1 + i."""
 
-    role = "user"
+    def recv_from_relays(self, expected) -> dict:
+        """``expected``: (relay, tag, shape) of float64 messages; returns {(relay, tag): buffer}."""
+        got, reqs = {}, []
+        for i, tag, shape in expected:
+            got[(i, tag)] = buf = np.empty(shape)
+            reqs.append(self.links.irecv(self.uplink, buf, 1 + i, tag))
+        self.links.wait(reqs, "IVs forwarded by the relays")
+        return got
 
-    def __init__(self, job: Job, k: int):
-        self.job, self.k = job, k
-        self.relays = np.flatnonzero(job.G[:, k])
-        self.model = job.learner.initial_model(k)
+    def recv_coded_from_relays(self, expected) -> dict:
+        """``expected``: (relay, tag) of uint16 messages whose length only the sender knows
+        (coded payload + escapes); returns {(relay, tag): buffer}."""
+        got = self.links.recv_variable_many(self.uplink, [(1 + i, t) for i, t in expected],
+                                            "coded uplink messages")
+        return {(source - 1, tag): buf for (source, tag), buf in got.items()}
 
-    def local_update(self, it):
-        self.iv = np.ascontiguousarray(self.job.learner.local_update(self.k, it, self.model),
-                                       dtype=np.float64)
+    def send_to_relays(self, bufs: dict, tag: int) -> None:
+        keep = {i: np.ascontiguousarray(b) for i, b in bufs.items()}   # alive until sent
+        reqs = [self.links.isend(self.uplink, b, 1 + i, tag, "server_to_relay")
+                for i, b in keep.items()]
+        self.links.wait(reqs, "model sends to the relays")
 
-    def user_to_relay(self, it):
-        job, links = self.job, self.job.links
-        targets = self.relays if job.scheme == "coded" else [job.home[self.k]]
-        reqs = [links.isend(job.group[int(i)], self.iv, 0, TAG_IV, "user_to_relay")
-                for i in targets]
-        links.wait(reqs, f"IV sends to relays {', '.join(str(int(i) + 1) for i in targets)}")
+    def broadcast(self, parts: list) -> None:
+        """One broadcast of ``parts`` (any dtypes) to every relay, counted once."""
+        links = self.links
+        raw = [np.ascontiguousarray(p).reshape(-1).view(np.uint8) for p in parts]
+        header = np.array([r.size for r in raw], dtype=np.int64)
+        buf = np.concatenate(raw) if raw else np.zeros(0, np.uint8)
+        links.count("server_to_relay", header.nbytes + buf.nbytes)
+        links.bcast(self.uplink, header, 0, "broadcast header")
+        if self.downlink == "bcast":
+            links.bcast(self.uplink, buf, 0, "broadcast")
+            return
+        counts, displs = scatter_layout(buf.size, self.H)
+        links.wait(self.uplink.Iscatterv([buf, [0] + counts, [0] + displs, MPI.BYTE],
+                                         MPI.IN_PLACE, root=0), "broadcast scatter")
 
-    def relay_to_user(self, it):
-        job, links = self.job, self.job.links
-        n = job.model_values_sent(it)
-        buf = np.empty(n)
-        home = int(job.home[self.k])
-        links.wait(links.irecv(job.group[home], buf, 0, TAG_MODEL),
-                   f"model from relay {home + 1}")
-        self.model = self.model.copy()
-        self.model[:n] = buf
+
+def make_net(rank: int, links, comms, G, downlink="scatter-allgather"):
+    """This rank's links, by its role."""
+    role, index = role_of(rank, G.shape[0])
+    if role == "server":
+        return ServerNet(links, comms, G, downlink)
+    if role == "relay":
+        return RelayNet(links, comms, G, index, downlink)
+    return UserNet(links, comms, G, index, downlink)

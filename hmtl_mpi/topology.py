@@ -45,7 +45,29 @@ def paper_fig2() -> np.ndarray:
     return G
 
 
-BUILTIN = {"paper-fig2": paper_fig2}
+# Example A of CODED_DMTL.md (seed 001): 3 relays (its workers), 4 users (its items),
+# Z1 = {1,2,3}, Z2 = {2,3,4}, Z3 = {1,4}; joint loads (2, 2), hierarchical (2.5, 2).
+EXAMPLE_A_RELAYS = ((1, 2, 3), (2, 3, 4), (1, 4))
+
+
+def example_a() -> np.ndarray:
+    G = np.zeros((3, 4), dtype=np.uint8)
+    for i, users in enumerate(EXAMPLE_A_RELAYS):
+        G[i, [k - 1 for k in users]] = 1
+    return G
+
+
+def cyclic(H: int, r: int) -> np.ndarray:
+    """K = H users; relay i holds users i, i+1, ..., i+r-1 (mod H): seed 001's cyclic placement."""
+    if not 1 <= r < H:
+        raise TopologyError(f"cyclic: need 1 <= r < H, got r = {r}, H = {H}")
+    G = np.zeros((H, H), dtype=np.uint8)
+    for i in range(H):
+        G[i, [(i + j) % H for j in range(r)]] = 1
+    return G
+
+
+BUILTIN = {"paper-fig2": paper_fig2, "example-a": example_a}
 
 
 def validate(G, source: str = "topology") -> np.ndarray:
@@ -253,6 +275,8 @@ def describe(G: np.ndarray) -> str:
 KIND_HELP = """\
 kinds:
   paper-fig2     the paper's Fig. 2 example (K = 10, H = 5); no options
+  example-a      Example A of seed 001 (CODED_DMTL.md): H = 3, K = 4; no options
+  cyclic         K = H users, relay i holds users i .. i+r-1 (mod H): --relays H --r r
   random         every user joins r distinct relays chosen at random:
                  --users K --relays H --r r [--seed S]
   symmetric      Theorem 3 design, one group of --per-group users for every
@@ -270,7 +294,8 @@ def main(argv=None) -> int:
         prog="python -m hmtl_mpi.topology",
         description="Generate or inspect a network topology G (H x K 0/1 .npy, rows relays).",
         epilog=KIND_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["paper-fig2", "random", "symmetric", "heterogeneous", "show"],
+    parser.add_argument("kind", choices=["paper-fig2", "example-a", "cyclic", "random", "symmetric",
+                                         "heterogeneous", "show"],
                         help="what to generate (see kinds below)")
     parser.add_argument("source", nargs="?", help="with 'show': the .npy file or built-in name")
     parser.add_argument("--users", "-K", type=int, help="K, number of users")
@@ -293,8 +318,11 @@ def main(argv=None) -> int:
                 parser.error("show needs a PATH_OR_NAME")
             print(describe(load_topology(args.source)))
             return 0
-        if args.kind == "paper-fig2":
-            G = paper_fig2()
+        if args.kind in BUILTIN:
+            G = BUILTIN[args.kind]()
+        elif args.kind == "cyclic":
+            need("relays", "r")
+            G = validate(cyclic(args.relays, args.r), "cyclic")
         elif args.kind == "random":
             need("users", "relays", "r")
             G = validate(random_regular(args.users, args.relays, args.r, args.seed), "random")

@@ -22,14 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .failures import PhaseTimeout
-
-# Link classes whose bytes are counted (SCHEME.md: bytes on the wire are the truth).
-LINK_CLASSES = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user",
-                "relay_to_relay")
-# Phases timed per iteration (the report's names).
-PHASES = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_to_relay",
-          "decode", "global_update", "relay_to_user", "total")
-
+from .report import LINK_CLASSES
 
 class Links:
     """One rank's view of the job: byte counters and the deadline of every wait.

@@ -1,4 +1,4 @@
-"""Pure helpers of hmtl_mpi.bench_network: rates, the eq. (13)/(15) time model,
+"""Pure helpers of hmtl_mpi.bench.network: rates, the eq. (13)/(15) time model,
 report summaries and the Fig. 7 d grid. No MPI, no namespaces."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hmtl_mpi import bench_network as bn
+from hmtl_mpi.bench import network as bn
 
 
 def test_rate_bps_tc_units():

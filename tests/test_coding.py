@@ -22,6 +22,7 @@ from hmtl_mpi.coding import (P, Code, DecodeError, build_code, combine_mod_p, pa
                              relay_decode, relay_encode, server_combine, special_ivs,
                              split_packed, unit_symbols, unpack, verify_exchange)
 from hmtl_mpi.plan import make_plan
+from hmtl_mpi.schemes.coded import Coded
 from hmtl_mpi.topology import (TopologyError, paper_fig2, random_regular, symmetric,
                                validate)
 
@@ -41,12 +42,23 @@ _CODES: dict = {}
 
 
 def plan_and_code(G, seed: int = 0):
-    """make_plan + build_code, cached per (G, seed): planning is the slow part."""
+    """make_plan + the hierarchical scheme's code, cached per (G, seed): planning is slow."""
     key = (G.shape, G.tobytes(), seed)
     if key not in _CODES:
         plan = make_plan(G)
-        _CODES[key] = (plan, build_code(plan, seed=seed))
+        _CODES[key] = (plan, build(plan, seed=seed))
     return _CODES[key]
+
+
+def build(plan, **kw):
+    """The code of the paper's scheme: one block per round (``schemes.coded``)."""
+    return build_code(plan.G, Coded.layouts(plan), **kw)
+
+
+def first_unit(blk, i, col) -> int:
+    """Where relay i's input row of the block's user ``col`` starts (its segment)."""
+    rows = blk.rows[i]
+    return int(rows[list(rows[:, 0]).index(col), 1])
 
 
 # A topology whose plan has a relay carrying 2 of D = 3 units of an IV in round z = 3
@@ -90,7 +102,7 @@ def run_exchange(code: Code, ivs: np.ndarray):
     known = [{int(k): ivs[k] for k in np.flatnonzero(G[i])} for i in range(code.H)]
     uplinks = [relay_encode(code, i, known[i]) for i in range(code.H)]
     downlinks = [server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
-                 for r in range(len(code.rounds))]
+                 for r in range(len(code.blocks))]
     decoded = [relay_decode(code, i, known[i], downlinks, dim) for i in range(code.H)]
     return uplinks, downlinks, decoded
 
@@ -113,10 +125,10 @@ def check_loads(plan, code: Code, res: dict) -> None:
     """Bytes on the wire = planned load x padded unit size + 4 bytes per escape, exactly."""
     dim = res["dim"]
     up_payload = down_payload = 0
-    for rnd, rc in zip(plan.rounds, code.rounds):
-        u = unit_symbols(dim, rc.D)
-        up = rnd.uplink_load * rc.D * u                 # symbols: sum_i n_i a_i D u
-        down = rnd.downlink_load * rc.D * u             # R u
+    for rnd, rc in zip(plan.rounds, code.blocks):
+        u = unit_symbols(dim, rc.F)
+        up = rnd.uplink_load * rc.F * u                 # symbols: sum_i n_i a_i D u
+        down = rnd.downlink_load * rc.F * u             # R u
         assert up.denominator == 1 and down.denominator == 1
         up_payload += 2 * int(up)
         down_payload += 2 * int(down)
@@ -130,11 +142,9 @@ def check_loads(plan, code: Code, res: dict) -> None:
         assert padded >= planned
         assert Fraction(got, 8 * dim) == padded + Fraction(extra, 8 * dim)
         if planned:
-            slack = max(rc.D for rc in code.rounds) / (4 * dim)     # at most one unit of padding
+            slack = max(rc.F for rc in code.blocks) / (4 * dim)     # at most one unit of padding
             assert padded <= planned * (1 + Fraction(slack).limit_denominator(10**9)) + \
                 Fraction(1, 10**9)
-    assert res["planned_uplink_load"] == float(plan.uplink_load)
-    assert res["planned_downlink_load"] == float(plan.downlink_load)
 
 
 # --- the paper example ------------------------------------------------------------------
@@ -143,10 +153,10 @@ def test_paper_example_plan_and_exchange():
     plan, code = plan_and_code(paper_fig2())
     assert (plan.uplink_load, plan.downlink_load) == (Fraction(17, 2), Fraction(7))
     for dim in (1, 3, 7, 1001, 4000):
-        res = verify_exchange(plan, dim, seed=dim, code=code)
+        res = verify_exchange(code, dim, seed=dim)
         assert res["bit_exact"], dim
         check_loads(plan, code, res)
-    res = verify_exchange(plan, 4000, code=code)
+    res = verify_exchange(code, 4000)
     assert abs(res["measured_uplink_load"] / 8.5 - 1) < 0.01
     assert abs(res["measured_downlink_load"] / 7 - 1) < 0.01
 
@@ -185,7 +195,7 @@ def test_random_bernoulli_topologies_seeded():
         plan, code = plan_and_code(G)
         dims = (1, 3, 1001) if n % 3 else (7, 64)
         for dim in dims:
-            res = verify_exchange(plan, dim, seed=n, code=code)
+            res = verify_exchange(code, dim, seed=n)
             assert res["bit_exact"], (G.tolist(), dim)
             check_loads(plan, code, res)
     assert seen_full_user >= 5
@@ -196,7 +206,7 @@ def test_random_bernoulli_topologies_seeded():
 def test_random_topologies_hypothesis(seed, dim):
     G = random_topology(np.random.default_rng(seed))
     plan, code = plan_and_code(G)
-    res = verify_exchange(plan, dim, seed=seed % 1000, code=code)
+    res = verify_exchange(code, dim, seed=seed % 1000)
     assert res["bit_exact"], G.tolist()
     check_loads(plan, code, res)
 
@@ -215,11 +225,11 @@ def test_generated_topologies(G, loads):
     if loads is not None:                           # Theorem 3
         assert (plan.uplink_load, plan.downlink_load) == loads
     for dim in (1, 7, 1001):
-        res = verify_exchange(plan, dim, seed=dim, code=code)
+        res = verify_exchange(code, dim, seed=dim)
         assert res["bit_exact"]
         check_loads(plan, code, res)
     if loads is not None:
-        res = verify_exchange(plan, 3000, code=code)
+        res = verify_exchange(code, 3000)
         assert abs(res["measured_uplink_load"] / float(loads[0]) - 1) < 0.01
         assert abs(res["measured_downlink_load"] / float(loads[1]) - 1) < 0.01
 
@@ -228,8 +238,8 @@ def test_loads_within_one_percent_at_a_few_thousand_values():
     rng = np.random.default_rng(77)
     for H, K in ((4, 10), (6, 18), (7, 24)):
         plan, code = plan_and_code(random_topology(rng, H, K))
-        dim = max(3000, 100 * max(rc.D for rc in code.rounds))
-        res = verify_exchange(plan, dim, code=code)
+        dim = max(3000, 100 * max(rc.F for rc in code.blocks))
+        res = verify_exchange(code, dim)
         assert res["bit_exact"]
         check_loads(plan, code, res)
         assert abs(res["measured_uplink_load"] / float(plan.uplink_load) - 1) < 0.01
@@ -393,14 +403,14 @@ def test_escapes_on_uplink_and_downlink_are_forced_and_decoded():
     plan, code = plan_and_code(paper_fig2())
     dim = 5
     ivs = special_ivs(code.K, dim, seed=11)
-    rc = code.rounds[0]
-    u = unit_symbols(dim, rc.D)
+    rc = code.blocks[0]
+    u = unit_symbols(dim, rc.F)
     k = int(rc.users[0])
     i = next(j for j in range(code.H)
-             if code.G[j, k] and rc.units[j] > 0 and rc.uplink_coeffs[j].shape[0] > 0)
+             if code.G[j, k] and rc.width[j] > 0 and rc.uplink_coeffs[j].shape[0] > 0)
     col = int(np.searchsorted(rc.users, k))
-    start = int(rc.first_unit[i, col])
-    m = int(np.searchsorted(rc.relay_users(code.G, i), k))
+    start = first_unit(rc, i, col)
+    m = int(np.searchsorted(rc.known(code.G, i), k))
     s = start * u                                   # first symbol of relay i's segment of v_k
     assert rc.uplink_coeffs[i][0, m] != 0
     shape = coding.uplink_shape(code, 0, i, dim)
@@ -414,8 +424,8 @@ def test_escapes_on_uplink_and_downlink_are_forced_and_decoded():
     k2 = int(rc.users[-1])
     relay = int(np.flatnonzero(code.G[:, k2] == 0)[0])
     row = int(rc.decode_rows[relay][0])
-    i2 = int(np.flatnonzero((code.G[:, k2] == 1) & (rc.units > 0))[0])
-    s2 = int(rc.first_unit[i2, int(np.searchsorted(rc.users, k2))]) * u + 1
+    i2 = int(np.flatnonzero((code.G[:, k2] == 1) & (rc.width > 0))[0])
+    s2 = first_unit(rc, i2, int(np.searchsorted(rc.users, k2))) * u + 1
 
     def downlink_probe(v):
         _, downlinks, _ = run_exchange_no_decode(code, v)
@@ -433,7 +443,7 @@ def run_exchange_no_decode(code, ivs):
     known = [{int(k): ivs[k] for k in np.flatnonzero(code.G[i])} for i in range(code.H)]
     uplinks = [relay_encode(code, i, known[i]) for i in range(code.H)]
     downlinks = [server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
-                 for r in range(len(code.rounds))]
+                 for r in range(len(code.blocks))]
     return uplinks, downlinks, None
 
 
@@ -448,7 +458,7 @@ def test_natural_escapes_at_larger_dim(G):
                  for i in range(code.H) for r, m in enumerate(uplinks[i]) if m is not None)
     down_esc = 0
     used = 0
-    for r, (rc, m) in enumerate(zip(code.rounds, downlinks)):
+    for r, (rc, m) in enumerate(zip(code.blocks, downlinks)):
         shape = coding.downlink_shape(code, r, dim)
         down_esc += escape_count(m, math.prod(shape))
         _, (er, _) = split_packed(m, shape)
@@ -464,9 +474,9 @@ def test_server_combine_with_escaped_uplinks(GF, G):
     dim = 11
     rng = np.random.default_rng(8)
     if G is MULTI_UNIT_G:      # a message row spans several units: escapes map across them
-        assert max(int(x) for rc in code.rounds for x in rc.units) >= 2
-    for r, rc in enumerate(code.rounds):
-        u = unit_symbols(dim, rc.D)
+        assert max(int(x) for rc in code.blocks for x in rc.width) >= 2
+    for r, rc in enumerate(code.blocks):
+        u = unit_symbols(dim, rc.F)
         msgs, units = {}, []
         for i in range(code.H):
             shape = coding.uplink_shape(code, r, i, dim)
@@ -488,8 +498,8 @@ def test_relay_decode_with_escaped_broadcast(GF):
     dim = 9
     ivs = special_ivs(code.K, dim, seed=1)
     _, downlinks, _ = run_exchange_no_decode(code, ivs)
-    for r, rc in enumerate(code.rounds):
-        u = unit_symbols(dim, rc.D)
+    for r, rc in enumerate(code.blocks):
+        u = unit_symbols(dim, rc.F)
         for i in range(code.H):
             if rc.decode_matrix[i].shape[0] == 0:
                 continue
@@ -497,8 +507,8 @@ def test_relay_decode_with_escaped_broadcast(GF):
             rows = rc.decode_rows[i]
             Y2 = Y.copy()
             Y2[rows[0], 0] = 65536                      # any field element is a valid broadcast
-            known = [coding.iv_units(ivs[k], rc.D).astype(np.int64)
-                     for k in rc.relay_users(code.G, i)]
+            known = [coding.iv_units(ivs[k], rc.F).astype(np.int64)
+                     for k in rc.known(code.G, i)]
             stacked = np.concatenate([Y2[rows]] + known)
             want = oracle(GF, rc.decode_matrix[i], stacked)
             bufs = list(downlinks)
@@ -510,7 +520,7 @@ def test_relay_decode_with_escaped_broadcast(GF):
                 continue
             got = relay_decode(code, i, kn, bufs, dim)
             unknown = [int(k) for k in rc.users if not code.G[i, k]]
-            want_units = want.reshape(len(unknown), rc.D * u)
+            want_units = want.reshape(len(unknown), rc.F * u)
             for m, k in enumerate(unknown):
                 assert np.array_equal(bits(got[k]),
                                       want_units[m][: 4 * dim].astype(np.uint16).view(np.uint64))
@@ -539,14 +549,14 @@ def _draw_bad_first(bad_attempts: int):
 def test_undecodable_draw_is_redrawn():
     plan, _ = plan_and_code(paper_fig2())
     draw = _draw_bad_first(2)
-    code = build_code(plan, seed=40, draw=draw)
+    code = build(plan, seed=40, draw=draw)
     assert code.attempts == 3 and code.seed == 42 and len(draw.seen) == 3
-    res = verify_exchange(plan, 33, code=code)
+    res = verify_exchange(code, 33)
     assert res["bit_exact"] and res["attempts"] == 3 and res["seed"] == 42
     # the recorded seed reproduces the code that decodes
-    again = build_code(plan, seed=42, draw=_draw_bad_first(0))
+    again = build(plan, seed=42, draw=_draw_bad_first(0))
     assert again.attempts == 1 and again.seed == 42
-    for a, b in zip(code.rounds, again.rounds):
+    for a, b in zip(code.blocks, again.blocks):
         assert np.array_equal(a.downlink_coeffs, b.downlink_coeffs)
         assert all(np.array_equal(x, y) for x, y in zip(a.uplink_coeffs, b.uplink_coeffs))
         assert all(np.array_equal(x, y) for x, y in zip(a.decode_matrix, b.decode_matrix))
@@ -556,17 +566,17 @@ def test_never_decodable_draw_raises():
     plan, _ = plan_and_code(paper_fig2())
     draw = _draw_bad_first(10**9)
     with pytest.raises(DecodeError, match="3 attempts"):
-        build_code(plan, seed=5, max_attempts=3, draw=draw)
+        build(plan, seed=5, max_attempts=3, draw=draw)
     assert len(draw.seen) == 3
 
 
 def test_default_seed_reproduces_and_buffer_is_deterministic():
     plan, code = plan_and_code(paper_fig2(), seed=9)
-    again = build_code(plan, seed=9)
+    again = build(plan, seed=9)
     buf = code.to_buffer()
     assert buf.dtype == np.uint8
     assert buf.tobytes() == again.to_buffer().tobytes()
-    other = build_code(plan, seed=10)
+    other = build(plan, seed=10)
     assert other.to_buffer().tobytes() != buf.tobytes()
 
 
@@ -575,18 +585,18 @@ def test_buffer_round_trip_decodes():
     plan, code = plan_and_code(G)
     back = Code.from_buffer(code.to_buffer())
     assert np.array_equal(back.G, code.G) and back.G.dtype == code.G.dtype
-    assert (back.seed, back.attempts, len(back.rounds)) == (code.seed, code.attempts,
-                                                            len(code.rounds))
-    for a, b in zip(code.rounds, back.rounds):
-        assert (a.z, a.D, a.R) == (b.z, b.D, b.R)
-        for name in ("users", "first_unit", "units", "n", "downlink_coeffs"):
+    assert (back.seed, back.attempts, len(back.blocks)) == (code.seed, code.attempts,
+                                                            len(code.blocks))
+    for a, b in zip(code.blocks, back.blocks):
+        assert (a.label, a.F, a.R) == (b.label, b.F, b.R)
+        for name in ("users", "width", "messages", "downlink_coeffs"):
             x, y = getattr(a, name), getattr(b, name)
             assert np.array_equal(x, y) and x.shape == y.shape and x.dtype == y.dtype, name
-        for name in ("uplink_coeffs", "decode_rows", "decode_matrix"):
+        for name in ("rows", "uplink_coeffs", "decode_rows", "decode_matrix"):
             for x, y in zip(getattr(a, name), getattr(b, name)):
                 assert np.array_equal(x, y) and x.shape == y.shape and x.dtype == y.dtype, name
     assert back.to_buffer().tobytes() == code.to_buffer().tobytes()
-    res = verify_exchange(plan, 19, code=back)
+    res = verify_exchange(back, 19)
     assert res["bit_exact"]
     check_loads(plan, back, res)
 
@@ -600,8 +610,8 @@ def test_corrupted_broadcast_is_not_silently_exact():
     dim = 13
     ivs = special_ivs(code.K, dim, seed=2)
     _, downlinks, _ = run_exchange_no_decode(code, ivs)
-    rc = code.rounds[0]
-    u = unit_symbols(dim, rc.D)
+    rc = code.blocks[0]
+    u = unit_symbols(dim, rc.F)
     i = next(j for j in range(code.H) if rc.decode_matrix[j].shape[0])
     kn = {int(k): ivs[k] for k in np.flatnonzero(code.G[i])}
     Y = unpack(downlinks[0], (rc.R, u))
@@ -621,8 +631,8 @@ def test_corrupted_broadcast_is_not_silently_exact():
 
     # (b) a corruption chosen to decode to 65536: DecodeError
     dec = rc.decode_matrix[i]
-    known = np.concatenate([coding.iv_units(ivs[k], rc.D).astype(np.int64)
-                            for k in rc.relay_users(code.G, i)] or [np.zeros((0, u), np.int64)])
+    known = np.concatenate([coding.iv_units(ivs[k], rc.F).astype(np.int64)
+                            for k in rc.known(code.G, i)] or [np.zeros((0, u), np.int64)])
     col = 3
     stacked = np.concatenate([Y[rc.decode_rows[i]], known])
     x0 = int(dec[0] @ stacked[:, col] % P)
@@ -655,9 +665,9 @@ def test_cli_verify_json():
 
 
 def test_bench_smoke(capsys):
-    from hmtl_mpi import bench_coding
+    from hmtl_mpi.bench import coding as bench_coding
     res = bench_coding.run(json_out=True, dim=1000, repeats=1, first_use=False)
     printed = json.loads(capsys.readouterr().out)
-    for key in ("memcpy_MBps", "encode_MBps", "combine_MBps", "decode_MBps"):
+    for key in ("memcpy_MBps", "encode_MBps", "combine_MBps", "decode_MBps", "joint_decode_MBps"):
         assert printed[key] > 0 and res[key] == printed[key]
     assert printed["decode_bit_exact"] is True

@@ -10,7 +10,7 @@ import pytest
 from hmtl_mpi.failures import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED,
                                PhaseTimeout, RankState, Terminated, _decode, _encode, classify,
                                compose)
-from hmtl_mpi.runtime import role_names
+from hmtl_mpi.schemes.base import role_names
 from mpi_util import REPO
 
 

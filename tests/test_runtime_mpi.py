@@ -57,7 +57,7 @@ def test_paper_example_both_schemes(tmp_path):
     assert_lossless_and_planned(report, load_topology("paper-fig2"))
     coded = report["runs"]["coded"]["measured_loads"]
     assert abs(coded["uplink"] - 8.5) / 8.5 < 0.01 and abs(coded["downlink"] - 7) / 7 < 0.01
-    assert "coded and uncoded final models bit-identical: True" in proc.stdout
+    assert "final models bit-identical across uncoded, coded: True" in proc.stdout
     assert proc.stdout.count("iteration ") >= 4             # a progress line per iteration
     assert "HiGHS" not in proc.stdout + proc.stderr        # no solver banner anywhere
 
@@ -155,3 +155,65 @@ def test_mocha_digits_coded_equals_uncoded(tmp_path):
     # 12 iterations of MOCHA on digits already beat chance by far
     assert acc["mean_test_error"] < 0.15
     assert "baselines: independent per-task SVMs" in proc.stdout
+
+
+def test_three_schemes_move_their_planned_bytes_and_end_identical(tmp_path):
+    """uncoded, coded (8.5, 7) and joint (7, 7) on the paper's network, side by side."""
+    report_path = tmp_path / "r.json"
+    proc, _ = run_job(16, "--scheme", "uncoded,coded,joint", "--dataset", "synthetic",
+                      "--dim", "2000", "--iterations", "2", "--quiet", "--report", str(report_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["scheme"] == "uncoded,coded,joint" and report["model_digests_equal"] is True
+    runs = report["runs"]
+    assert list(runs) == ["uncoded", "coded", "joint"]
+    for name, (up, down) in {"uncoded": (10, 10), "coded": (8.5, 7), "joint": (7, 7)}.items():
+        run = runs[name]
+        assert run["planned_loads"] == {"uplink": up, "downlink": down}
+        assert up <= run["measured_loads"]["uplink"] <= up * 1.01
+        assert down <= run["measured_loads"]["downlink"] <= down * 1.01
+        assert run["ivs_bit_exact"] and run["models_delivered_intact"]
+    assert len({r["model_digest"] for r in runs.values()}) == 1
+    assert runs["joint"]["code_attempts"] >= 1 and runs["joint"]["downlink_method"] == "scatter-allgather"
+    assert "joint/uncoded" in proc.stdout
+    assert "final models bit-identical across uncoded, coded, joint: True" in proc.stdout
+
+
+def test_flat_layout_matches_the_hierarchical_one(tmp_path):
+    """Seed 001's own system: 1 + H ranks, relays compute their tasks; same models."""
+    flat, hier = tmp_path / "flat.json", tmp_path / "hier.json"
+    proc, _ = run_job(4, "--layout", "flat", "--topology", "example-a", "--scheme",
+                      "uncoded,joint", "--iterations", "6", "--quiet", "--report", str(flat))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 server, 3 workers" in proc.stdout
+    proc, _ = run_job(8, "--topology", "example-a", "--scheme", "uncoded,joint",
+                      "--iterations", "6", "--quiet", "--report", str(hier))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    f, h = json.loads(flat.read_text()), json.loads(hier.read_text())
+    assert f["model_digests_equal"] and h["model_digests_equal"]
+    assert f["runs"]["joint"]["model_digest"] == h["runs"]["joint"]["model_digest"]
+    fj = f["runs"]["joint"]
+    assert fj["layout"] == "flat" and fj["planned_loads"] == {"uplink": 2, "downlink": 2}
+    for it in fj["iterations"]:          # no users: nothing on the user links
+        assert it["bytes"]["user_to_relay"] == 0 and it["bytes"]["relay_to_user"] == 0
+        assert it["bytes"]["relay_to_server"] == 2 * 512         # digits: 512-byte IVs
+    # uncoded in the flat layout broadcasts the K models: one header, K IVs, Sigma/rho sometimes
+    fu = f["runs"]["uncoded"]
+    assert fu["downlink_method"] == "scatter-allgather"
+    assert all(it["bytes"]["server_to_relay"] >= 4 * 512 for it in fu["iterations"])
+
+
+def test_flat_layout_wrong_rank_count_and_joint_limit(tmp_path):
+    proc, _ = run_job(8, "--layout", "flat", "--topology", "example-a", timeout=120)
+    assert proc.returncode == 2
+    assert "1 + H = 4 ranks (1 server and 3 workers, --layout flat); 8 were started" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    G = np.zeros((17, 18), dtype=np.uint8)
+    for i in range(17):
+        G[i, i] = G[i, i + 1] = 1
+    np.save(tmp_path / "g17.npy", G)
+    proc, _ = run_job(18, "--layout", "flat", "--topology", str(tmp_path / "g17.npy"),
+                      "--scheme", "joint", timeout=120)
+    assert proc.returncode == 2
+    assert "--scheme joint: H = 17 relays is more than the joint planner's limit of 16" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

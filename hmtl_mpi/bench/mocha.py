@@ -10,10 +10,12 @@ the per-iteration figures and reported separately: the compile time of the
 kernel from scratch (no cache) and the first call in this process (which loads
 numba's on-disk cache when there is one).
 
-Run ``python -m hmtl_mpi.bench_mocha [--json]``.
+Run ``python -m hmtl_mpi.bench mocha [--json]``.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import json
 import sys
@@ -21,14 +23,14 @@ import time
 
 import numpy as np
 
-from . import mocha
+from .. import mocha
 
 FRAC = 0.5
 K_GLOBAL = 20
 
 
 def _problems():
-    from .datasets import load_tasks
+    from ..datasets import load_tasks
 
     digits = load_tasks("digits", 10, seed=0)[0]
     yield "digits", digits.X_train, digits.y_train
@@ -122,5 +124,14 @@ def run(json_out: bool = False) -> dict:
     return result
 
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench mocha",
+                                     description="MOCHA's local update: numba kernel vs reference.")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    run(json_out=args.json)
+    return 0
+
+
 if __name__ == "__main__":
-    run(json_out="--json" in sys.argv[1:])
+    sys.exit(main())

@@ -15,7 +15,7 @@ relay set of the round's users), how many rounds kept the LP's alphas, and the
 loads against the bounds. The first ``make_plan`` of a process also pays for
 importing cvxpy; that import is timed separately, before the plans.
 
-    python -m hmtl_mpi.bench_plan [--users K] [--relays H] [--seed S] [--repeat R] [--json]
+    python -m hmtl_mpi.bench plan [--users K] [--relays H] [--seed S] [--repeat R] [--json]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from .plan import make_plan, round_counts
-from .topology import random_regular, validate
+from ..plan import make_plan, round_counts
+from ..topology import random_regular, validate
 
 
 def mixed_topology(K: int, H: int, seed: int = 0) -> np.ndarray:
@@ -153,7 +153,7 @@ def run(json_out: bool = False, K: int = 2000, H: int = 50, seed: int = 0,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench_plan",
+    parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench plan",
                                      description="Time the load planner on K x H topologies.")
     parser.add_argument("--users", "-K", type=int, default=2000)
     parser.add_argument("--relays", "-H", type=int, default=50)

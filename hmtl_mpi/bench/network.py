@@ -1,6 +1,6 @@
 """Network benchmark: the paper's Fig. 5/6/7 sweeps on an emulated network.
 
-``python -m hmtl_mpi.bench_network EXPERIMENT [...]`` (the lead wires it as
+``python -m hmtl_mpi.bench network EXPERIMENT [...]`` (the lead wires it as
 ``python -m hmtl_mpi.bench network ...``). For every setting of an experiment it
 generates the topology G, runs ``launch/netns-run --w1 W1 --w2 W2 -n 1+H+K --
 python -m hmtl_mpi --topology G --scheme coded`` and then the same with
@@ -56,14 +56,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cli import float_list, positive_float, positive_int, positive_int_list
+from ..cli import float_list, positive_float, positive_int, positive_int_list
+from ..report import PHASES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NETNS_RUN = REPO / "launch" / "netns-run"
 OUT_DIR = REPO / "benchmarks" / "network"
 
-PHASES = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_to_relay",
-          "decode", "global_update", "relay_to_user", "total")
 COMPUTE_PHASES = ("local_update", "encode", "decode", "global_update")
 LINKS = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user")
 SCHEMES = ("coded", "uncoded")
@@ -159,8 +158,9 @@ def summarize_report(report: dict, G=None) -> dict:
     """Medians of one scheme's report, and its loads per link class.
 
     Loads per link class are the median over iterations of bytes / iv_bytes.
-    With G (H x K 0/1) also the busiest user's uplink load: coded users send
-    their IV to each of their r_k relays, uncoded users to their home relay only.
+    With G (H x K 0/1) also the busiest user's uplink load: users of a coded
+    scheme send their IV to each of their r_k relays (user_to_relay carries sum r_k
+    IVs), uncoded users to their home relay only (K IVs).
     """
     iv = report["iv_bytes"]
     its = report["iterations"]
@@ -178,10 +178,8 @@ def summarize_report(report: dict, G=None) -> dict:
            "bit_exact": bool(report.get("ivs_bit_exact")) and bool(report.get("models_delivered_intact"))}
     if G is not None:
         K = report["K"]
-        if report["scheme"] == "coded":
-            copies = [int(sum(int(G[i][k]) for i in range(len(G)))) for k in range(K)]
-        else:
-            copies = [1] * K
+        degrees = [int(sum(int(G[i][k]) for i in range(len(G)))) for k in range(K)]
+        copies = degrees if round(loads["user_to_relay"]) == sum(degrees) else [1] * K
         per_copy = loads["user_to_relay"] / max(1, sum(copies))
         out["user_up_max"] = max(copies) * per_copy
         out["user_down_max"] = loads["relay_to_user"] / K
@@ -244,7 +242,7 @@ def make_topology(s: dict, path: str):
     """Write G of setting s to path; returns (G as list of lists, how it was drawn)."""
     import numpy as np
 
-    from . import topology as T
+    from .. import topology as T
 
     kind = s["topology"]
     if kind == "paper-fig2":
@@ -290,8 +288,8 @@ def balanced_random(K: int, H: int, r: int, seed: int = 0):
 def print_plans(settings, n_seeds):
     """Planned (L_up, L_down) per setting: the setting's own G, and for random
     placements also seeds 1..n_seeds and the symmetric design where it exists."""
-    from . import topology as T
-    from .plan import make_plan
+    from .. import topology as T
+    from ..plan import make_plan
 
     def loads(G):
         p = make_plan(G)
@@ -597,7 +595,7 @@ def _bars(ax, sub, metric, colors):
 
 def run(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hmtl_mpi.bench_network", description=__doc__,
+        prog="python -m hmtl_mpi.bench network", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=EXPERIMENTS)
     parser.add_argument("--out", help="CSV path (default benchmarks/network/<experiment>.csv); "

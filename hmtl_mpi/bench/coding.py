@@ -23,7 +23,7 @@ for paper-fig2 (``build_code`` after the field exists).
 
 Command line::
 
-    python -m hmtl_mpi.bench_coding [--json] [--dim D] [--repeats N]
+    python -m hmtl_mpi.bench coding [--json] [--dim D] [--repeats N]
 
 BLAS: ``combine_mod_p`` limits BLAS to ``coding.BLAS_THREADS`` threads (1) while it
 runs. ``OPENBLAS_CORETYPE`` (if set) picks OpenBLAS' kernel family; it is
@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from .cli import positive_int
+from ..cli import positive_int
 
 MB = 1e6
 
@@ -59,11 +59,12 @@ t2 = time.perf_counter()
 GF = galois.GF(65537)
 t3 = time.perf_counter()
 from hmtl_mpi.plan import make_plan
+from hmtl_mpi.schemes.coded import Coded
 from hmtl_mpi.topology import paper_fig2
 t4 = time.perf_counter()
 plan = make_plan(paper_fig2())
 t5 = time.perf_counter()
-code = coding.build_code(plan)
+code = coding.build_code(plan.G, Coded.layouts(plan))
 t6 = time.perf_counter()
 print(json.dumps({"import_coding_s": t1 - t0, "first_combine_s": t1b - t1,
                   "import_galois_s": t2 - t1b,
@@ -122,9 +123,10 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     The JSON keys ``*_MBps`` are wall-clock input MB/s; ``*_cpu_MBps`` the same per
     CPU second of this process (close to wall on an idle machine).
     """
-    from . import coding
-    from .plan import make_plan
-    from .topology import paper_fig2, symmetric
+    from .. import coding
+    from ..schemes.coded import Coded
+    from ..schemes.joint import Joint
+    from ..topology import paper_fig2, symmetric
 
     rng = np.random.default_rng(0)
     res: dict = {"dim": dim, "repeats": repeats}
@@ -152,42 +154,40 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
             lambda: coding.combine_mod_p(C, segments, out), target=">= 500")
 
     # the scheme on paper-fig2 at ``dim``
-    plan = make_plan(paper_fig2())
-    code = coding.build_code(plan)
+    code = Coded.plan(paper_fig2()).code
     ivs = rng.standard_normal((code.K, dim))
     G = code.G
     relay_ivs = [{int(k): ivs[k] for k in np.flatnonzero(G[i])} for i in range(code.H)]
     uplinks = {i: coding.relay_encode(code, i, relay_ivs[i]) for i in range(code.H)}
 
-    def relay_input(i):      # bytes of the segments relay i combines, all rounds
-        return sum(rc.uplink_coeffs[i].shape[1] * int(rc.units[i]) *
-                   coding.unit_symbols(dim, rc.D) * 2
-                   for rc in code.rounds if rc.uplink_coeffs[i].shape[0])
+    def relay_input(i, code=code):   # bytes of the input rows relay i combines, all blocks
+        return sum(len(blk.rows[i]) * int(blk.width[i]) * coding.unit_symbols(dim, blk.F) * 2
+                   for blk in code.blocks if blk.uplink_coeffs[i].shape[0])
     enc_relay = max(range(code.H), key=relay_input)
     measure("relay_encode", f"relay_encode relay {enc_relay + 1}", relay_input(enc_relay) / MB,
             lambda: coding.relay_encode(code, enc_relay, relay_ivs[enc_relay]))
 
-    r_comb = max(range(len(code.rounds)),
+    r_comb = max(range(len(code.blocks)),
                  key=lambda r: sum(uplinks[i][r].nbytes for i in range(code.H)
                                    if uplinks[i][r] is not None))
     msgs = {i: uplinks[i][r_comb] for i in range(code.H)}
     comb_mb = sum(m.nbytes for m in msgs.values() if m is not None) / MB
-    rc = code.rounds[r_comb]
-    measure("combine", f"server_combine z={rc.z} ({rc.R}x{rc.downlink_coeffs.shape[1]})",
+    rc = code.blocks[r_comb]
+    measure("combine", f"server_combine {rc.label} ({rc.R}x{rc.downlink_coeffs.shape[1]})",
             comb_mb, lambda: coding.server_combine(code, r_comb, msgs, dim))
     downlinks = [coding.server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
-                 for r in range(len(code.rounds))]
+                 for r in range(len(code.blocks))]
 
-    def decode_input(code, i):   # bytes relay i's decoding matrices read, all rounds
+    def decode_input(code, i):   # bytes relay i's decoding matrices read, all blocks
         total, shapes = 0, []
-        for rnd in code.rounds:
-            if rnd.decode_matrix[i].shape[0]:
-                total += rnd.decode_matrix[i].shape[1] * coding.unit_symbols(dim, rnd.D) * 2
-                shapes.append(list(rnd.decode_matrix[i].shape))
+        for blk in code.blocks:
+            if blk.decode_matrix[i].shape[0]:
+                total += blk.decode_matrix[i].shape[1] * coding.unit_symbols(dim, blk.F) * 2
+                shapes.append(list(blk.decode_matrix[i].shape))
         return total, shapes
     dec_relay = max(range(code.H), key=lambda i: decode_input(code, i)[0])
     dec_bytes, dec_shapes = decode_input(code, dec_relay)
-    n_decoded = sum(1 for rnd in code.rounds for k in rnd.users if not G[dec_relay, k])
+    n_decoded = sum(1 for blk in code.blocks for k in blk.users if not G[dec_relay, k])
     measure("decode", f"relay_decode relay {dec_relay + 1}", dec_bytes / MB,
             lambda: coding.relay_decode(code, dec_relay, relay_ivs[dec_relay], downlinks, dim),
             target=">= 200")
@@ -197,13 +197,35 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
                 for k in range(code.K))
     del uplinks, downlinks, got
 
+    # the joint scheme on paper-fig2: one block, relays combine every unit they hold
+    code_j = Joint.plan(paper_fig2()).code
+    up_j = {i: coding.relay_encode(code_j, i, relay_ivs[i]) for i in range(code_j.H)}
+    enc_j = max(range(code_j.H), key=lambda i: relay_input(i, code_j))
+    measure("joint_relay_encode", f"joint relay_encode relay {enc_j + 1}",
+            relay_input(enc_j, code_j) / MB,
+            lambda: coding.relay_encode(code_j, enc_j, relay_ivs[enc_j]))
+    msgs_j = {i: up_j[i][0] for i in range(code_j.H)}
+    blk_j = code_j.blocks[0]
+    measure("joint_combine", f"joint server_combine ({blk_j.R}x{blk_j.downlink_coeffs.shape[1]})",
+            sum(m.nbytes for m in msgs_j.values() if m is not None) / MB,
+            lambda: coding.server_combine(code_j, 0, msgs_j, dim))
+    down_j = [coding.server_combine(code_j, 0, msgs_j, dim)]
+    dec_j = max(range(code_j.H), key=lambda i: decode_input(code_j, i)[0])
+    measure("joint_decode", f"joint relay_decode relay {dec_j + 1}",
+            decode_input(code_j, dec_j)[0] / MB,
+            lambda: coding.relay_decode(code_j, dec_j, relay_ivs[dec_j], down_j, dim))
+    got = coding.relay_decode(code_j, dec_j, relay_ivs[dec_j], down_j, dim)
+    exact = exact and all(got[k].view(np.uint64).tobytes() == ivs[k].view(np.uint64).tobytes()
+                          for k in range(code_j.K))
+    del up_j, down_j, got
+
     # decode with a larger matrix: Theorem 3's symmetric(5, 2) design (K = 10)
-    code_s = coding.build_code(make_plan(symmetric(5, 2)))
+    code_s = Coded.plan(symmetric(5, 2)).code
     ivs_s = rng.standard_normal((code_s.K, dim))
     relay_s = [{int(k): ivs_s[k] for k in np.flatnonzero(code_s.G[i])} for i in range(code_s.H)]
     up_s = {i: coding.relay_encode(code_s, i, relay_s[i]) for i in range(code_s.H)}
     down_s = [coding.server_combine(code_s, r, {i: up_s[i][r] for i in range(code_s.H)}, dim)
-              for r in range(len(code_s.rounds))]
+              for r in range(len(code_s.blocks))]
     sym_bytes, sym_shapes = decode_input(code_s, 0)
     measure("decode_sym52", f"relay_decode symmetric(5,2) {sym_shapes[0][0]}x{sym_shapes[0][1]}",
             sym_bytes / MB, lambda: coding.relay_decode(code_s, 0, relay_s[0], down_s, dim))
@@ -223,7 +245,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     res.update({
         "encode_shape": "8 x 10 coefficients on 10 x 500000 symbols (10 x 1 MB)",
         "relay_encode_relay": enc_relay + 1,
-        "combine_round_z": rc.z,
+        "combine_block": rc.label,
         "combine_input_MB": comb_mb,
         "decode_relay": dec_relay + 1,
         "decode_matrix_shapes": dec_shapes,
@@ -264,7 +286,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench_coding",
+    parser = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench coding",
                                      description="Throughput of the GF(65537) coding layer.")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--dim", type=positive_int, default=1_000_000,

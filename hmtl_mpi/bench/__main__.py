@@ -1,0 +1,37 @@
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network} [options]``.
+
+Each prints measured figures next to a reference measured in the same run; each
+takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
+
+* plan     the load planners at K = 2,000, H = 50 (:mod:`.plan`)
+* coding   encode / combine / decode throughput next to memcpy and galois (:mod:`.coding`)
+* mocha    MOCHA's local update, numba kernel vs reference (:mod:`.mocha`)
+* runtime  the MPI job on this machine at several IV sizes (:mod:`.runtime`)
+* network  the emulated cluster of ``launch/netns-run`` (root; :mod:`.network`)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+WHAT = ("plan", "coding", "mocha", "runtime", "network")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in WHAT:
+        if argv and argv[0] in ("-h", "--help"):
+            print(__doc__.strip())
+            return 0
+        sys.stderr.write(f"usage: python -m hmtl_mpi.bench {{{','.join(WHAT)}}} [options]\n"
+                         f"hmtl_mpi.bench: error: "
+                         f"{'give what to measure' if not argv else 'unknown benchmark ' + repr(argv[0])}"
+                         f"; --help lists them\n")
+        return 2
+    module = importlib.import_module(f"hmtl_mpi.bench.{argv[0]}")
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What rank 0 prints and writes: progress lines, the summary, the JSON report.
+
+Every figure comes from the run: seconds between barriers and bytes counted at
+the senders (:mod:`hmtl_mpi.transport`), digests compared (:mod:`hmtl_mpi.checks`).
+The report's keys are documented in README.md, "The report".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+# Link classes whose bytes are counted at the senders (SCHEME.md: bytes on the wire are
+# the truth); relay_to_relay is the relays' allgather of the broadcast.
+LINK_CLASSES = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user",
+                "relay_to_relay")
+# Phases timed per iteration: the keys of Scheme.steps, and the whole iteration.
+PHASES = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_to_relay",
+          "decode", "global_update", "relay_to_user", "total")
+
+
+def progress_line(scheme, it, n, record, iv_bytes) -> str:
+    s, b = record["seconds"], record["bytes"]
+    return (f"[{scheme:>7}] iteration {it + 1}/{n}: total {s['total']:.4f} s "
+            f"(up {s['relay_to_server']:.4f} s, down {s['server_to_relay']:.4f} s)  "
+            f"relay->server {b['relay_to_server'] / iv_bytes:.3f} IV, "
+            f"server->relay {b['server_to_relay'] / iv_bytes:.3f} IV, "
+            f"IVs {'bit-exact' if record['ivs_bit_exact'] else 'MISMATCH'}")
+
+
+def run_report(scheme, args, learner, K, H, iterations, checks, flat) -> dict:
+    """The report of one scheme's run (README, "The report")."""
+    iv_bytes = 8 * learner.dim
+    up, down = scheme.planned_loads
+    report = {
+        "scheme": scheme.name, "K": K, "H": H, "layout": "flat" if flat else "hierarchical",
+        "dataset": args.dataset, "dim": learner.dim,
+        "iv_bytes": iv_bytes, "model_bytes": 8 * (learner.model_len - learner.extra_len),
+        "model_extra_bytes": 8 * learner.extra_len,
+        "downlink_method": scheme.downlink_method(args.downlink, flat),
+        "iterations": iterations,
+        "measured_loads": {
+            "uplink": float(np.mean([r["bytes"]["relay_to_server"] for r in iterations])) / iv_bytes,
+            "downlink": float(np.mean([r["bytes"]["server_to_relay"] for r in iterations])) / iv_bytes,
+        },
+        "planned_loads": {"uplink": float(up), "downlink": float(down)},
+        "median_seconds": {p: float(np.median([r["seconds"][p] for r in iterations])) for p in PHASES},
+        "ivs_bit_exact": all(r["ivs_bit_exact"] for r in iterations),
+        "models_delivered_intact": checks["delivered"],
+        "model_digest": checks["digest"],
+    }
+    report.update(scheme.report_fields())
+    if checks.get("accuracy") is not None:
+        report["accuracy"] = checks["accuracy"]
+    return report
+
+
+def job_payload(reports, scheme_arg: str, K: int, H: int) -> dict:
+    """The JSON written with --report: one run's report, or every run side by side."""
+    if len(reports) == 1:
+        return dict(reports[0])
+    digests = {r["model_digest"] for r in reports}
+    return {"scheme": scheme_arg, "K": K, "H": H, "iv_bytes": reports[0]["iv_bytes"],
+            "runs": {r["scheme"]: r for r in reports}, "model_digests_equal": len(digests) == 1}
+
+
+def overhead_notes(reports) -> list:
+    """Why a measured load exceeds the plan, in bytes per iteration (the wire tells the truth)."""
+    notes = []
+    for r in reports:
+        for key, label in (("uplink", "relay->server"), ("downlink", "server->relay")):
+            extra = (r["measured_loads"][key] - r["planned_loads"][key]) * r["iv_bytes"]
+            if extra >= 0.5:
+                notes.append(f"    {r['scheme']} {label}: {extra:.0f} bytes per iteration above the "
+                             f"plan ({extra / r['iv_bytes']:.3f} IV of {r['iv_bytes']} bytes)")
+    if notes:
+        notes.insert(0, "  Above the plan by what the wire carries besides IVs: the broadcast's "
+                        "8-byte length per block, padding of IVs\n  to whole units, escaped coded "
+                        "symbols (4 bytes each), the models' Sigma/rho after a refresh:")
+    return notes
+
+
+def summary(reports, oversubscribed: bool) -> str:
+    """Loads, median phase times and checks of every run, side by side."""
+    names = [r["scheme"] for r in reports]
+    lines = ["", "Loads (IVs per iteration, bytes on the wire / bytes of one IV):"]
+    lines.append(f"  {'':18}" + "".join(f"{n + ' meas.':>16}{n + ' plan':>14}" for n in names))
+    for key, label in (("uplink", "relay->server"), ("downlink", "server->relay")):
+        lines.append(f"  {label:18}" + "".join(
+            f"{r['measured_loads'][key]:>16.4f}{r['planned_loads'][key]:>14.4g}" for r in reports))
+    lines += overhead_notes(reports)
+    lines.append("")
+    lines.append("Median seconds per phase" + (
+        " (more ranks than cores: ranks share CPUs, links are memory copies)" if oversubscribed else "")
+                 + ":")
+    ratios = [f"{n}/{names[0]}" for n in names[1:]]
+    lines.append(f"  {'phase':18}" + "".join(f"{n:>14}" for n in names)
+                 + "".join(f"{r:>17}" for r in ratios))
+    for p in PHASES:
+        vals = [r["median_seconds"][p] for r in reports]
+        lines.append(f"  {p:18}" + "".join(f"{v:>14.6f}" for v in vals)
+                     + "".join(f"{v / vals[0]:>17.3f}" if vals[0] > 0 else f"{'':>17}"
+                               for v in vals[1:]))
+    lines.append("")
+    for r in reports:
+        acc = r.get("accuracy")
+        lines.append(f"  {r['scheme']:>7}: IVs bit-exact at every holder: {r['ivs_bit_exact']}; "
+                     f"models delivered intact: {r['models_delivered_intact']}; "
+                     f"model digest {r['model_digest'][:16]}..."
+                     + (f"; mean test error {acc['mean_test_error']:.4f}" if acc else ""))
+    acc = reports[0].get("accuracy")
+    if acc and "baseline_local_error" in acc:
+        lines.append(f"  baselines: independent per-task SVMs {acc['baseline_local_error']:.4f}, "
+                     f"one global SVM {acc['baseline_global_error']:.4f} (mean test error)")
+    if len(reports) > 1:
+        same = len({r["model_digest"] for r in reports}) == 1
+        lines.append(f"  final models bit-identical across {', '.join(names)}: {same}")
+    return "\n".join(lines)
+
+
+class ReportError(Exception):
+    """The report could not be written (a full disk found at the end)."""
+
+
+def write_report(path, payload) -> None:
+    """Write atomically: a failed run never leaves a half-written report, nor a temporary file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ReportError(f"--report {path}: could not be written ({exc.strerror or exc}); "
+                          f"no report was left") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

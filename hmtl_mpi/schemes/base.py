@@ -1,0 +1,380 @@
+"""The scheme interface: what every role computes and sends, phase by phase.
+
+A *scheme* is how the IVs travel relay -> server -> relay. It is planned once per
+job on rank 0 (:meth:`Scheme.plan`), reaches the other ranks as one byte buffer
+(:meth:`Scheme.to_buffer` / :meth:`Scheme.from_buffer`), and on every rank hands
+the role a *part* (:meth:`Scheme.part`): an object with one method per step of
+:attr:`Scheme.steps`, called in that order by the job, with a barrier on both
+sides of each step. A part computes on NumPy arrays and moves buffers only
+through ``net``, its role's links (:mod:`hmtl_mpi.roles`); it never touches MPI.
+A part simply has no method for a step in which it does nothing.
+
+The parts here hold what all schemes share: a user's local update (eq. 2), its IV
+sent up and its model received; a relay receiving its users' IVs and handing each
+home user its model; the layout's difference (flat: a relay computes the IVs of
+its own tasks and there are no users). :class:`CodedExchange` is the relay<->server
+leg of both coded schemes (the paper's rounds and the joint block): relays encode
+(eq. 26), the server combines and broadcasts (eq. 31), relays decode and run the
+global update (eq. 3); only the plan, i.e. the list of blocks, differs.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from .. import coding
+
+TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100      # uplink: TAG_UPLINK + block index
+
+
+def role_of(rank: int, H: int) -> tuple:
+    """(role, index) of a world rank: ("server", 0), ("relay", i) or ("user", k)."""
+    if rank == 0:
+        return "server", 0
+    if rank <= H:
+        return "relay", rank - 1
+    return "user", rank - 1 - H
+
+
+def role_names(H: int, flat: bool = False):
+    """World rank -> role, as messages name it (relays, workers and users numbered from 1)."""
+    relay = "worker" if flat else "relay"
+
+    def name(rank):
+        role, index = role_of(rank, H)
+        return role if role == "server" else f"{relay if role == 'relay' else role} {index + 1}"
+    return name
+
+
+def home_relays(G: np.ndarray) -> np.ndarray:
+    """The relay each user gets its model from: its lowest-numbered relay."""
+    return np.argmax(G != 0, axis=0)
+
+
+class Job:
+    """What every part knows: topology, layout, learner and the model schedule."""
+
+    def __init__(self, G: np.ndarray, learner, flat: bool = False):
+        self.G = G
+        self.H, self.K = G.shape
+        self.learner = learner
+        self.flat = flat                  # seed 001's system: relays compute their own IVs
+        self.home = home_relays(G)
+        self.dim = learner.dim
+        self.model_len = learner.model_len
+
+    def model_values_sent(self, it) -> int:
+        """How much of a model message goes down in iteration ``it``: all of it, or
+        all but the learner's extras when they did not change (MOCHA: Sigma_kk and
+        rho, refreshed every ``inner`` iterations). Both ends know the schedule."""
+        changed = self.learner.extras_changed(it)
+        return self.model_len if changed else self.model_len - self.learner.extra_len
+
+
+# --- parts: the shared behaviour -----------------------------------------------------
+
+class Part:
+    """One rank's side of a scheme. ``net`` moves its buffers (see :mod:`hmtl_mpi.roles`)."""
+
+    role = ""
+
+    def __init__(self, scheme: "Scheme", job: Job, net, index: int = 0):
+        self.scheme, self.job, self.net, self.index = scheme, job, net, index
+
+    # what the lossless checks read (see hmtl_mpi.checks)
+    def computed_ivs(self) -> dict:
+        """IVs this rank computed in the last iteration, user -> IV."""
+        return {}
+
+    def held_ivs(self):
+        """All K IVs as this rank holds them after the exchange (K x dim), or None."""
+        return None
+
+    def final_models(self):
+        """All K models if this rank ran the global update (K x model_len), or None."""
+        return None
+
+    def models_in_use(self) -> dict:
+        """The models this rank uses for its local updates, user -> model."""
+        return {}
+
+
+class UserPart(Part):
+    """User k (hierarchical layout): local update (eq. 2), IV up, model down."""
+
+    role = "user"
+
+    def __init__(self, scheme, job, net, k):
+        super().__init__(scheme, job, net, k)
+        self.k = k
+        self.model = job.learner.initial_model(k)
+        self.iv = None
+
+    def targets(self) -> np.ndarray:
+        """The relays this user's IV goes to: every relay it is linked to (the paper)."""
+        return np.flatnonzero(self.job.G[:, self.k])
+
+    def local_update(self, it):
+        self.iv = np.ascontiguousarray(self.job.learner.local_update(self.k, it, self.model),
+                                       dtype=np.float64)
+
+    def user_to_relay(self, it):
+        self.net.send_iv(self.targets(), self.iv)
+
+    def relay_to_user(self, it):
+        n = self.job.model_values_sent(it)
+        self.model = self.model.copy()
+        self.model[:n] = self.net.recv_model(n)
+
+    def computed_ivs(self):
+        return {self.k: self.iv}
+
+    def models_in_use(self):
+        return {self.k: self.model}
+
+
+class RelayPart(Part):
+    """Relay i: its users' IVs in (or, flat, its own tasks' IVs computed), models out."""
+
+    role = "relay"
+
+    def __init__(self, scheme, job, net, i):
+        super().__init__(scheme, job, net, i)
+        self.i = i
+        self.users = np.flatnonzero(job.G[i])                    # N_i
+        self.home_users = np.flatnonzero(job.home == i)
+        self.own = {}                                            # user -> IV known here
+        if job.flat:                                             # this relay's tasks' models
+            self.models_here = {int(k): job.learner.initial_model(k) for k in self.users}
+
+    def sources(self) -> np.ndarray:
+        """The users whose IVs this relay receives: all of N_i (the paper)."""
+        return self.users
+
+    def local_update(self, it):
+        """Flat layout only: the relay is the worker of every task in its row of G."""
+        if self.job.flat:
+            learner = self.job.learner
+            self.own = {int(k): np.ascontiguousarray(
+                learner.local_update(k, it, self.models_here[int(k)]), dtype=np.float64)
+                for k in self.sources()}
+
+    def user_to_relay(self, it):
+        self.own = self.net.recv_ivs(self.sources(), self.job.dim)
+
+    def models_out(self, it) -> dict:
+        """The model messages for this relay's home users (after the global update)."""
+        raise NotImplementedError
+
+    def relay_to_user(self, it):
+        self.net.send_models(self.models_out(it))
+
+    def keep_models(self, models: np.ndarray) -> None:
+        """Flat layout: keep the new models of this relay's tasks for the next local update."""
+        if self.job.flat:
+            self.models_here = {k: models[k].copy() for k in self.models_here}
+
+    def computed_ivs(self):
+        return dict(self.own) if self.job.flat else {}
+
+    def models_in_use(self):
+        return dict(self.models_here) if self.job.flat else {}
+
+
+class ServerPart(Part):
+    """The server (rank 0)."""
+
+    role = "server"
+
+
+# --- the interface ---------------------------------------------------------------------
+
+class Scheme:
+    """One way for the IVs to travel between relays and server (see the module doc).
+
+    Subclasses set :attr:`name`, :attr:`summary`, :attr:`steps` and the part classes,
+    and implement the plan-time methods. The registry is :mod:`hmtl_mpi.schemes`.
+    """
+
+    name = ""
+    summary = ""
+    steps: tuple = ()            # (report key, step) in protocol order
+    user_part = UserPart
+    relay_part = RelayPart
+    server_part = ServerPart
+    broadcasts = False           # whether the downlink is a broadcast (else point to point)
+
+    def __init__(self, G: np.ndarray):
+        self.G = np.asarray(G, dtype=np.uint8)
+        self.H, self.K = self.G.shape
+
+    # --- plan time (rank 0), and the buffer every rank gets --------------------------
+    @classmethod
+    def plan(cls, G: np.ndarray, seed: int = 0, max_denominator: int | None = None) -> "Scheme":
+        """Plan (and build the code for) topology G; raise ValueError with a clear message.
+        ``max_denominator`` bounds the exact loads' denominators where a planner has them."""
+        return cls(G)
+
+    def to_buffer(self) -> np.ndarray:
+        return np.zeros(0, dtype=np.uint8)
+
+    @classmethod
+    def from_buffer(cls, G: np.ndarray, buf: np.ndarray) -> "Scheme":
+        return cls(G)
+
+    @property
+    def planned_loads(self) -> tuple:
+        """(uplink, downlink) in IVs per iteration (Fractions)."""
+        raise NotImplementedError
+
+    def plan_dict(self) -> dict:
+        """The plan as JSON for ``python -m hmtl_mpi.plan --json``."""
+        up, down = self.planned_loads
+        return {"scheme": self.name, "K": self.K, "H": self.H, "ranks": 1 + self.H + self.K,
+                "uplink_load": float(up), "downlink_load": float(down),
+                "uplink_load_exact": str(up), "downlink_load_exact": str(down)}
+
+    def format_plan(self) -> str:
+        """The plan as a readable table for ``python -m hmtl_mpi.plan``."""
+        up, down = self.planned_loads
+        return (f"{self.name}: H = {self.H} relays, K = {self.K} users; loads: uplink {up}, "
+                f"downlink {down} IVs per iteration")
+
+    def verify(self, dim: int, seed: int = 0) -> dict:
+        """Run the exchange in one process on awkward bit patterns; ``bit_exact`` and loads."""
+        raise NotImplementedError
+
+    def report_fields(self) -> dict:
+        """Extra keys for the run's report (e.g. the code's seed)."""
+        return {}
+
+    def downlink_method(self, requested: str, flat: bool) -> str:
+        return requested if self.broadcasts else "point-to-point"
+
+    # --- per rank ----------------------------------------------------------------------
+    def part(self, role: str, job: Job, net, index: int = 0) -> Part:
+        cls = {"server": self.server_part, "relay": self.relay_part, "user": self.user_part}[role]
+        return cls(self, job, net, index)
+
+
+# --- the coded exchange shared by both coded schemes -----------------------------------
+
+class CodedRelay(RelayPart):
+    """A relay of a coded exchange: encode (eq. 26), decode the broadcast, global update."""
+
+    def encode(self, it):
+        self.uplink = coding.relay_encode(self.scheme.code, self.i, self.own)
+
+    def relay_to_server(self, it):
+        self.net.send_to_server([(TAG_UPLINK + b, msg) for b, msg in enumerate(self.uplink)
+                                 if msg is not None])
+
+    def server_to_relay(self, it):
+        self.broadcast = [part.view(np.uint16)
+                          for part in self.net.recv_broadcast(len(self.scheme.code.blocks))]
+
+    def decode(self, it):
+        ivs = coding.relay_decode(self.scheme.code, self.i, self.own, self.broadcast, self.job.dim)
+        self.ivs = np.stack([ivs[k] for k in range(self.job.K)])
+
+    def global_update(self, it):
+        self.models = self.job.learner.global_update(it, self.ivs)
+        self.keep_models(self.models)
+
+    def models_out(self, it):
+        n = self.job.model_values_sent(it)
+        return {int(k): np.ascontiguousarray(self.models[k, :n]) for k in self.home_users}
+
+    def held_ivs(self):
+        return self.ivs
+
+    def final_models(self):
+        return self.models
+
+
+class CodedServer(ServerPart):
+    """The server of a coded exchange: combine what the relays send, broadcast (eq. 31)."""
+
+    def relay_to_server(self, it):
+        code, dim = self.scheme.code, self.job.dim
+        expected = [(i, TAG_UPLINK + b) for b in range(len(code.blocks)) for i in range(code.H)
+                    if coding.uplink_symbols(code, b, i, dim) > 0]
+        self.uplinks = self.net.recv_coded_from_relays(expected)
+
+    def combine(self, it):
+        code = self.scheme.code
+        self.downlink = [
+            coding.server_combine(code, b, {i: self.uplinks.get((i, TAG_UPLINK + b))
+                                            for i in range(code.H)}, self.job.dim)
+            for b in range(len(code.blocks))]
+
+    def server_to_relay(self, it):
+        self.net.broadcast(self.downlink)
+
+
+class CodedExchange(Scheme):
+    """Relays encode, the server combines and broadcasts, every relay decodes every IV and
+    runs the global update; a subclass supplies the blocks (:meth:`layouts`) and loads."""
+
+    steps = (
+        ("local_update", "local_update"),
+        ("user_to_relay", "user_to_relay"),
+        ("encode", "encode"),                    # relays encode ...
+        ("relay_to_server", "relay_to_server"),
+        ("encode", "combine"),                   # ... and the server combines: coding work
+        ("server_to_relay", "server_to_relay"),
+        ("decode", "decode"),
+        ("global_update", "global_update"),
+        ("relay_to_user", "relay_to_user"),
+    )
+    relay_part = CodedRelay
+    server_part = CodedServer
+    broadcasts = True
+
+    def __init__(self, G, code: coding.Code, planned=None):
+        super().__init__(G)
+        self.code = code
+        self.planned = planned       # the planner's own object (rank 0 only), for the plan CLI
+
+    @classmethod
+    def plan(cls, G, seed=0, max_denominator=None):
+        planned = cls.make_plan(G, max_denominator)
+        return cls(G, coding.build_code(G, cls.layouts(planned), seed=seed), planned)
+
+    @classmethod
+    def make_plan(cls, G: np.ndarray, max_denominator: int | None = None):
+        """The planner's result for G (raises ValueError with a clear message)."""
+        raise NotImplementedError
+
+    @classmethod
+    def layouts(cls, planned) -> list:
+        """The blocks' layouts (:class:`hmtl_mpi.coding.BlockLayout`) of a plan."""
+        raise NotImplementedError
+
+    @property
+    def planned_loads(self):
+        """From the code itself, on every rank: relay i sends ``messages_i width_i`` units of
+        ``1/F`` IV per block, the server broadcasts R units (Theorem 1 / T1, T3)."""
+        up = sum((Fraction(int(b.messages[i]) * int(b.width[i]), b.F)
+                  for b in self.code.blocks for i in range(self.H)), Fraction(0))
+        down = sum((Fraction(b.R, b.F) for b in self.code.blocks), Fraction(0))
+        return up, down
+
+    def to_buffer(self):
+        return self.code.to_buffer()
+
+    @classmethod
+    def from_buffer(cls, G, buf):
+        return cls(G, coding.Code.from_buffer(buf))
+
+    def verify(self, dim, seed=0):
+        out = coding.verify_exchange(self.code, dim, seed)
+        up, down = self.planned_loads
+        out["planned_uplink_load"] = float(up)
+        out["planned_downlink_load"] = float(down)
+        return out
+
+    def report_fields(self):
+        return {"code_seed": self.code.seed, "code_attempts": self.code.attempts}
