@@ -89,3 +89,26 @@ def test_balanced_random_valid_for_r1_K_equals_H():
     assert (G.sum(axis=0) == 1).all() and (G.sum(axis=1) == 1).all()
     G = bn.balanced_random(20, 10, 3, seed=1)
     assert (G.sum(axis=0) == 3).all() and G.sum(axis=1).max() - G.sum(axis=1).min() <= 1
+
+
+def test_schemes_rows_from_a_kept_report():
+    """bench schemes: one row per scheme, ratios to the first, from a kept netns report."""
+    import json
+    from pathlib import Path
+
+    from hmtl_mpi.bench import schemes as bs
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "schemes" / "reports" / \
+        "paper-fig2_100mbit_20mbit_seed1.json"
+    report = json.loads(path.read_text())
+    rows = bs.rows_of(report, {"topology": "paper-fig2", "w1": "100mbit", "w2": "20mbit",
+                               "loadavg": 1.0})
+    assert [r["scheme"] for r in rows] == ["uncoded", "coded", "joint"]
+    assert rows[0]["up_time_ratio"] == rows[0]["up_load_ratio"] == 1.0
+    assert (rows[1]["planned_up"], rows[1]["planned_down"]) == (8.5, 7.0)
+    assert (rows[2]["planned_up"], rows[2]["planned_down"]) == (7.0, 7.0)
+    assert abs(rows[2]["up_load_ratio"] - 0.7) < 0.01 and all(r["identical_models"] for r in rows)
+    run = report["runs"]["joint"]
+    assert rows[2]["relay_to_server_s"] == round(run["median_seconds"]["relay_to_server"], 4)
+    table = bs.markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "| joint |" in table

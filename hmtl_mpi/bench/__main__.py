@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network,schemes} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -7,7 +7,9 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 * coding   encode / combine / decode throughput next to memcpy and galois (:mod:`.coding`)
 * mocha    MOCHA's local update, numba kernel vs reference (:mod:`.mocha`)
 * runtime  the MPI job on this machine at several IV sizes (:mod:`.runtime`)
-* network  the emulated cluster of ``launch/netns-run`` (root; :mod:`.network`)
+* network  the paper's Fig. 5-7 settings on the emulated cluster of ``launch/netns-run``
+           (root; :mod:`.network`)
+* schemes  uncoded, coded and joint side by side on the emulated cluster (root; :mod:`.schemes`)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-WHAT = ("plan", "coding", "mocha", "runtime", "network")
+WHAT = ("plan", "coding", "mocha", "runtime", "network", "schemes")
 
 
 def main(argv=None) -> int:
