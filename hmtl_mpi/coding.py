@@ -25,19 +25,20 @@ written as 0) followed by the escape positions as ``uint32[E]`` viewed as
 
 Code construction (at plan time, once per topology)
 ---------------------------------------------------
-For round z with D_z units per IV (``plan.Round``), each IV v_k (k in I_z) is
-cut into D_z units of u = ceil(4d / D_z) symbols (zero-padded). Relay i carries
-``a_i D_z`` consecutive units of every v_k it knows, relays of k taking their
-units in increasing order; units past D_z are padding (zeros), as SCHEME.md
-says for pieces that add up to more than V.
+A code is a list of independent blocks (:class:`BlockLayout`). A block exchanges
+the IVs of some users, each cut into F units of u = ceil(4d / F) symbols
+(zero-padded; units past F are padding too, as SCHEME.md says for pieces that
+add up to more than V). The schemes make the blocks: the paper's round z is one
+(F = D_z; relay i's input rows are its a_i D_z-unit segments of the v_k it
+knows, :mod:`hmtl_mpi.schemes.coded`), the joint exchange is one block in all
+(one input row per (user, unit), :mod:`hmtl_mpi.schemes.joint`).
 
-* Uplink (eq. 26): relay i sends ``n_i^z`` combinations of its segments
-  {v_{k,i}: k in N_i ∩ I_z}: ``X_i = C_i @ S_i``, C_i an n_i x |N_i ∩ I_z|
-  matrix, S_i the segments stacked (each a_i D_z units long).
+* Uplink (eq. 26): relay i sends ``messages_i`` combinations of its input rows:
+  ``X_i = C_i @ S_i``, C_i random, S_i the rows stacked (each ``width_i`` units).
 * Downlink (eq. 31): the server cuts every uplink message into units (the
-  paper's alpha^z pieces) and broadcasts ``R_z = D_z (|I_z| - min_i |I_z ∩ N_i|)``
+  paper's alpha^z pieces) and broadcasts ``R = F (|users| - min_i |users ∩ N_i|)``
   combinations ``Y = M @ X_units``.
-* Decoding: as a function of all IV units x of the round, ``Y = M E x`` where E
+* Decoding: as a function of all IV units x of the block, ``Y = M E x`` where E
   maps IV units to message units. Relay i knows the units of its own users
   (x_known) and solves for the others: it picks |U_i| rows of (M E)[:, U_i]
   that are independent, and ``x_U = Inv (Y_rows - (M E)[rows, known] x_known)``,
@@ -46,7 +47,7 @@ says for pieces that add up to more than V.
 Coefficients are drawn uniformly from 1..p-1 with a recorded seed; every relay's
 system is checked to have full rank (exact elimination over GF(65537); the
 tests check these routines against galois) and the whole draw
-is redrawn (seed + 1, ...) until all relays decode every round. Per iteration,
+is redrawn (seed + 1, ...) until all relays decode every block. Per iteration,
 coding is then matrix application only: no rank test, no elimination.
 """
 

