@@ -60,7 +60,8 @@ PROG = "mpirun -n 1+H+K python -m hmtl_mpi"
 USAGE = f"{PROG} [options]   (--help lists them)"
 DEFAULT_ITERATIONS = 30  # MOCHA on digits ends below the per-task SVM baseline (README)
 FAULT_KINDS = ("raise", "hang", "kill")
-SCHEME_ALIASES = {"both": "uncoded,coded"}
+SCHEME_ALIASES = {"both": "uncoded,coded"}                 # --workload mtl
+DEFAULT_SCHEMES = {"mtl": "both", "gd": "uncoded,gc,hgc"}
 
 EPILOG = """\
 ranks: world rank 0 is the server, ranks 1..H the relays, ranks H+1..H+K the
@@ -108,27 +109,51 @@ def fault_spec(text):
     return rank, iteration, kind
 
 
-def scheme_list(text) -> tuple:
-    """A comma list of registered schemes (``both`` = uncoded,coded), in the order given."""
+def scheme_list(text, workload: str = "mtl") -> tuple:
+    """A comma list of the workload's registered schemes (``both`` = uncoded,coded), in
+    the order given."""
     from .schemes import names
 
-    text = SCHEME_ALIASES.get(text, text)
-    chosen = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [x for x in chosen if x not in names()]
+    text = SCHEME_ALIASES.get(text, text) if workload == "mtl" else text
+    chosen = [x.strip() for x in str(text).split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in names(workload)]
     if not chosen or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown scheme {unknown[0] if unknown else text!r}; choose from "
-            f"{', '.join(names())}, a comma list of them, or 'both' (= uncoded,coded)")
+            f"unknown scheme {unknown[0] if unknown else text!r} for --workload {workload}; "
+            f"choose from {', '.join(names(workload))}, or a comma list of them"
+            + (", or 'both' (= uncoded,coded)" if workload == "mtl" else ""))
     if len(set(chosen)) != len(chosen):
         raise argparse.ArgumentTypeError(f"a scheme is named twice in {text!r}")
     return tuple(chosen)
+
+
+def stragglers_pair(text) -> tuple:
+    """``S_E,S_W``: tolerated straggling edges and straggling workers per edge (>= 0)."""
+    parts = str(text).split(",")
+    try:
+        pair = tuple(int(x) for x in parts)
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or min(pair) < 0:
+        raise argparse.ArgumentTypeError(f"expected S_E,S_W, two integers >= 0, got {text!r}")
+    return pair
+
+
+def straggle_value(text):
+    from .straggle import StraggleError, parse
+
+    try:
+        return parse(text)
+    except StraggleError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--straggle: ", "")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .learners import DATASETS
     from .schemes import REGISTRY
 
-    listing = "\n".join(f"  {name:8} {cls.summary}" for name, cls in REGISTRY.items())
+    listing = "\n".join(f"  {name:10} ({workload}) {cls.summary}"
+                         for (workload, name), cls in REGISTRY.items())
     p = JobParser(prog=PROG, description="Hierarchical multi-task learning over MPI: a server, H "
                   "relays and K users; uncoded and coded relay<->server exchanges, every byte "
                   "and phase measured, every run checked lossless.",
@@ -137,9 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default="paper-fig2",
                    help="G as a .npy file (H x K 0/1, rows relays) or a built-in name "
                         "(default: paper-fig2, 16 ranks)")
-    p.add_argument("--scheme", type=scheme_list, default="both", metavar="NAME[,NAME...]",
+    p.add_argument("--workload", choices=("mtl", "gd"), default="mtl",
+                   help="mtl: K users learn K related models with MOCHA (the IV exchange of "
+                        "the source papers; default); gd: full-batch gradient descent on one "
+                        "shared model, coded partial gradients, stragglers (HGC)")
+    p.add_argument("--scheme", default=None, metavar="NAME[,NAME...]",
                    help="the schemes to run, one after the other on identical inputs, and "
-                        "compare (listed below); 'both' = uncoded,coded (default: both)")
+                        "compare (listed below; default: both = uncoded,coded for mtl, "
+                        "uncoded,gc,hgc for gd)")
+    p.add_argument("--stragglers", type=stragglers_pair, default=(1, 1), metavar="S_E,S_W",
+                   help="gd: tolerated straggling edges, and straggling workers in every other "
+                        "edge (default 1,1)")
+    p.add_argument("--partitions", type=positive_int, default=None, metavar="P",
+                   help="gd: the training set is cut into P partitions (default: K, one per "
+                        "worker; hgc needs P (s_e+1) m_i / M whole)")
+    p.add_argument("--straggle", type=straggle_value, default="none",
+                   metavar="none|shifted-exp:SHIFT:RATE|fixed:RANK=SECONDS[,...]",
+                   help="gd: wall-clock delays injected every iteration (joined by +): every "
+                        "worker late by D*SHIFT + D*Exp(1)/RATE s for its D partitions, or the "
+                        "named ranks (users, relays) late by fixed seconds (default none)")
     p.add_argument("--layout", choices=("hierarchical", "flat"), default="hierarchical",
                    help="hierarchical: users compute the IVs and send them to their relays "
                         "(1 + H + K ranks); flat: seed 001's system, no user ranks, relay i is "
@@ -209,9 +250,26 @@ def parse_job_args(argv, rank, size):
         sys.stdout = saved
         if quiet is not None:
             quiet.close()
-    args.scheme_arg = "both" if args.scheme == scheme_list("both") else ",".join(args.scheme)
     problem = None
-    if args.dim is not None and args.dataset != "synthetic":
+    try:
+        text = args.scheme if args.scheme is not None else DEFAULT_SCHEMES[args.workload]
+        args.scheme = scheme_list(text, args.workload)
+    except argparse.ArgumentTypeError as exc:
+        return None, usage_error(rank, f"argument --scheme: {exc}")
+    args.scheme_arg = ("both" if args.workload == "mtl" and args.scheme == scheme_list("both")
+                       else ",".join(args.scheme))
+    gd_only = [flag for flag, given in (("--partitions", args.partitions is not None),
+                                         ("--straggle", args.straggle.text != "none"))
+               if given and args.workload != "gd"]
+    if gd_only:
+        problem = f"{gd_only[0]} applies to --workload gd only"
+    elif args.workload == "gd" and args.dataset not in ("digits", "mnist"):
+        problem = f"--workload gd trains on digits or mnist, not {args.dataset}"
+    elif args.workload == "gd" and args.layout == "flat":
+        problem = "--layout flat applies to --workload mtl only"
+    elif args.workload == "gd" and (args.cv or args.lam is not None or args.inner):
+        problem = "--cv, --lam and --inner are MOCHA's (--workload mtl)"
+    elif args.dim is not None and args.dataset != "synthetic":
         problem = f"--dim applies to --dataset synthetic only; {args.dataset} fixes the dimension"
     elif args.cv and args.dataset == "synthetic":
         problem = "--cv needs a learning dataset (digits, mnist, har)"

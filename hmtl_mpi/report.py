@@ -13,9 +13,10 @@ import os
 import numpy as np
 
 # Link classes whose bytes are counted at the senders (SCHEME.md: bytes on the wire are
-# the truth); relay_to_relay is the relays' allgather of the broadcast.
+# the truth); relay_to_relay is the relays' allgather of the broadcast; user_to_server
+# the messages users send straight to the server (flat gradient coding).
 LINK_CLASSES = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user",
-                "relay_to_relay")
+                "relay_to_relay", "user_to_server")
 # Phases timed per iteration: the keys of Scheme.steps, and the whole iteration.
 PHASES = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_to_relay",
           "decode", "global_update", "relay_to_user", "total")
@@ -38,16 +39,20 @@ def run_report(scheme, args, learner, K, H, iterations, checks, flat) -> dict:
         "scheme": scheme.name, "K": K, "H": H, "layout": "flat" if flat else "hierarchical",
         "dataset": args.dataset, "dim": learner.dim,
         "iv_bytes": iv_bytes, "model_bytes": 8 * (learner.model_len - learner.extra_len),
-        "model_extra_bytes": 8 * learner.extra_len,
+        "model_extra_bytes": 8 * learner.extra_len, "workload": scheme.workload,
         "downlink_method": scheme.downlink_method(args.downlink, flat),
         "iterations": iterations,
-        "measured_loads": {
-            "uplink": float(np.mean([r["bytes"]["relay_to_server"] for r in iterations])) / iv_bytes,
+        "measured_loads": {        # what reaches the server: from relays, or straight from users
+            "uplink": float(np.mean([r["bytes"]["relay_to_server"] + r["bytes"]["user_to_server"]
+                                     for r in iterations])) / iv_bytes,
             "downlink": float(np.mean([r["bytes"]["server_to_relay"] for r in iterations])) / iv_bytes,
         },
         "planned_loads": {"uplink": float(up), "downlink": float(down)},
         "median_seconds": {p: float(np.median([r["seconds"][p] for r in iterations])) for p in PHASES},
-        "ivs_bit_exact": all(r["ivs_bit_exact"] for r in iterations),
+        # per-iteration IV digests (schemes with steps); a barrier-free run has the
+        # gradient digest instead, compared across schemes
+        "ivs_bit_exact": (all(r["ivs_bit_exact"] for r in iterations)
+                          if iterations and "ivs_bit_exact" in iterations[0] else None),
         "models_delivered_intact": checks["delivered"],
         "model_digest": checks["digest"],
     }
@@ -85,31 +90,39 @@ def overhead_notes(reports) -> list:
 def summary(reports, oversubscribed: bool) -> str:
     """Loads, median phase times and checks of every run, side by side."""
     names = [r["scheme"] for r in reports]
+    w = max(14, max(len(n) for n in names) + 7)          # columns wide enough for any name
     lines = ["", "Loads (IVs per iteration, bytes on the wire / bytes of one IV):"]
-    lines.append(f"  {'':18}" + "".join(f"{n + ' meas.':>16}{n + ' plan':>14}" for n in names))
-    for key, label in (("uplink", "relay->server"), ("downlink", "server->relay")):
+    lines.append(f"  {'':18}" + "".join(f"{n + ' meas.':>{w + 2}}{n + ' plan':>{w}}" for n in names))
+    for key, label in (("uplink", "to the server"), ("downlink", "server->relay")):
         lines.append(f"  {label:18}" + "".join(
-            f"{r['measured_loads'][key]:>16.4f}{r['planned_loads'][key]:>14.4g}" for r in reports))
+            f"{r['measured_loads'][key]:>{w + 2}.4f}{r['planned_loads'][key]:>{w}.4g}"
+            for r in reports))
     lines += overhead_notes(reports)
     lines.append("")
     lines.append("Median seconds per phase" + (
         " (more ranks than cores: ranks share CPUs, links are memory copies)" if oversubscribed else "")
                  + ":")
     ratios = [f"{n}/{names[0]}" for n in names[1:]]
-    lines.append(f"  {'phase':18}" + "".join(f"{n:>14}" for n in names)
-                 + "".join(f"{r:>17}" for r in ratios))
+    rw = max([17] + [len(r) + 2 for r in ratios])
+    lines.append(f"  {'phase':18}" + "".join(f"{n:>{w}}" for n in names)
+                 + "".join(f"{r:>{rw}}" for r in ratios))
     for p in PHASES:
         vals = [r["median_seconds"][p] for r in reports]
-        lines.append(f"  {p:18}" + "".join(f"{v:>14.6f}" for v in vals)
-                     + "".join(f"{v / vals[0]:>17.3f}" if vals[0] > 0 else f"{'':>17}"
+        lines.append(f"  {p:18}" + "".join(f"{v:>{w}.6f}" for v in vals)
+                     + "".join(f"{v / vals[0]:>{rw}.3f}" if vals[0] > 0 else f"{'':>{rw}}"
                                for v in vals[1:]))
     lines.append("")
     for r in reports:
         acc = r.get("accuracy")
-        lines.append(f"  {r['scheme']:>7}: IVs bit-exact at every holder: {r['ivs_bit_exact']}; "
-                     f"models delivered intact: {r['models_delivered_intact']}; "
-                     f"model digest {r['model_digest'][:16]}..."
-                     + (f"; mean test error {acc['mean_test_error']:.4f}" if acc else ""))
+        exact = (f"IVs bit-exact at every holder: {r['ivs_bit_exact']}; "
+                 if r.get("ivs_bit_exact") is not None else
+                 f"gradient digest {r['gradient_digest'][:16]}...; " if "gradient_digest" in r
+                 else "")
+        lines.append(f"  {r['scheme']:>7}: {exact}models delivered intact: "
+                     f"{r['models_delivered_intact']}; model digest {r['model_digest'][:16]}..."
+                     + (f"; mean test error {acc['mean_test_error']:.4f}" if acc else "")
+                     + (f"; test accuracy {r['test_accuracy'][-1]:.4f}"
+                        if r.get("test_accuracy") else ""))
     acc = reports[0].get("accuracy")
     if acc and "baseline_local_error" in acc:
         lines.append(f"  baselines: independent per-task SVMs {acc['baseline_local_error']:.4f}, "
@@ -117,6 +130,9 @@ def summary(reports, oversubscribed: bool) -> str:
     if len(reports) > 1:
         same = len({r["model_digest"] for r in reports}) == 1
         lines.append(f"  final models bit-identical across {', '.join(names)}: {same}")
+        if all("gradient_digest" in r for r in reports):
+            same = len({r["gradient_digest"] for r in reports}) == 1
+            lines.append(f"  decoded gradients bit-identical in every iteration: {same}")
     return "\n".join(lines)
 
 

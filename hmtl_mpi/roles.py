@@ -69,6 +69,30 @@ class Net:
         self.uplink = comms["uplink"]        # server + relays (None on users)
         self.relays = comms["relays"]        # relays only (None elsewhere)
         self.downlink = downlink
+        self.inflight = []                   # (request, buffer) not yet completed: see drain()
+
+    # --- barrier-free protocols (straggler tolerance): post, take the first, drain the rest
+    def _post(self, comm, sources, shape, dtype, tag) -> tuple:
+        bufs = [np.empty(shape, dtype=dtype) for _ in sources]
+        reqs = [self.links.irecv(comm, b, src, tag) for b, src in zip(bufs, sources)]
+        return reqs, bufs
+
+    def _isend(self, comm, buf, dest, tag, link) -> None:
+        self.inflight.append((self.links.isend(comm, buf, dest, tag, link), buf))
+
+    def first(self, posted: tuple, need: int, what: str) -> list:
+        """The first ``need`` arrivals of posted receives: [(index, buffer)], in arrival
+        order; the late ones stay in flight until :meth:`drain`."""
+        reqs, bufs = posted
+        order = self.links.wait_first(reqs, need, what)
+        self.inflight += [(r, bufs[i]) for i, r in enumerate(reqs)   # buffers stay alive
+                          if r != MPI.REQUEST_NULL]
+        return [(i, bufs[i]) for i in order[:need]]
+
+    def drain(self, what: str) -> None:
+        """Complete every message still in flight: late arrivals and our own sends."""
+        self.links.wait([r for r, _ in self.inflight], what)
+        self.inflight = []
 
 
 class UserNet(Net):
@@ -84,11 +108,18 @@ class UserNet(Net):
                 for i in relays]
         self.links.wait(reqs, f"IV sends to relays {', '.join(str(int(i) + 1) for i in relays)}")
 
-    def recv_model(self, n: int) -> np.ndarray:
+    def recv_model(self, n: int, tag: int = TAG_MODEL) -> np.ndarray:
         buf = np.empty(n)
-        self.links.wait(self.links.irecv(self.group[self.home], buf, 0, TAG_MODEL),
+        self.links.wait(self.links.irecv(self.group[self.home], buf, 0, tag),
                         f"model from relay {self.home + 1}")
         return buf
+
+    def isend_to_relay(self, buf: np.ndarray, tag: int) -> None:
+        self._isend(self.group[self.home], buf, 0, tag, "user_to_relay")
+
+    def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
+        """Straight to the server on the world communicator, past the relays."""
+        self._isend(self.links.world, buf, 0, tag, "user_to_server")
 
 
 class RelayNet(Net):
@@ -127,6 +158,16 @@ class RelayNet(Net):
         self.links.wait(self.links.irecv(self.uplink, buf, 0, tag), "models from the server")
         return buf
 
+    def post_from_users(self, users, shape, dtype, tag: int) -> tuple:
+        return self._post(self.comm, [self._group_rank(k) for k in users], shape, dtype, tag)
+
+    def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
+        self._isend(self.uplink, buf, 0, tag, "relay_to_server")
+
+    def isend_to_users(self, buf: np.ndarray, users, tag: int) -> None:
+        for k in users:
+            self._isend(self.comm, buf, self._group_rank(k), tag, "relay_to_user")
+
     def recv_broadcast(self, nparts: int) -> list:
         """The server's broadcast: ``nparts`` uint8 buffers (see the module doc)."""
         links = self.links
@@ -164,6 +205,17 @@ class ServerNet(Net):
         got = self.links.recv_variable_many(self.uplink, [(1 + i, t) for i, t in expected],
                                             "coded uplink messages")
         return {(source - 1, tag): buf for (source, tag), buf in got.items()}
+
+    def post_from_relays(self, relays, shape, dtype, tag: int) -> tuple:
+        return self._post(self.uplink, [1 + int(i) for i in relays], shape, dtype, tag)
+
+    def post_from_users(self, users, shape, dtype, tag: int) -> tuple:
+        """Messages users send straight to the server (world ranks H + 1 + k)."""
+        return self._post(self.links.world, [self.H + 1 + int(k) for k in users], shape, dtype, tag)
+
+    def isend_to_relays(self, buf: np.ndarray, relays, tag: int) -> None:
+        for i in relays:
+            self._isend(self.uplink, buf, 1 + int(i), tag, "server_to_relay")
 
     def send_to_relays(self, bufs: dict, tag: int) -> None:
         keep = {i: np.ascontiguousarray(b) for i, b in bufs.items()}   # alive until sent

@@ -38,6 +38,9 @@ class SetupError(Exception):
 
 
 def learner_for(args, K):
+    if args.workload == "gd":
+        from .gd import GradientLearner
+        return GradientLearner(args.dataset, P=args.partitions or K, seed=args.seed)
     from .learners import make_learner
     return make_learner(args.dataset, K, args.dim, seed=args.seed, data_dir=args.data_dir,
                         har_tasks=args.har_tasks, lam=args.lam, inner=args.inner)
@@ -82,10 +85,16 @@ def setup_on_server(args, world_size):
                            har_tasks=args.har_tasks)
         args.lam = cross_validate_lambda(tasks, seed=args.seed, inner=learner.inner)
         print(f"hmtl_mpi: lambda = {args.lam:g} chosen by 5-fold cross-validation", flush=True)
+    try:
+        args.straggle.check_ranks(H, world_size)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
     schemes = []
     for name in args.scheme:
         try:
-            schemes.append(get(name).plan(G, seed=args.seed))
+            schemes.append(get(name, args.workload).plan(
+                G, seed=args.seed, stragglers=args.stragglers, partitions=args.partitions or K,
+                straggle=args.straggle))
         except ValueError as exc:
             raise SetupError(f"--scheme {name}: {exc}") from None
     return G, schemes
@@ -127,13 +136,10 @@ def check_report_path(path, iterations) -> None:
 
 def run_scheme(scheme, args, world, links, state, G, comms):
     """Run ``args.iterations`` iterations of one scheme; rank 0 returns its report."""
-    from mpi4py import MPI
-
     from . import checks
-    from .report import progress_line, run_report
+    from .report import run_report
     from .roles import make_net
     from .schemes.base import Job, role_of
-    from .report import LINK_CLASSES, PHASES
 
     rank = world.Get_rank()
     H, K = G.shape
@@ -143,12 +149,34 @@ def run_scheme(scheme, args, world, links, state, G, comms):
     job = Job(G, learner, flat=flat)
     role, index = role_of(rank, H)
     me = scheme.part(role, job, make_net(rank, links, comms, G, args.downlink), index)
+    state.step("warm-up (JIT compilation)")
+    learner.warm_up()                  # JIT compilation stays out of every timed phase
+    run = run_free if scheme.barrier_free else run_steps
+    iterations = run(scheme, args, world, links, state, me, K, flat, 8 * learner.dim)
+    state.step("final checks (model digests, test errors)", iteration=None)
+    digest, delivered = checks.model_digests(world, links, me, K)
+    accuracy = checks.gather_accuracy(world, links, me, K) if learner.evaluates else None
+    if rank != 0:
+        return None
+    report = run_report(scheme, args, learner, K, H, iterations,
+                        {"digest": digest, "delivered": delivered, "accuracy": accuracy}, flat)
+    report.update(me.results())
+    return report
+
+
+def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
+    """The iterations of a scheme with steps: a barrier on all ranks around every step;
+    bytes and IV digests checked after each iteration. Rank 0 returns the records."""
+    from mpi4py import MPI
+
+    from . import checks
+    from .report import LINK_CLASSES, PHASES, progress_line
+
+    rank = world.Get_rank()
+    learner = me.job.learner
     # the flat layout has no users: the steps that reach them do not run
     steps = [(key, step) for key, step in scheme.steps
              if not (flat and step in ("user_to_relay", "relay_to_user"))]
-    state.step("warm-up (JIT compilation)")
-    learner.warm_up()                  # JIT compilation stays out of every timed phase
-    iv_bytes = 8 * learner.dim
     iterations = []
     for it in range(args.iterations):
         state.step("start of the iteration", iteration=it)
@@ -190,13 +218,60 @@ def run_scheme(scheme, args, world, links, state, G, comms):
             if rank == 0 and not args.quiet:
                 print(f"[{scheme.name}] iteration {it + 1}: mean test error "
                       f"{acc['mean_test_error']:.4f}", flush=True)
-    state.step("final checks (model digests, test errors)", iteration=None)
-    digest, delivered = checks.model_digests(world, links, me, K)
-    accuracy = checks.gather_accuracy(world, links, me, K) if learner.evaluates else None
+    return iterations
+
+
+def run_free(scheme, args, world, links, state, me, K, flat, iv_bytes):
+    """The iterations of a barrier-free scheme (stragglers must not hold anybody up): every
+    rank calls its part's ``iterate(it)`` and moves on as soon as it can. Times come from
+    the server's clock (the part's own records) and, for the users' local work, from the
+    users'; bytes are logged per iteration on every rank and summed after the last one,
+    once every late message has been drained. Rank 0 returns the records."""
+    from mpi4py import MPI
+
+    from .checks import gather_to_root
+    from .report import LINK_CLASSES, PHASES
+
+    rank = world.Get_rank()
+    n = args.iterations
+    links.reset_counters()
+    links.barrier(world, "start of the run")
+    if hasattr(me, "start"):
+        me.start()
+    for it in range(n):
+        state.step("its iteration (no barriers)", iteration=it)
+        links.iteration = it
+        if args.inject_fault and args.inject_fault[:2] == (rank, it):
+            inject_fault(args.inject_fault[2], rank, it)
+        me.iterate(it)
+        if rank == 0 and not args.quiet:
+            print(f"[{scheme.name:>7}] iteration {it + 1}/{n}: {me.progress(it)}", flush=True)
+    links.iteration = None
+    state.step("draining late messages", iteration=None)
+    me.net.drain("late messages and pending sends")
+    links.barrier(world, "end of the run (every late message drained)")
+    state.step("checks (byte counts, timings)")
+    log = np.zeros((n, len(LINK_CLASSES)), dtype=np.int64)
+    for it, counts in links.sent_by_iteration.items():
+        log[it] = [counts[c] for c in LINK_CLASSES]
+    total = np.zeros_like(log)
+    links.wait(world.Ireduce(log, total, op=MPI.SUM, root=0), "byte counters")
+    work = np.full(n, np.nan)
+    if getattr(me, "compute_s", None):
+        work[: len(me.compute_s)] = me.compute_s
+    (works,) = gather_to_root(world, links, (work,), "the users' compute times")
     if rank != 0:
         return None
-    return run_report(scheme, args, learner, K, H, iterations,
-                      {"digest": digest, "delivered": delivered, "accuracy": accuracy}, flat)
+    records = []
+    for it in range(n):
+        seconds = dict.fromkeys(PHASES, 0.0)
+        seconds.update(me.seconds[it])
+        column = works[:, it]
+        if (~np.isnan(column)).any():
+            seconds["local_update"] = float(np.nanmedian(column))
+        records.append({"iteration": it, "seconds": seconds,
+                        "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, total[it])}})
+    return records
 
 
 def inject_fault(kind, rank, it):
@@ -287,7 +362,7 @@ def run_job(args, world, state, control) -> int:
         planned = setup[1][b] if rank == 0 else None
         buf = links.bcast_bytes(world, planned.to_buffer() if rank == 0 else None, 0,
                                 f"the {name} scheme's plan")
-        schemes.append(planned if rank == 0 else get(name).from_buffer(G, buf))
+        schemes.append(planned if rank == 0 else get(name, args.workload).from_buffer(G, buf))
     links.barrier(world, "every rank before building the communicators")
     comms = make_comms(world, G, flat)
     if rank == 0:

@@ -67,6 +67,21 @@ def cyclic(H: int, r: int) -> np.ndarray:
     return G
 
 
+def tree(sizes) -> np.ndarray:
+    """A tree: relay i has its own ``sizes[i]`` users, every user one relay (users numbered
+    relay by relay): the master / edge / worker hierarchy of gradient coding (HGC.md)."""
+    sizes = [int(x) for x in sizes]
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise TopologyError(f"tree: need at least 2 relays with at least 1 user each, got "
+                            f"{','.join(map(str, sizes))}")
+    G = np.zeros((len(sizes), sum(sizes)), dtype=np.uint8)
+    start = 0
+    for i, m in enumerate(sizes):
+        G[i, start: start + m] = 1
+        start += m
+    return G
+
+
 BUILTIN = {"paper-fig2": paper_fig2, "example-a": example_a}
 
 
@@ -277,6 +292,8 @@ kinds:
   paper-fig2     the paper's Fig. 2 example (K = 10, H = 5); no options
   example-a      Example A of seed 001 (CODED_DMTL.md): H = 3, K = 4; no options
   cyclic         K = H users, relay i holds users i .. i+r-1 (mod H): --relays H --r r
+  tree           every user on one relay, relay i with M_i users (gradient coding):
+                 tree M1,M2,... (e.g. tree 4,4,4: H = 3, K = 12)
   random         every user joins r distinct relays chosen at random:
                  --users K --relays H --r r [--seed S]
   symmetric      Theorem 3 design, one group of --per-group users for every
@@ -294,10 +311,11 @@ def main(argv=None) -> int:
         prog="python -m hmtl_mpi.topology",
         description="Generate or inspect a network topology G (H x K 0/1 .npy, rows relays).",
         epilog=KIND_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["paper-fig2", "example-a", "cyclic", "random", "symmetric",
-                                         "heterogeneous", "show"],
+    parser.add_argument("kind", choices=["paper-fig2", "example-a", "cyclic", "tree", "random",
+                                         "symmetric", "heterogeneous", "show"],
                         help="what to generate (see kinds below)")
-    parser.add_argument("source", nargs="?", help="with 'show': the .npy file or built-in name")
+    parser.add_argument("source", nargs="?",
+                        help="with 'show': the .npy file or built-in name; with 'tree': M1,M2,...")
     parser.add_argument("--users", "-K", type=int, help="K, number of users")
     parser.add_argument("--relays", "-H", type=int, help="H, number of relays")
     parser.add_argument("--r", type=int, help="relays per user")
@@ -320,6 +338,14 @@ def main(argv=None) -> int:
             return 0
         if args.kind in BUILTIN:
             G = BUILTIN[args.kind]()
+        elif args.kind == "tree":
+            if not args.source:
+                parser.error("tree needs the users per relay, e.g. tree 4,4,4")
+            try:
+                sizes = [int(x) for x in args.source.split(",")]
+            except ValueError:
+                parser.error(f"tree: expected comma-separated user counts, got {args.source!r}")
+            G = validate(tree(sizes), "tree")
         elif args.kind == "cyclic":
             need("relays", "r")
             G = validate(cyclic(args.relays, args.r), "cyclic")

@@ -38,12 +38,18 @@ class Links:
         self.control = control
         self.state = state
         self.sent = dict.fromkeys(LINK_CLASSES, 0)
+        self.iteration = None          # set in barrier-free runs: bytes are logged per iteration
+        self.sent_by_iteration = {}
 
     def reset_counters(self) -> None:
         self.sent = dict.fromkeys(LINK_CLASSES, 0)
+        self.sent_by_iteration = {}
 
     def count(self, link: str, nbytes: int) -> None:
         self.sent[link] += int(nbytes)
+        if self.iteration is not None:
+            log = self.sent_by_iteration.setdefault(self.iteration, dict.fromkeys(LINK_CLASSES, 0))
+            log[link] += int(nbytes)
 
     # --- waiting -------------------------------------------------------------------
     def wait(self, requests, what: str, timeout: float | None = None) -> None:
@@ -63,6 +69,34 @@ class Links:
             self._idle(pause, deadline, limit, what)
             pause = min(pause * 2, 1e-3)
         self._waiting("")
+
+    def wait_first(self, requests: list, need: int, what: str) -> list:
+        """Wait until ``need`` of ``requests`` completed (straggler tolerance).
+
+        Returns the indices of every request completed so far, in completion order
+        (ties by index), at least ``need`` of them; the others stay pending, to be
+        completed later (:meth:`wait`) so that no late message is ever lost or mixed
+        into another iteration (each iteration's messages carry their own tag).
+        """
+        order: list = []
+        if need <= 0:
+            return order
+        deadline = time.monotonic() + self.timeout
+        pause = 2e-5
+        self._waiting(what)
+        while True:
+            done = MPI.Request.Testsome(requests)
+            if done is None:              # every request already completed
+                raise RuntimeError(f"{what}: {need} awaited, only {len(order)} can arrive")
+            if done:
+                order += sorted(done)
+                if len(order) >= need:
+                    break
+                continue
+            self._idle(pause, deadline, self.timeout, f"{what} ({len(order)} of {need} so far)")
+            pause = min(pause * 2, 1e-3)
+        self._waiting("")
+        return order
 
     def _waiting(self, what: str) -> None:
         if self.state is not None:

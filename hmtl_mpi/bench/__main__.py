@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network,schemes} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network,schemes,hgc} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -10,6 +10,7 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 * network  the paper's Fig. 5-7 settings on the emulated cluster of ``launch/netns-run``
            (root; :mod:`.network`)
 * schemes  uncoded, coded and joint side by side on the emulated cluster (root; :mod:`.schemes`)
+* hgc      gradient coding under injected stragglers: uncoded, gc, hgc, hgc-jncss (:mod:`.hgc`)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-WHAT = ("plan", "coding", "mocha", "runtime", "network", "schemes")
+WHAT = ("plan", "coding", "mocha", "runtime", "network", "schemes", "hgc")
 
 
 def main(argv=None) -> int:

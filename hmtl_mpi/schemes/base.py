@@ -100,6 +100,10 @@ class Part:
         """The models this rank uses for its local updates, user -> model."""
         return {}
 
+    def results(self) -> dict:
+        """Extra keys of the run's report that this rank measured (the server's)."""
+        return {}
+
 
 class UserPart(Part):
     """User k (hierarchical layout): local update (eq. 2), IV up, model down."""
@@ -200,6 +204,8 @@ class Scheme:
 
     name = ""
     summary = ""
+    workload = "mtl"             # what the users learn: "mtl" (MOCHA, K models) or "gd"
+    barrier_free = False         # True: no barriers; each part's iterate(it) is the iteration
     steps: tuple = ()            # (report key, step) in protocol order
     user_part = UserPart
     relay_part = RelayPart
@@ -212,9 +218,12 @@ class Scheme:
 
     # --- plan time (rank 0), and the buffer every rank gets --------------------------
     @classmethod
-    def plan(cls, G: np.ndarray, seed: int = 0, max_denominator: int | None = None) -> "Scheme":
+    def plan(cls, G: np.ndarray, seed: int = 0, max_denominator: int | None = None,
+             **options) -> "Scheme":
         """Plan (and build the code for) topology G; raise ValueError with a clear message.
-        ``max_denominator`` bounds the exact loads' denominators where a planner has them."""
+        ``max_denominator`` bounds the exact loads' denominators where a planner has them;
+        other ``options`` (the gradient schemes' stragglers, partitions, straggle) are
+        ignored by the schemes they do not concern."""
         return cls(G)
 
     def to_buffer(self) -> np.ndarray:
@@ -339,7 +348,7 @@ class CodedExchange(Scheme):
         self.planned = planned       # the planner's own object (rank 0 only), for the plan CLI
 
     @classmethod
-    def plan(cls, G, seed=0, max_denominator=None):
+    def plan(cls, G, seed=0, max_denominator=None, **options):
         planned = cls.make_plan(G, max_denominator)
         return cls(G, coding.build_code(G, cls.layouts(planned), seed=seed), planned)
 

@@ -1,0 +1,304 @@
+"""What the gradient schemes share: one shared model, coded partial gradients, stragglers.
+
+The gradient workload (``--workload gd``; HGC.md): the server is the master, the
+relays the edges, the users the workers, on a tree (every user on one relay).
+The training set is cut into P partitions; worker (i, j) holds the partitions
+S_ij and, every iteration, sends its edge ONE vector
+``z_ij = sum_{k in S_ij} W_ij[k] g_k`` (g_k: partition k's gradient at the current
+model, in fixed point, :mod:`hmtl_mpi.gd`). Edge i waits for its first
+``m_i - s_w`` workers and sends the master one vector ``y_i``; the master waits
+for its first ``n - s_e`` edges, decodes ``sum_k g_k`` exactly, updates the model
+and sends it down the tree. The schemes differ only in the code
+(:mod:`hmtl_mpi.gradcode`): which partitions each worker holds, its coefficients,
+and how many arrivals each layer waits for.
+
+Exactness: every scheme feeds the update the same integers. Coding runs over
+GF(2^31 - 1) on fixed-point gradients (:mod:`hmtl_mpi.gradcode`), so the decoded
+sum equals the uncoded one bit for bit, and every scheme ends with the same model.
+
+No barriers: a straggler must not hold anybody up, so an iteration is one call,
+:meth:`iterate`, on every rank, and each rank moves on as soon as it has what it
+needs. Messages carry their iteration in their tag; those that arrive late stay
+posted and are completed (drained) after the last iteration, never mixed into
+another one. The iteration time is the server's clock from one model sent to
+the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from .. import gradcode
+from ..straggle import Straggle
+from .base import Part, Scheme
+
+TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000     # + iteration mod TAG_SPAN
+
+
+def up_tag(it: int) -> int:
+    return TAG_UP + it % TAG_SPAN
+
+
+def down_tag(it: int) -> int:
+    return TAG_DOWN + it % TAG_SPAN
+
+
+def tree_users(G: np.ndarray) -> list:
+    """Per relay, its users in increasing order; raises ValueError unless G is a tree."""
+    degree = G.sum(axis=0)
+    bad = np.flatnonzero(degree != 1)
+    if len(bad):
+        k = int(bad[0])
+        raise ValueError(f"the gradient schemes need a tree (every user on exactly one relay); "
+                         f"user {k + 1} is linked to {int(degree[k])} relays "
+                         f"(python -m hmtl_mpi.topology tree M1,M2,... makes one)")
+    return [np.flatnonzero(G[i]).tolist() for i in range(G.shape[0])]
+
+
+class GradWorker(Part):
+    """A user: its partitions' gradients, combined with its coefficients, up; the model down."""
+
+    role = "user"
+
+    def __init__(self, scheme, job, net, k):
+        super().__init__(scheme, job, net, k)
+        self.k = k
+        self.model = job.learner.initial_model()
+        self.position = scheme.position_of_user(k)       # (code edge, worker) or None
+        self.compute_s = []
+
+    def iterate(self, it):
+        scheme, learner = self.scheme, self.job.learner
+        t0 = time.perf_counter()
+        if self.position is not None:
+            e, j = self.position
+            parts = scheme.code.worker_parts[e][j]
+            grads = np.stack([gradcode.to_field(learner.partition_gradient(int(p), self.model))
+                              for p in parts])
+            z = gradcode.field_combine(scheme.code.worker_coeffs[e][j], grads)
+            delay = scheme.straggle.worker_delay(self.net.links.rank, it, len(parts),
+                                                 scheme.seed)
+            if delay > 0:
+                time.sleep(delay)
+            if scheme.direct:
+                self.net.isend_to_server(z, up_tag(it))
+            else:
+                self.net.isend_to_relay(z, up_tag(it))
+        self.compute_s.append(time.perf_counter() - t0)
+        self.model = self.net.recv_model(self.job.dim, down_tag(it))
+
+    def models_in_use(self):
+        return {self.k: self.model}
+
+
+class GradEdge(Part):
+    """A relay: the first ``m_i - s_w`` of its workers decoded into one vector up; the model
+    down to every one of its users."""
+
+    role = "relay"
+
+    def __init__(self, scheme, job, net, i):
+        super().__init__(scheme, job, net, i)
+        self.i = i
+        self.users = np.flatnonzero(job.G[i]).tolist()
+        self.edge = scheme.edge_of_relay(i)               # code edge, or None
+        self.model = job.learner.initial_model()
+
+    def iterate(self, it):
+        scheme = self.scheme
+        if self.edge is not None and not scheme.direct:
+            code, e = scheme.code, self.edge
+            workers = scheme.layout_users[e]
+            posted = self.net.post_from_users(workers, (self.job.dim,), np.int64, up_tag(it))
+            got = self.net.first(posted, len(workers) - code.s_w,
+                                 f"coded gradients of iteration {it} from users "
+                                 f"{', '.join(str(k + 1) for k in workers)}")
+            y = gradcode.field_combine(code.edge_decoder(e, [j for j, _ in got]),
+                                       np.stack([buf for _, buf in got]))
+            delay = scheme.straggle.relay_delay(self.net.links.rank)
+            if delay > 0:
+                time.sleep(delay)
+            self.net.isend_to_server(y, up_tag(it))
+        self.model = self.net.recv_from_server((self.job.dim,), down_tag(it))
+        self.net.isend_to_users(self.model, self.users, down_tag(it))
+
+
+class GradMaster(Part):
+    """The server: the first ``n - s_e`` arrivals decoded into the exact gradient sum, the
+    update, the model sent down; timed from one model sent to the next."""
+
+    role = "server"
+
+    def __init__(self, scheme, job, net, index=0):
+        super().__init__(scheme, job, net, index)
+        self.model = job.learner.initial_model()
+        self.seconds = []
+        self.accuracy = []
+        self.digest = hashlib.sha256()
+        self.last = None
+
+    def start(self):
+        self.last = time.perf_counter()
+
+    def iterate(self, it):
+        scheme, code, job = self.scheme, self.scheme.code, self.job
+        t0 = time.perf_counter()
+        if scheme.direct:
+            senders = [k for users in scheme.layout_users for k in users]
+            posted = self.net.post_from_users(senders, (job.dim,), np.int64, up_tag(it))
+        else:
+            posted = self.net.post_from_relays(scheme.layout_relays, (job.dim,), np.int64,
+                                               up_tag(it))
+        n = len(scheme.layout_relays) if not scheme.direct else len(scheme.layout_users)
+        got = self.net.first(posted, n - code.s_e, f"coded gradients of iteration {it}")
+        t1 = time.perf_counter()
+        total = gradcode.from_field(gradcode.field_combine(
+            code.master_decoder([e for e, _ in got]), np.stack([buf for _, buf in got])))
+        self.digest.update(total.tobytes())
+        t2 = time.perf_counter()
+        self.model = job.learner.update(it, total)
+        t3 = time.perf_counter()
+        self.net.isend_to_relays(self.model, range(job.H), down_tag(it))
+        t4 = time.perf_counter()
+        self.seconds.append({"relay_to_server": t1 - t0, "decode": t2 - t1,
+                             "global_update": t3 - t2, "server_to_relay": t4 - t3,
+                             "total": t4 - (self.last if self.last is not None else t0)})
+        self.last = t4
+        self.accuracy.append(float(job.learner.test_accuracy(self.model)))
+
+    def progress(self, it) -> str:
+        """The progress line's text for iteration ``it`` (printed by the job on rank 0)."""
+        rec, scheme = self.seconds[it], self.scheme
+        return (f"total {rec['total']:.4f} s (waited {rec['relay_to_server']:.4f} s for the "
+                f"first {scheme.senders - scheme.code.s_e} of {scheme.senders}), test accuracy "
+                f"{self.accuracy[it]:.4f}")
+
+    def final_models(self):
+        return np.broadcast_to(self.model, (self.job.K, self.model.size))
+
+    def results(self) -> dict:
+        return {"test_accuracy": self.accuracy, "gradient_digest": self.digest.hexdigest()}
+
+
+class GradientScheme(Scheme):
+    """A gradient scheme: a :class:`hmtl_mpi.gradcode.TreeCode` on (a selection of) the tree.
+
+    ``layout_relays[e]`` is the relay of code edge e and ``layout_users[e]`` its workers
+    (users, in the code's worker order). With ``direct`` (flat gradient coding) every
+    code edge is one user that sends straight to the server.
+    """
+
+    workload = "gd"
+    barrier_free = True
+    direct = False
+    steps = ()
+    user_part = GradWorker
+    relay_part = GradEdge
+    server_part = GradMaster
+
+    def __init__(self, G, code, relays, users, straggle: Straggle, seed: int = 0):
+        super().__init__(G)
+        self.code = code
+        self.layout_relays = [int(i) for i in relays]
+        self.layout_users = [[int(k) for k in ks] for ks in users]
+        self.straggle = straggle
+        self.seed = seed
+
+    # --- plan time ---------------------------------------------------------------------
+    @classmethod
+    def plan(cls, G, seed=0, stragglers=(1, 1), partitions=None, straggle=None, **_):
+        straggle = straggle or Straggle()
+        per_relay = tree_users(np.asarray(G))
+        P = partitions if partitions is not None else G.shape[1]
+        relays, users, s_e, s_w = cls.select(G, per_relay, P, tuple(stragglers), straggle, seed)
+        code = cls.code_for([len(u) for u in users], P, s_e, s_w)
+        return cls(G, code, relays, users, straggle, seed)
+
+    @classmethod
+    def select(cls, G, per_relay, P, stragglers, straggle, seed) -> tuple:
+        """Which relays and users take part, and (s_e, s_w): by default all of them."""
+        s_e, s_w = stragglers
+        return list(range(len(per_relay))), per_relay, s_e, s_w
+
+    @classmethod
+    def code_for(cls, m, P, s_e, s_w):
+        raise NotImplementedError
+
+    def to_buffer(self):
+        head = [self.code.P, self.code.s_e, self.code.s_w, self.seed, len(self.layout_relays)]
+        body = []
+        for i, ks in zip(self.layout_relays, self.layout_users):
+            body += [i, len(ks), *ks]
+        text = np.frombuffer(self.straggle.text.encode(), dtype=np.uint8).astype(np.int64)
+        return np.array(head + body + [len(text)] + text.tolist(), dtype=np.int64).view(np.uint8)
+
+    @classmethod
+    def from_buffer(cls, G, buf):
+        from ..straggle import parse
+
+        v = np.asarray(buf, dtype=np.uint8).view(np.int64).tolist()
+        P, s_e, s_w, seed, n = v[:5]
+        pos, relays, users = 5, [], []
+        for _ in range(n):
+            relays.append(v[pos])
+            users.append(v[pos + 2: pos + 2 + v[pos + 1]])
+            pos += 2 + v[pos + 1]
+        text = bytes(v[pos + 1: pos + 1 + v[pos]]).decode()
+        code = cls.code_for([len(u) for u in users], P, s_e, s_w)
+        return cls(G, code, relays, users, parse(text), seed)
+
+    # --- who is who ----------------------------------------------------------------------
+    def position_of_user(self, k):
+        for e, ks in enumerate(self.layout_users):
+            if k in ks:
+                return e, ks.index(k)
+        return None
+
+    def edge_of_relay(self, i):
+        return self.layout_relays.index(i) if i in self.layout_relays else None
+
+    # --- what the plan promises --------------------------------------------------------
+    @property
+    def senders(self) -> int:
+        """Messages that reach the server per iteration (the late ones too)."""
+        return len(self.layout_users) if self.direct else len(self.layout_relays)
+
+    @property
+    def planned_loads(self):
+        from fractions import Fraction
+        return Fraction(self.senders), Fraction(self.H)      # gradients up, models down
+
+    def plan_dict(self):
+        out = dict(self.code.to_dict(), scheme=self.name, K=self.K, H=self.H,
+                   ranks=1 + self.H + self.K, master_messages_used=self.senders - self.code.s_e,
+                   master_messages_sent=self.senders,
+                   relays=[i + 1 for i in self.layout_relays],
+                   users=[[k + 1 for k in ks] for ks in self.layout_users])
+        return out
+
+    def format_plan(self):
+        d = self.plan_dict()
+        lines = [f"{self.name}: {self.summary}",
+                 f"  {len(self.layout_relays)} edges (relays {d['relays']}), "
+                 f"{sum(map(len, self.layout_users))} workers, P = {self.code.P} partitions, "
+                 f"s_e = {self.code.s_e}, s_w = {self.code.s_w}",
+                 f"  load per worker D = {self.code.D} partitions (lower bound "
+                 f"{d['load_lower_bound']}), partitions per edge {d['partitions_per_edge']}",
+                 f"  the server uses the first {d['master_messages_used']} of "
+                 f"{d['master_messages_sent']} messages per iteration"]
+        return "\n".join(lines)
+
+    def verify(self, dim, seed=0):
+        return gradcode.verify(self.code, seed=seed)
+
+    def report_fields(self):
+        return {"load_per_worker": self.code.D, "partitions": self.code.P,
+                "stragglers": [self.code.s_e, self.code.s_w],
+                "master_messages_used": self.senders - self.code.s_e,
+                "straggle": self.straggle.text}
+
+    def downlink_method(self, requested, flat):
+        return "point-to-point"
