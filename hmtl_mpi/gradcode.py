@@ -691,13 +691,18 @@ class DelayModel:
     (constant: the spec's random edge part is not modelled) before its message
     reaches the master. ``a``, ``mu``, ``c``: per edge, float arrays over its workers;
     ``e``: float array over edges. A "fixed" straggler is an extra constant: see
-    :meth:`with_worker_delay` and :meth:`with_edge_delay`.
+    :meth:`with_worker_delay` and :meth:`with_edge_delay`. Spikes (``q``, ``b``,
+    per edge over its workers; default none): with probability ``q_ij`` per
+    iteration worker (i, j) is late by ``b_ij`` more seconds, whatever its load
+    (an interruption rather than slow work: :meth:`with_spikes`).
     """
 
     a: list
     mu: list
     c: list
     e: np.ndarray
+    q: list = None
+    b: list = None
 
     def __post_init__(self):
         self.a = [np.asarray(x, dtype=float).reshape(-1) for x in self.a]
@@ -721,6 +726,16 @@ class DelayModel:
                 raise GradCodeError(f"edge {i + 1}: a_ij and c_ij must be >= 0")
         if np.any(self.e < 0):
             raise GradCodeError("edge delays e_i must be >= 0")
+        self.q = [np.zeros(x.size) for x in self.a] if self.q is None else \
+            [np.asarray(x, dtype=float).reshape(-1) for x in self.q]
+        self.b = [np.zeros(x.size) for x in self.a] if self.b is None else \
+            [np.asarray(x, dtype=float).reshape(-1) for x in self.b]
+        for i in range(n):
+            if self.q[i].size != self.a[i].size or self.b[i].size != self.a[i].size:
+                raise GradCodeError(f"edge {i + 1}: q and b must have one entry per worker")
+            if np.any((self.q[i] < 0) | (self.q[i] > 1)) or np.any(self.b[i] < 0):
+                raise GradCodeError(f"edge {i + 1}: spike probabilities must lie in [0, 1] "
+                                    f"and spike delays be >= 0")
 
     @property
     def m(self) -> tuple:
@@ -735,7 +750,16 @@ class DelayModel:
 
     def copy(self) -> DelayModel:
         return DelayModel(a=[x.copy() for x in self.a], mu=[x.copy() for x in self.mu],
-                          c=[x.copy() for x in self.c], e=self.e.copy())
+                          c=[x.copy() for x in self.c], e=self.e.copy(),
+                          q=[x.copy() for x in self.q], b=[x.copy() for x in self.b])
+
+    def with_spikes(self, probability: float, seconds: float) -> DelayModel:
+        """A copy in which every worker, each iteration, is late by ``seconds`` more with
+        probability ``probability`` (independently, whatever its load)."""
+        out = self.copy()
+        out.q = [np.full(x.size, float(probability)) for x in self.a]
+        out.b = [np.full(x.size, float(seconds)) for x in self.a]
+        return out
 
     def with_worker_delay(self, i: int, j: int, seconds: float) -> DelayModel:
         """A copy in which worker (i, j) is late by ``seconds`` more every iteration."""
@@ -787,7 +811,9 @@ class _Evaluator:
 
     X (samples x all workers) is drawn once from ``seed``; every candidate indexes
     the columns of its workers, so candidates differ only by their decisions.
-    ``U_ij = a_ij + X_ij / mu_ij`` (time per partition), worker time ``D U_ij + c_ij``.
+    ``U_ij = a_ij + X_ij / mu_ij`` (time per partition), worker time
+    ``D U_ij + c_ij + b_ij [V_ij < q_ij]`` with V uniform, drawn after X from the same
+    stream (so models without spikes see exactly the same X as before).
     """
 
     def __init__(self, model: DelayModel, P: int, samples: int, seed: int):
@@ -798,6 +824,12 @@ class _Evaluator:
         offsets = np.cumsum((0,) + self.m)
         self.U = [model.a[i] + X[:, offsets[i]: offsets[i + 1]] / model.mu[i]
                   for i in range(len(self.m))]
+        if any(np.any(q > 0) for q in model.q):
+            V = np.random.default_rng([seed, 1]).random((samples, sum(self.m)))
+            self.S = [model.b[i] * (V[:, offsets[i]: offsets[i + 1]] < model.q[i])
+                      for i in range(len(self.m))]
+        else:
+            self.S = [0.0] * len(self.m)
         self.edge_cache: dict = {}
         self.evaluations = 0
 
@@ -813,6 +845,8 @@ class _Evaluator:
         if t is None:
             idx = list(workers)
             T = D * self.U[i][:, idx] + self.model.c[i][idx]
+            if not np.isscalar(self.S[i]):
+                T = T + self.S[i][:, idx]
             k = len(idx) - s_w - 1
             t = np.partition(T, k, axis=1)[:, k] + self.model.e[i]
             self.edge_cache[key] = t

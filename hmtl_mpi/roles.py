@@ -81,13 +81,18 @@ class Net:
         self.inflight.append((self.links.isend(comm, buf, dest, tag, link), buf))
 
     def first(self, posted: tuple, need: int, what: str) -> list:
-        """The first ``need`` arrivals of posted receives: [(index, buffer)], in arrival
-        order; the late ones stay in flight until :meth:`drain`."""
+        """The first ``need`` non-empty arrivals of posted receives: [(index, buffer)], in
+        arrival order (an empty message is a late sender's "gave up": it does not count);
+        the late ones stay in flight until :meth:`drain`."""
         reqs, bufs = posted
-        order = self.links.wait_first(reqs, need, what)
+        order = self.links.wait_first(reqs, need, what,
+                                      usable=lambda status: status.Get_count(MPI.BYTE) > 0)
         self.inflight += [(r, bufs[i]) for i, r in enumerate(reqs)   # buffers stay alive
                           if r != MPI.REQUEST_NULL]
         return [(i, bufs[i]) for i in order[:need]]
+
+    def _arrived(self, comm, source: int, tag: int) -> bool:
+        return comm.Iprobe(source=source, tag=tag)
 
     def drain(self, what: str) -> None:
         """Complete every message still in flight: late arrivals and our own sends."""
@@ -116,6 +121,10 @@ class UserNet(Net):
 
     def isend_to_relay(self, buf: np.ndarray, tag: int) -> None:
         self._isend(self.group[self.home], buf, 0, tag, "user_to_relay")
+
+    def model_arrived(self, tag: int) -> bool:
+        """Whether the home relay's message with ``tag`` is already waiting here."""
+        return self._arrived(self.group[self.home], 0, tag)
 
     def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
         """Straight to the server on the world communicator, past the relays."""
@@ -163,6 +172,10 @@ class RelayNet(Net):
 
     def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
         self._isend(self.uplink, buf, 0, tag, "relay_to_server")
+
+    def model_arrived(self, tag: int) -> bool:
+        """Whether the server's message with ``tag`` is already waiting here."""
+        return self._arrived(self.uplink, 0, tag)
 
     def isend_to_users(self, buf: np.ndarray, users, tag: int) -> None:
         for k in users:

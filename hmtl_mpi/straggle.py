@@ -11,12 +11,22 @@ what the server's clock measures. Forms, joined by ``+``:
     ``default_rng([seed, rank, iteration])``: the shifted-exponential model of
     gradient coding (HGC.md section 4 with a = SHIFT, mu = RATE), so a worker
     with more partitions is slower, as it would be computing them.
+``bernoulli:PROB:SECONDS``
+    every worker, every iteration: with probability PROB, late by SECONDS more,
+    whatever its load (an interruption: preemption, a page fault storm, a hiccup
+    of its link), drawn from the same generator.
 ``fixed:RANK=SECONDS[,RANK=SECONDS...]``
     the named world ranks (users or relays, never the server) are late by a
     constant number of seconds every iteration; a relay's delay comes before it
     forwards its workers' combination to the server.
 
 Example: ``--straggle shifted-exp:0.002:200+fixed:5=0.3``.
+
+A worker or relay that falls behind abandons the stale iteration: while late it
+watches for the model that ends that iteration and, when it comes, stops waiting
+and sends an empty message instead of its vector (see
+:mod:`hmtl_mpi.schemes.gradient`), so each iteration's delays are drawn afresh
+rather than piling up behind the previous ones.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ class Straggle:
     shift: float = 0.0                 # seconds per partition
     rate: float = 0.0                  # 1/seconds per partition (0: no random part)
     fixed: dict = field(default_factory=dict)    # world rank -> seconds per iteration
+    spike_prob: float = 0.0            # bernoulli: probability per worker and iteration
+    spike: float = 0.0                 # bernoulli: seconds
     text: str = "none"
 
     @property
@@ -44,12 +56,14 @@ class Straggle:
 
     def worker_delay(self, rank: int, iteration: int, partitions: int, seed: int) -> float:
         """Seconds a worker (a user rank) holding ``partitions`` partitions is late."""
-        delay = self.fixed.get(rank, 0.0)
-        if self.random or self.shift:
-            delay += partitions * self.shift
-        if self.random:
-            x = np.random.default_rng([seed, rank, iteration]).exponential()
-            delay += partitions * x / self.rate
+        delay = self.fixed.get(rank, 0.0) + partitions * self.shift
+        if self.random or self.spike_prob:
+            rng = np.random.default_rng([seed, rank, iteration])
+            x, u = rng.exponential(), rng.random()
+            if self.random:
+                delay += partitions * x / self.rate
+            if u < self.spike_prob:
+                delay += self.spike
         return delay
 
     def relay_delay(self, rank: int) -> float:
@@ -93,6 +107,14 @@ def parse(text: str) -> Straggle:
             out.rate = _number(parts[1], "RATE")
             if out.rate == 0:
                 raise StraggleError("--straggle: RATE must be > 0 (use fixed: for constant delays)")
+        elif kind == "bernoulli":
+            parts = rest.split(":")
+            if len(parts) != 2:
+                raise StraggleError(f"--straggle: {term!r}: expected bernoulli:PROB:SECONDS")
+            out.spike_prob = _number(parts[0], "PROB")
+            out.spike = _number(parts[1], "SECONDS")
+            if out.spike_prob > 1:
+                raise StraggleError(f"--straggle: PROB must be at most 1, got {parts[0]}")
         elif kind == "fixed":
             if not rest:
                 raise StraggleError(f"--straggle: {term!r}: expected fixed:RANK=SECONDS[,...]")
@@ -104,5 +126,6 @@ def parse(text: str) -> Straggle:
                 out.fixed[int(rank)] = _number(seconds, f"the delay of rank {rank.strip()}")
         else:
             raise StraggleError(f"--straggle: unknown kind {kind!r} in {term!r}; use none, "
-                                f"shifted-exp:SHIFT:RATE or fixed:RANK=SECONDS[,...]")
+                                f"shifted-exp:SHIFT:RATE, bernoulli:PROB:SECONDS or "
+                                f"fixed:RANK=SECONDS[,...]")
     return out

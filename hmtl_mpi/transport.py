@@ -70,10 +70,12 @@ class Links:
             pause = min(pause * 2, 1e-3)
         self._waiting("")
 
-    def wait_first(self, requests: list, need: int, what: str) -> list:
-        """Wait until ``need`` of ``requests`` completed (straggler tolerance).
+    def wait_first(self, requests: list, need: int, what: str, usable=None) -> list:
+        """Wait until ``need`` usable receives of ``requests`` completed (straggler tolerance).
 
-        Returns the indices of every request completed so far, in completion order
+        ``usable(status)`` says whether a completed receive counts (default: all do;
+        the gradient schemes skip empty messages, a late sender's "I gave up").
+        Returns the indices of the usable ones completed so far, in completion order
         (ties by index), at least ``need`` of them; the others stay pending, to be
         completed later (:meth:`wait`) so that no late message is ever lost or mixed
         into another iteration (each iteration's messages carry their own tag).
@@ -83,13 +85,15 @@ class Links:
             return order
         deadline = time.monotonic() + self.timeout
         pause = 2e-5
+        statuses = [MPI.Status() for _ in requests]
         self._waiting(what)
         while True:
-            done = MPI.Request.Testsome(requests)
+            done = MPI.Request.Testsome(requests, statuses)
             if done is None:              # every request already completed
                 raise RuntimeError(f"{what}: {need} awaited, only {len(order)} can arrive")
-            if done:
-                order += sorted(done)
+            if done:                      # statuses[k] belongs to done[k] (MPI_Testsome)
+                order += sorted(i for k, i in enumerate(done)
+                                if usable is None or usable(statuses[k]))
                 if len(order) >= need:
                     break
                 continue
@@ -97,6 +101,20 @@ class Links:
             pause = min(pause * 2, 1e-3)
         self._waiting("")
         return order
+
+    def sleep_unless(self, seconds: float, arrived) -> bool:
+        """Sleep ``seconds`` (an injected delay), answering the failure layer, unless
+        ``arrived()`` becomes true first; returns whether it did."""
+        end = time.monotonic() + seconds
+        while True:
+            if arrived():
+                return True
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if self.control is not None:
+                self.control.poll()
+            time.sleep(min(left, 0.002))
 
     def _waiting(self, what: str) -> None:
         if self.state is not None:

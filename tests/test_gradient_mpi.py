@@ -36,12 +36,14 @@ def test_the_issues_run_is_exact_and_hgc_beats_a_fixed_straggler(t444, tmp_path)
     unc, gc, hgc = (runs[n]["median_seconds"]["total"] for n in ("uncoded", "gc", "hgc"))
     assert unc > 0.3                                 # everybody waits for rank 5's 0.3 s
     assert hgc < 0.5 * unc and gc < 0.5 * unc, (unc, gc, hgc)
-    # bytes: what reaches the server per iteration, every late message included
+    # bytes that reach the server per iteration, late messages included; a worker that
+    # gives an iteration up sends an empty message instead (gc: rank 5, every iteration)
     assert runs["hgc"]["planned_loads"] == {"uplink": 3, "downlink": 3}
     assert runs["gc"]["planned_loads"] == {"uplink": 12, "downlink": 3}
-    for name, up in (("uncoded", 3), ("gc", 12), ("hgc", 3)):
-        assert runs[name]["measured_loads"]["uplink"] == up
-        assert runs[name]["workload"] == "gd"
+    assert runs["uncoded"]["measured_loads"]["uplink"] == 3           # nobody gives up
+    for name, used, most in (("gc", 9, 11), ("hgc", 2, 3)):
+        assert used <= runs[name]["measured_loads"]["uplink"] <= most, name
+    assert all(r["workload"] == "gd" for r in runs.values())
     assert (runs["hgc"]["load_per_worker"], runs["uncoded"]["load_per_worker"]) == (4, 1)
     assert runs["hgc"]["master_messages_used"] == 2 and runs["gc"]["master_messages_used"] == 9
     acc = runs["hgc"]["test_accuracy"]

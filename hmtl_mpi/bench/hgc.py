@@ -32,10 +32,10 @@ from ..cli import positive_int
 from .network import REPO
 
 OUT_DIR = REPO / "benchmarks" / "hgc"
-MODELS = ("fixed:5=0.3",                                # one slow worker (rank 5 = user 2)
-          "shifted-exp:0.002:50",                       # every worker: 2 ms + Exp(mean 20 ms) per partition
-          "shifted-exp:0.0005:5",                       # heavy: 0.5 ms + Exp(mean 200 ms) per partition
-          "shifted-exp:0.002:50+fixed:2=0.3")           # random workers and a slow edge (relay 2)
+MODELS = ("fixed:5=0.3",                        # one persistently slow worker (rank 5 = user 2)
+          "bernoulli:0.1:0.5",                  # each worker, each iteration: 10% chance of +0.5 s
+          "shifted-exp:0.0005:5",               # heavy: 0.5 ms + Exp(mean 200 ms) per partition
+          "shifted-exp:0.002:50+fixed:2=0.3")   # light random work and a slow edge (relay 2)
 SCHEMES = "uncoded,gc,hgc,hgc-jncss"
 
 

@@ -20,8 +20,11 @@ No barriers: a straggler must not hold anybody up, so an iteration is one call,
 :meth:`iterate`, on every rank, and each rank moves on as soon as it has what it
 needs. Messages carry their iteration in their tag; those that arrive late stay
 posted and are completed (drained) after the last iteration, never mixed into
-another one. The iteration time is the server's clock from one model sent to
-the next.
+another one. A worker or edge that is still late when the model ending its
+iteration arrives gives the iteration up: it sends an empty message in place of
+its vector (every posted receive still completes; empty ones never count) and
+joins the next iteration, instead of carrying its delay into it. The iteration
+time is the server's clock from one model sent to the next.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ..straggle import Straggle
 from .base import Part, Scheme
 
 TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000     # + iteration mod TAG_SPAN
+GAVE_UP = np.zeros(0, dtype=np.int64)               # the empty message of a late sender
 
 
 def up_tag(it: int) -> int:
@@ -76,13 +80,16 @@ class GradWorker(Part):
         if self.position is not None:
             e, j = self.position
             parts = scheme.code.worker_parts[e][j]
-            grads = np.stack([gradcode.to_field(learner.partition_gradient(int(p), self.model))
-                              for p in parts])
-            z = gradcode.field_combine(scheme.code.worker_coeffs[e][j], grads)
-            delay = scheme.straggle.worker_delay(self.net.links.rank, it, len(parts),
-                                                 scheme.seed)
-            if delay > 0:
-                time.sleep(delay)
+            ended = lambda: self.net.model_arrived(down_tag(it))    # noqa: E731
+            z = GAVE_UP
+            if not ended():                  # else the iteration ended without this worker
+                grads = np.stack([gradcode.to_field(learner.partition_gradient(int(p), self.model))
+                                  for p in parts])
+                z = gradcode.field_combine(scheme.code.worker_coeffs[e][j], grads)
+                delay = scheme.straggle.worker_delay(self.net.links.rank, it, len(parts),
+                                                     scheme.seed)
+                if self.net.links.sleep_unless(delay, ended):
+                    z = GAVE_UP
             if scheme.direct:
                 self.net.isend_to_server(z, up_tag(it))
             else:
@@ -119,8 +126,8 @@ class GradEdge(Part):
             y = gradcode.field_combine(code.edge_decoder(e, [j for j, _ in got]),
                                        np.stack([buf for _, buf in got]))
             delay = scheme.straggle.relay_delay(self.net.links.rank)
-            if delay > 0:
-                time.sleep(delay)
+            if self.net.links.sleep_unless(delay, lambda: self.net.model_arrived(down_tag(it))):
+                y = GAVE_UP                  # the server finished the iteration without us
             self.net.isend_to_server(y, up_tag(it))
         self.model = self.net.recv_from_server((self.job.dim,), down_tag(it))
         self.net.isend_to_users(self.model, self.users, down_tag(it))

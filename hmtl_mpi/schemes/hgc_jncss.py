@@ -3,8 +3,8 @@
 Before training, rank 0 chooses which edges and which of their workers take part
 and the tolerances (s_e, s_w) that minimise the expected iteration time under the
 delay model the job itself injects (``--straggle``: per partition a = SHIFT and
-mu = RATE; a ``fixed`` rank becomes a constant extra delay of that worker or
-edge): :func:`hmtl_mpi.gradcode.jncss_greedy`, a greedy over every feasible
+mu = RATE; ``bernoulli`` spikes as spikes; a ``fixed`` rank becomes a constant
+extra delay of that worker or edge): :func:`hmtl_mpi.gradcode.jncss_greedy`, a greedy over every feasible
 (s_e, s_w) that drops one node at a time while the Monte Carlo estimate of E[T]
 falls. The selected nodes then run :mod:`.hgc` with ``--partitions`` P (every
 scheme of a run shares the data partitions, which keeps their sums identical);
@@ -30,6 +30,8 @@ def delay_model(G: np.ndarray, per_relay: list, straggle) -> gradcode.DelayModel
     H = G.shape[0]
     rate = straggle.rate if straggle.rate > 0 else NO_RANDOM_RATE
     model = gradcode.DelayModel.uniform([len(ks) for ks in per_relay], straggle.shift, rate)
+    if straggle.spike_prob:
+        model = model.with_spikes(straggle.spike_prob, straggle.spike)
     for i, ks in enumerate(per_relay):
         if straggle.relay_delay(1 + i):
             model = model.with_edge_delay(i, straggle.relay_delay(1 + i))
