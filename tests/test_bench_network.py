@@ -112,3 +112,26 @@ def test_schemes_rows_from_a_kept_report():
     assert rows[2]["relay_to_server_s"] == round(run["median_seconds"]["relay_to_server"], 4)
     table = bs.markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "| joint |" in table
+
+
+def test_hgc_rows_from_a_kept_report():
+    """bench hgc: speed-ups and time to target from a kept report of real runs."""
+    import json
+    from pathlib import Path
+
+    from hmtl_mpi.bench import hgc as bh
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "hgc" / "reports" / \
+        "fixed_5-0.3.json"
+    report = json.loads(path.read_text())
+    rows = bh.rows_of(report, "fixed:5=0.3", 0.9)
+    assert [r["scheme"] for r in rows] == ["uncoded", "gc", "hgc", "hgc-jncss"]
+    assert rows[0]["speedup_mean"] == 1.0 and all(r["identical_models"] for r in rows)
+    unc = report["runs"]["uncoded"]
+    seconds = [it["seconds"]["total"] for it in unc["iterations"]]
+    assert rows[0]["mean_s"] == sum(seconds) / len(seconds)
+    first = next(i for i, a in enumerate(unc["test_accuracy"]) if a >= 0.9)
+    assert abs(rows[0]["time_to_target_s"] - sum(seconds[: first + 1])) < 1e-12
+    assert bh.time_to([0.1, 0.5], [1.0, 2.0], 0.9) is None
+    assert rows[2]["speedup_mean"] > 10          # hgc skips the slow worker
+    assert "| `fixed:5=0.3` | hgc |" in bh.markdown(rows)
