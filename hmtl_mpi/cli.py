@@ -177,10 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gd: the training set is cut into P partitions (default: K, one per "
                         "worker; hgc needs P (s_e+1) m_i / M whole)")
     p.add_argument("--straggle", type=straggle_value, default="none",
-                   metavar="none|shifted-exp:SHIFT:RATE|fixed:RANK=SECONDS[,...]",
-                   help="gd: wall-clock delays injected every iteration (joined by +): every "
-                        "worker late by D*SHIFT + D*Exp(1)/RATE s for its D partitions, or the "
-                        "named ranks (users, relays) late by fixed seconds (default none)")
+                   metavar="MODEL",
+                   help="gd: wall-clock delays injected every iteration, terms joined by +: "
+                        "shifted-exp:SHIFT:RATE (every worker late by D*SHIFT + D*Exp(1)/RATE s "
+                        "for its D partitions), bernoulli:PROB:SECONDS (every worker late by "
+                        "SECONDS with probability PROB), fixed:RANK=SECONDS[,...] (the named "
+                        "users or relays late by a constant); default none")
     p.add_argument("--layout", choices=("hierarchical", "flat"), default="hierarchical",
                    help="hierarchical: users compute the IVs and send them to their relays "
                         "(1 + H + K ranks); flat: seed 001's system, no user ranks, relay i is "

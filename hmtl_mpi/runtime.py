@@ -236,8 +236,7 @@ def run_free(scheme, args, world, links, state, me, K, flat, iv_bytes):
     n = args.iterations
     links.reset_counters()
     links.barrier(world, "start of the run")
-    if hasattr(me, "start"):
-        me.start()
+    me.start()
     for it in range(n):
         state.step("its iteration (no barriers)", iteration=it)
         links.iteration = it
@@ -257,8 +256,7 @@ def run_free(scheme, args, world, links, state, me, K, flat, iv_bytes):
     total = np.zeros_like(log)
     links.wait(world.Ireduce(log, total, op=MPI.SUM, root=0), "byte counters")
     work = np.full(n, np.nan)
-    if getattr(me, "compute_s", None):
-        work[: len(me.compute_s)] = me.compute_s
+    work[: len(me.compute_s)] = me.compute_s
     (works,) = gather_to_root(world, links, (work,), "the users' compute times")
     if rank != 0:
         return None

@@ -18,7 +18,6 @@ Results: ``benchmarks/hgc/hgc.csv``, ``hgc.png`` and the reports in
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import positive_int
-from .network import REPO
+from .network import REPO, write_csv
 
 OUT_DIR = REPO / "benchmarks" / "hgc"
 MODELS = ("fixed:5=0.3",                        # one persistently slow worker (rank 5 = user 2)
@@ -165,10 +164,7 @@ def main(argv=None) -> int:
     if not rows:
         print("bench hgc: no run succeeded", file=sys.stderr)
         return 1
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out)
     try:
         plot(rows, out.with_suffix(".png"))
         print(f"wrote {out.with_suffix('.png')}")

@@ -17,7 +17,6 @@ Results: ``benchmarks/schemes/schemes.csv`` and the per-run reports in
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import positive_int, positive_int_list, scheme_list
-from .network import REPO, _parse_rates, run_one
+from .network import REPO, _parse_rates, run_one, write_csv
 
 OUT_DIR = REPO / "benchmarks" / "schemes"
 # name -> None (built in) or (K, r, d) of topology.heterogeneous (H = 4)
@@ -146,10 +145,7 @@ def main(argv=None) -> int:
     if not rows:
         print("bench schemes: no run succeeded", file=sys.stderr)
         return 1
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out)
     print(markdown(rows))
     print(f"wrote {out}")
     return 0

@@ -76,9 +76,17 @@ class Job:
 # --- parts: the shared behaviour -----------------------------------------------------
 
 class Part:
-    """One rank's side of a scheme. ``net`` moves its buffers (see :mod:`hmtl_mpi.roles`)."""
+    """One rank's side of a scheme. ``net`` moves its buffers (see :mod:`hmtl_mpi.roles`).
+
+    A scheme with steps gives its parts one method per step. A barrier-free scheme
+    gives them ``iterate(it)`` instead; its server part keeps ``seconds`` (one dict
+    of phase times per iteration, from its own clock) and ``progress(it)`` (the
+    progress line's text), and its user parts ``compute_s`` (seconds of local work
+    per iteration).
+    """
 
     role = ""
+    compute_s: tuple = ()        # barrier-free user parts: local work per iteration
 
     def __init__(self, scheme: "Scheme", job: Job, net, index: int = 0):
         self.scheme, self.job, self.net, self.index = scheme, job, net, index
@@ -103,6 +111,9 @@ class Part:
     def results(self) -> dict:
         """Extra keys of the run's report that this rank measured (the server's)."""
         return {}
+
+    def start(self) -> None:
+        """Barrier-free schemes: called once every rank is ready, before iteration 0."""
 
 
 class UserPart(Part):
