@@ -189,11 +189,14 @@ class Control:
             return self._status.Get_source()
         return None
 
-    def poll(self) -> None:
-        """Answer status requests; on rank 0, raise :class:`RemoteFailure` on a report."""
+    def _answer_requests(self) -> None:
         while (source := self._probe(TAG_STATUS_REQUEST)) is not None:
             self.comm.Recv(self._ping, source=source, tag=TAG_STATUS_REQUEST)
             self._send(source, TAG_STATUS_REPLY, _encode(self.state.record()))
+
+    def poll(self) -> None:
+        """Answer status requests; on rank 0, raise :class:`RemoteFailure` on a report."""
+        self._answer_requests()
         if self.rank == 0 and (source := self._probe(TAG_REPORT)) is not None:
             raise RemoteFailure(self._recv_record(source, TAG_REPORT))
 
@@ -226,9 +229,7 @@ class Control:
             if self.rank == 0 and (source := self._probe(TAG_REPORT)) is not None:
                 reports.append(self._recv_record(source, TAG_REPORT))
                 busy = True
-            while (source := self._probe(TAG_STATUS_REQUEST)) is not None:   # answer others too
-                self.comm.Recv(self._ping, source=source, tag=TAG_STATUS_REQUEST)
-                self._send(source, TAG_STATUS_REPLY, _encode(self.state.record()))
+            self._answer_requests()                                         # answer others too
             if not busy:
                 time.sleep(0.002)
         return replies, reports

@@ -91,6 +91,14 @@ def _number(text: str, what: str) -> float:
     return value
 
 
+def _two_numbers(term: str, rest: str, kind: str, first: str, second: str) -> tuple:
+    """``A:B`` after ``kind:`` as two numbers >= 0, or a StraggleError naming the form."""
+    parts = rest.split(":")
+    if len(parts) != 2:
+        raise StraggleError(f"--straggle: {term!r}: expected {kind}:{first}:{second}")
+    return _number(parts[0], first), _number(parts[1], second)
+
+
 def parse(text: str) -> Straggle:
     """``--straggle`` as a :class:`Straggle` (raises StraggleError naming the bad part)."""
     text = str(text).strip()
@@ -100,21 +108,13 @@ def parse(text: str) -> Straggle:
     for term in text.split("+"):
         kind, _, rest = term.strip().partition(":")
         if kind == "shifted-exp":
-            parts = rest.split(":")
-            if len(parts) != 2:
-                raise StraggleError(f"--straggle: {term!r}: expected shifted-exp:SHIFT:RATE")
-            out.shift = _number(parts[0], "SHIFT")
-            out.rate = _number(parts[1], "RATE")
+            out.shift, out.rate = _two_numbers(term, rest, "shifted-exp", "SHIFT", "RATE")
             if out.rate == 0:
                 raise StraggleError("--straggle: RATE must be > 0 (use fixed: for constant delays)")
         elif kind == "bernoulli":
-            parts = rest.split(":")
-            if len(parts) != 2:
-                raise StraggleError(f"--straggle: {term!r}: expected bernoulli:PROB:SECONDS")
-            out.spike_prob = _number(parts[0], "PROB")
-            out.spike = _number(parts[1], "SECONDS")
+            out.spike_prob, out.spike = _two_numbers(term, rest, "bernoulli", "PROB", "SECONDS")
             if out.spike_prob > 1:
-                raise StraggleError(f"--straggle: PROB must be at most 1, got {parts[0]}")
+                raise StraggleError(f"--straggle: PROB must be at most 1, got {out.spike_prob:g}")
         elif kind == "fixed":
             if not rest:
                 raise StraggleError(f"--straggle: {term!r}: expected fixed:RANK=SECONDS[,...]")

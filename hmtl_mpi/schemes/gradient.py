@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from fractions import Fraction
 
 import numpy as np
 
 from .. import gradcode
-from ..straggle import Straggle
+from ..straggle import Straggle, parse
 from .base import Part, Scheme
 
 TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000     # + iteration mod TAG_SPAN
@@ -244,8 +245,6 @@ class GradientScheme(Scheme):
 
     @classmethod
     def from_buffer(cls, G, buf):
-        from ..straggle import parse
-
         v = np.asarray(buf, dtype=np.uint8).view(np.int64).tolist()
         P, s_e, s_w, seed, n = v[:5]
         pos, relays, users = 5, [], []
@@ -275,7 +274,6 @@ class GradientScheme(Scheme):
 
     @property
     def planned_loads(self):
-        from fractions import Fraction
         return Fraction(self.senders), Fraction(self.H)      # gradients up, models down
 
     def plan_dict(self):
