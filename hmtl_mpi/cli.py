@@ -72,8 +72,8 @@ schemes:
 {schemes}
 
 report (--report PATH, JSON): see README.md, "The report". Times are seconds of
-MPI.Wtime on the server between barriers; on one machine with more ranks than
-cores the ranks share CPUs and the links are memory copies.
+MPI.Wtime (see --sync for how phases are delimited); on one machine with more
+ranks than cores the ranks share CPUs.
 
 exit codes: 0 success; 1 a lossless check failed; 2 bad input (flags, topology,
 data, number of ranks); 3 an exception on a rank; 4 a rank stopped answering
@@ -200,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the server's broadcast reaches the relays: scatter from the server "
                         "then allgather among relays (one copy leaves the server; default), or "
                         "MPI_Bcast")
+    p.add_argument("--sync", choices=("iteration", "phase"), default="iteration",
+                   help="schemes with steps: 'iteration' (default) puts a barrier around each "
+                        "iteration only, steps run back to back and a phase is timed from the "
+                        "ranks' own clocks (latest end of its step minus latest end of the step "
+                        "before); 'phase' also puts a barrier between every two steps, so each "
+                        "phase is measured alone, as eq. 13 models it")
     p.add_argument("--timeout", type=positive_float, default=60.0,
                    help="seconds any rank waits for a message or barrier before the job ends, "
                         "naming the rank that stopped answering (default 60)")
@@ -215,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MOCHA: choose lambda by 5-fold cross-validation over the paper's grid "
                         "{1e-5, ..., 10} on rank 0 before training (slow; default off, lambda "
                         "1e-4)")
+    p.add_argument("--local-kernel", choices=("auto", "numpy", "numba"), default="auto",
+                   help="MOCHA: the local update's implementation, NumPy or numba-compiled "
+                        "(identical results); numba costs each user rank ~1.5 s to import and "
+                        "load, so 'auto' (default) takes it only when the run's local updates "
+                        "would take longer than that in NumPy")
     p.add_argument("--inner", type=positive_int, default=None,
                    help="MOCHA: refresh Sigma every INNER iterations")
     p.add_argument("--eval-every", type=positive_int, default=None,

@@ -109,6 +109,39 @@ class Task:
         return int(len(self.y_test))
 
 
+def pack_tasks(tasks: dict) -> np.ndarray:
+    """Tasks (user -> :class:`Task`) as one float64 buffer, to send a rank its share.
+
+    Layout: the number of tasks, then per task its user, n_train, n_test, d and the
+    four arrays (X_train, y_train, X_test, y_test) flattened. Exact (float64 values
+    are copied, not converted).
+    """
+    parts = [np.array([len(tasks)], dtype=np.float64)]
+    for k, t in tasks.items():
+        parts.append(np.array([k, t.n_train, t.n_test, t.dim], dtype=np.float64))
+        parts += [np.ravel(a).astype(np.float64, copy=False)
+                  for a in (t.X_train, t.y_train, t.X_test, t.y_test)]
+    return np.concatenate(parts)
+
+
+def unpack_tasks(buf: np.ndarray) -> dict:
+    """Inverse of :func:`pack_tasks`."""
+    buf = np.asarray(buf, dtype=np.float64)
+    out, pos = {}, 1
+    for _ in range(int(buf[0])):
+        k, n_tr, n_te, d = (int(x) for x in buf[pos: pos + 4])
+        pos += 4
+        arrays = []
+        for shape in ((n_tr, d), (n_tr,), (n_te, d), (n_te,)):
+            size = math.prod(shape)
+            arrays.append(buf[pos: pos + size].reshape(shape).copy())
+            pos += size
+        out[k] = Task(*arrays)
+    if pos != buf.size:
+        raise ValueError(f"task buffer of {buf.size} values holds {pos}")
+    return out
+
+
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class RankState:
         self.note = ""               # e.g. "at the barrier after it"
         self.waiting = ""
         self.cleanup = []            # callables rank 0 runs before it aborts (temporary files)
+        self.pages = {}              # rank 0: rank -> (host key, pid, page fd), see positions()
         self._publish()
 
     def set_roles(self, role_of) -> None:
@@ -133,6 +134,37 @@ class RankState:
         if self.iteration is None:
             return f"in the {self.scheme} run, {phase}"
         return f"in iteration {self.iteration} of the {self.scheme} run, {phase}"
+
+    def locator(self) -> np.ndarray:
+        """(host key, pid, page fd): what rank 0 needs to read this rank's page."""
+        from .supervisor import host_key
+
+        fd = self.page.fd if self.page is not None else -1
+        return np.array([host_key(), os.getpid(), fd], dtype=np.int64)
+
+    def positions(self, ranks) -> dict:
+        """Rank 0: where each of ``ranks`` says it is, from its own page, for those it
+        can read (same host: ranks started by one mpiexec on this machine)."""
+        from .supervisor import host_key, read_page_of
+
+        me, out = host_key(), {}
+        for r in ranks:
+            key, pid, fd = self.pages.get(r, (-1, 0, -1))
+            if key != me or key == -1:
+                continue
+            text = read_page_of(pid, fd)
+            if text and "\t" in text:
+                out[r] = text.partition("\t")[2]
+        return out
+
+    def where_iteration(self) -> str:
+        """Where the rank is, without the phase: the iteration and run (every rank is in
+        the same one, with barriers around iterations; their phases may differ)."""
+        if self.scheme is None:
+            return f"during {self.phase}"
+        if self.iteration is None:
+            return f"in the {self.scheme} run"
+        return f"in iteration {self.iteration} of the {self.scheme} run"
 
     def record(self) -> dict:
         return {"rank": self.rank, "who": self.who(), "where": self.where(), "waiting": self.waiting}
@@ -277,8 +309,10 @@ def _join(names) -> str:
 
 
 def compose(state: RankState, mine: dict | None, reports: list, silent: list,
-            replies: dict, timeout: float) -> tuple:
-    """Rank 0's one message and exit code from everything it knows."""
+            replies: dict, timeout: float, positions: dict | None = None) -> tuple:
+    """Rank 0's one message and exit code from everything it knows. ``positions``: where
+    silent ranks said they were (their own pages, :meth:`RankState.positions`); for the
+    others only their iteration is known."""
     failures = ([dict(mine, who=state.who(), where=state.where(), rank=0)] if mine else []) + reports
     exceptions = [f for f in failures if f.get("kind") == "exception"]
     if exceptions:
@@ -289,10 +323,18 @@ def compose(state: RankState, mine: dict | None, reports: list, silent: list,
             text += f"\n  (also failed: {_join(others)})"
         return text, EXIT_FAULT
     if silent:
+        positions = positions or {}
         it = "it" if len(silent) == 1 else "they"
-        text = (f"{_join(state.who(r) for r in silent)} stopped answering {state.where(note=False)}: the "
-                f"other ranks waited more than {timeout:g} s and {it} did not answer a status "
-                f"request")
+        places = {positions.get(r, state.where_iteration()) for r in silent}
+        if len(places) == 1:
+            where = places.pop()
+            names = _join(state.who(r) for r in silent)
+        else:
+            where = "respectively"
+            names = _join(f"{state.who(r)} {positions.get(r, state.where_iteration())}"
+                          for r in silent)
+        text = (f"{names} stopped answering {where}: the other ranks waited more than "
+                f"{timeout:g} s and {it} did not answer a status request")
         return text, EXIT_HANG
     interrupted = [f for f in failures if f.get("kind") == "interrupted"]
     if interrupted:
@@ -346,7 +388,8 @@ def end_job(exc: BaseException, state: RankState, control: Control | None, timeo
                 replies, late = control.status_of(others, grace)
                 reports += late
                 silent = [r for r in others if r not in replies]
-            text, code = compose(state, mine, reports, silent, replies, timeout)
+            text, code = compose(state, mine, reports, silent, replies, timeout,
+                                 state.positions(silent))
             _say(text)
             _abort(state, world, code)
         # another rank: tell rank 0, answer its questions, let it end the job

@@ -70,14 +70,25 @@ class SyntheticLearner:
         return {}
 
 
-def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, **options):
-    """Build the learner for ``--dataset`` (the same call on every rank)."""
+def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, tasks=None,
+                 **options):
+    """Build the learner for ``--dataset``.
+
+    ``tasks``: the MOCHA tasks this rank needs (a dict user -> task, see
+    :func:`hmtl_mpi.datasets.pack_tasks`) when rank 0 read the data and sent them;
+    None reads the data set here. ``dim`` is then the number of features.
+    Options: ``data_dir``, ``har_tasks``, ``lam``, ``inner``, ``kernel`` (the local
+    update's implementation, ``numpy`` or ``numba``).
+    """
     if dataset == "synthetic":
         return SyntheticLearner(K, dim if dim is not None else 1000, seed)
-    from .datasets import load_tasks
     from .mocha import MochaLearner
+
+    kwargs = {k: options[k] for k in ("lam", "inner", "kernel") if options.get(k) is not None}
+    if tasks is not None:
+        return MochaLearner(tasks, seed=seed, K=K, dim=dim, **kwargs)
+    from .datasets import load_tasks
 
     tasks = load_tasks(dataset, K, seed=seed, data_dir=options.get("data_dir"),
                        har_tasks=options.get("har_tasks", "sitting"))
-    kwargs = {k: options[k] for k in ("lam", "inner") if options.get(k) is not None}
     return MochaLearner(tasks, seed=seed, **kwargs)

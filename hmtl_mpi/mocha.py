@@ -95,7 +95,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from numba import njit
 
 __all__ = [
     "LAMBDA_GRID",
@@ -187,8 +186,8 @@ def sdca_local_update_reference(X, y, alpha, w, sigma_tt, rho, lam, n_steps, per
     return db, alpha
 
 
-@njit(cache=True)
-def _sdca_kernel(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):  # pragma: no cover - compiled
+def _sdca_steps(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):  # pragma: no cover - compiled
+    """The SDCA steps as numba compiles them (:func:`compiled_kernel`); updates alpha in place."""
     n, d = X.shape
     dw = np.zeros(d)
     db = np.zeros(d)
@@ -220,6 +219,21 @@ def _sdca_kernel(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):  # pragma: 
     return db
 
 
+_COMPILED = None
+KERNELS = ("numpy", "numba")
+
+
+def compiled_kernel():
+    """:func:`_sdca_steps` compiled by numba (imported here, on first use only: importing
+    numba costs a rank about a second of CPU, which only long runs win back; cached
+    on disk by numba, in ``__pycache__`` or its user-wide cache when that is read-only)."""
+    global _COMPILED
+    if _COMPILED is None:
+        from numba import njit
+        _COMPILED = njit(cache=True)(_sdca_steps)
+    return _COMPILED
+
+
 def sdca_local_update(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):
     """User t's local update, MOCHA.md "Users" (eq. 2), numba-compiled.
 
@@ -229,8 +243,28 @@ def sdca_local_update(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):
     v_t (float64, C-contiguous, shape (d,)). Deterministic given its inputs.
     """
     X, y, alpha, w, perm = _check_local_inputs(X, y, alpha, w, perm)
-    db = _sdca_kernel(X, y, alpha, w, float(sigma_tt), float(rho), float(lam), int(n_steps), perm)
+    db = compiled_kernel()(X, y, alpha, w, float(sigma_tt), float(rho), float(lam),
+                           int(n_steps), perm)
     return db, alpha
+
+
+LOCAL_UPDATE = {"numpy": sdca_local_update_reference, "numba": sdca_local_update}
+# Seconds one reference SDCA step takes, a + b d (bench mocha: 0.53 ms for 130 steps at
+# d = 64, 1.08 ms for 187 steps at d = 784), and what numba costs a rank before its
+# first step (import and a cached compile, BENCHMARKS.md): "auto" picks numba only for
+# runs whose reference local updates would take longer than that.
+REFERENCE_STEP_S = (4.0e-6, 2.3e-9)
+NUMBA_START_S = 1.5
+
+
+def choose_kernel(kernel: str, iterations: int, n_steps: int, dim: int) -> str:
+    """``numpy`` or ``numba`` for ``--local-kernel`` (``auto``: the faster for the whole run,
+    from :data:`REFERENCE_STEP_S` and :data:`NUMBA_START_S`). Both give identical bits."""
+    if kernel != "auto":
+        return kernel
+    a, b = REFERENCE_STEP_S
+    reference_s = iterations * n_steps * (a + b * dim)
+    return "numba" if reference_s > NUMBA_START_S else "numpy"
 
 
 # --------------------------------------------------------------------------
@@ -352,39 +386,58 @@ class MochaLearner:
     """
 
     def __init__(self, tasks, lam: float = DEFAULT_LAMBDA, inner: int = DEFAULT_INNER,
-                 frac: float = 0.5, seed: int = 0):
-        tasks = list(tasks)
-        if not tasks:
+                 frac: float = 0.5, seed: int = 0, kernel: str = "numpy", K: int | None = None,
+                 dim: int | None = None):
+        """``tasks``: all K tasks (a list), or the ones this rank needs as a dict user ->
+        task with ``K`` and ``dim`` given (a relay needs none, a user its own: the
+        runtime reads the data once, on rank 0, and sends each rank its share).
+        ``kernel``: the local update's implementation, ``numpy`` or ``numba``
+        (identical results)."""
+        if isinstance(tasks, dict):
+            if K is None or dim is None:
+                raise ValueError("MochaLearner with a dict of tasks needs K and dim")
+            held = {int(k): t for k, t in tasks.items()}
+        else:
+            held = dict(enumerate(tasks))
+            K = len(held)
+        if K < 1:
             raise ValueError("MochaLearner needs at least one task")
+        if kernel not in LOCAL_UPDATE:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         if not lam > 0:
             raise ValueError(f"lam must be > 0, got {lam}")
         if int(inner) < 1:
             raise ValueError(f"inner must be >= 1, got {inner}")
         if not frac > 0:
             raise ValueError(f"frac must be > 0, got {frac}")
-        self._data = [_task_arrays(t) for t in tasks]
-        dims = {X.shape[1] for X, _, _, _ in self._data} | {Xt.shape[1] for _, _, Xt, _ in self._data}
+        self._data = {k: _task_arrays(t) for k, t in held.items()}
+        dims = ({X.shape[1] for X, _, _, _ in self._data.values()}
+                | {Xt.shape[1] for _, _, Xt, _ in self._data.values()}
+                | ({int(dim)} if dim is not None else set()))
         if len(dims) != 1:
             raise ValueError(f"all tasks must have the same number of features, got {sorted(dims)}")
-        for k, (_, y_tr, _, y_te) in enumerate(self._data):
+        for k, (_, y_tr, _, y_te) in self._data.items():
             if not (np.all(np.abs(y_tr) == 1.0) and np.all(np.abs(y_te) == 1.0)):
                 raise ValueError(f"task {k}: labels must be in {{-1, +1}}")
         self.lam = float(lam)
         self.inner = int(inner)
         self.frac = float(frac)
         self.seed = int(seed)
-        self.K: int = len(tasks)
+        self.kernel = kernel
+        self._local_update = LOCAL_UPDATE[kernel]
+        self.K: int = int(K)
         self.dim: int = dims.pop()
         self.model_len: int = self.dim + 2
         self.extra_len: int = 2
         self.evaluates = True                  # test errors and SVM baselines are reported
-        self.n_steps = [int(math.floor(len(y_tr) * self.frac)) for _, y_tr, _, _ in self._data]
+        self.n_steps = {k: int(math.floor(len(y_tr) * self.frac))
+                        for k, (_, y_tr, _, _) in self._data.items()}
         # global state (meaningful on the rank running global_update)
         self.W = np.zeros((self.dim, self.K))
         self.Sigma = np.eye(self.K) / self.K
         self.rho = 1.0
         # local state, per user (meaningful on user k's rank)
-        self.alphas = [np.zeros(len(y_tr)) for _, y_tr, _, _ in self._data]
+        self.alphas = {k: np.zeros(len(y_tr)) for k, (_, y_tr, _, _) in self._data.items()}
         self._rngs: dict[int, np.random.Generator] = {}
         self._last_iteration: dict[int, int] = {}
         self._baselines: dict | None = None
@@ -416,8 +469,17 @@ class MochaLearner:
         out[:, self.dim + 1] = self.rho
         return out
 
+    def task(self, k):
+        """User k's data as a :class:`hmtl_mpi.datasets.Task`, if this learner holds it."""
+        from .datasets import Task
+
+        return Task(*self._data[self._check_k(k)])
+
     def warm_up(self) -> None:
-        """Compile (or load from numba's cache) the SDCA kernel outside any timed phase."""
+        """Compile (or load from numba's cache) the SDCA kernel outside any timed phase,
+        on the ranks that run local updates with ``kernel="numba"``."""
+        if self.kernel != "numba" or not self._data:
+            return
         X = np.ones((1, self.dim))
         sdca_local_update(X, np.ones(1), np.zeros(1), np.zeros(self.dim), 1.0, 1.0, self.lam, 1,
                           np.zeros(1, dtype=np.int64))
@@ -444,8 +506,8 @@ class MochaLearner:
         if rng is None:
             rng = self._rngs[k] = np.random.default_rng([self.seed, k])
         perm = rng.permutation(len(y))
-        db, alpha = sdca_local_update(X, y, self.alphas[k], model[: self.dim], model[self.dim],
-                                      model[self.dim + 1], self.lam, self.n_steps[k], perm)
+        db, alpha = self._local_update(X, y, self.alphas[k], model[: self.dim], model[self.dim],
+                                       model[self.dim + 1], self.lam, self.n_steps[k], perm)
         self.alphas[k] = alpha
         self._last_iteration[k] = iteration
         return np.ascontiguousarray(db, dtype=np.float64)
@@ -478,10 +540,12 @@ class MochaLearner:
 
     def objectives(self) -> tuple[float, float]:
         """(P(W), D(alpha)) for the in-process state (all users' alpha held here)."""
-        Xs = [d[0] for d in self._data]
-        ys = [d[1] for d in self._data]
+        data = [self._data[k] for k in range(self.K)]
+        Xs = [d[0] for d in data]
+        ys = [d[1] for d in data]
+        alphas = [self.alphas[k] for k in range(self.K)]
         return (primal_objective(self.W, Xs, ys, self.Sigma, self.lam),
-                dual_objective(self.alphas, Xs, ys, self.Sigma, self.lam))
+                dual_objective(alphas, Xs, ys, self.Sigma, self.lam))
 
     def baselines(self) -> dict:
         """Local (one linear SVM per task) and global (one SVM on all tasks) baselines.
@@ -493,7 +557,7 @@ class MochaLearner:
         mean over tasks of each task's 0/1 test error. Cached after the first call.
         """
         if self._baselines is None:
-            self._baselines = _svm_baselines(self._data)
+            self._baselines = cached_baselines([self._data[k] for k in range(self.K)])
         return dict(self._baselines)
 
 
@@ -546,6 +610,55 @@ def _cv_best(data, errors_fn, grid=LAMBDA_GRID, folds=5):
         for i, lam in enumerate(grid):
             scores[i] += np.mean(errors_fn(fold, lam))
     return float(grid[int(np.argmin(scores))])
+
+
+def baseline_cache_path(data) -> "Path | None":
+    """Where the baselines of these data are cached: ``$HMTL_CACHE`` or
+    ``$XDG_CACHE_HOME/hmtl_mpi`` (default ``~/.cache/hmtl_mpi``), one JSON file named by a
+    SHA-256 of the data, the lambda grid and scikit-learn's version; None when
+    ``HMTL_CACHE`` is empty (no cache)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import sklearn
+
+    root = os.environ.get("HMTL_CACHE")
+    if root == "":
+        return None
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hmtl_mpi"
+    h = hashlib.sha256(f"svm-baselines {LAMBDA_GRID} sklearn {sklearn.__version__}".encode())
+    for arrays in data:
+        for a in arrays:
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+            h.update(str(a.shape).encode())
+    return Path(root) / f"baselines-{h.hexdigest()[:32]}.json"
+
+
+def cached_baselines(data) -> dict:
+    """:func:`_svm_baselines`, computed once per data set and kept on disk (they take
+    seconds: 7 lambdas x 5 folds x (K + 1) SVM fits). An unreadable or unwritable cache
+    is ignored; the file is written atomically."""
+    import json
+    import os
+
+    path = baseline_cache_path(data)
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    result = _svm_baselines(data)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return result
 
 
 def _svm_baselines(data):

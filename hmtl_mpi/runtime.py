@@ -37,13 +37,61 @@ class SetupError(Exception):
     """A problem found before training; printed once, exit status 2."""
 
 
-def learner_for(args, K):
+def learner_for(args, K, tasks=None):
+    """This rank's learner; ``tasks`` the MOCHA tasks it holds (see :func:`share_tasks`),
+    None to read the data set here (rank 0, once, in the setup)."""
     if args.workload == "gd":
         from .gd import GradientLearner
         return GradientLearner(args.dataset, P=args.partitions or K, seed=args.seed)
     from .learners import make_learner
-    return make_learner(args.dataset, K, args.dim, seed=args.seed, data_dir=args.data_dir,
-                        har_tasks=args.har_tasks, lam=args.lam, inner=args.inner)
+    return make_learner(args.dataset, K, args.dim, seed=args.seed, tasks=tasks,
+                        data_dir=args.data_dir, har_tasks=args.har_tasks, lam=args.lam,
+                        inner=args.inner,
+                        kernel=None if args.local_kernel == "auto" else args.local_kernel)
+
+
+def reads_data(args) -> bool:
+    """Whether the job's learner has data that rank 0 reads and sends (MOCHA's tasks)."""
+    return args.workload == "mtl" and args.dataset != "synthetic"
+
+
+def tasks_of_rank(rank: int, G: np.ndarray, flat: bool) -> list:
+    """The users whose data a rank needs: a user its own, a worker of the flat layout
+    the tasks of its row of G, the server all of them (the SVM baselines), a relay none."""
+    from .schemes.base import role_of
+
+    H, K = G.shape
+    role, index = role_of(rank, H)
+    if role == "server":
+        return list(range(K))
+    if role == "user":
+        return [index]
+    return [int(k) for k in np.flatnonzero(G[index])] if flat else []
+
+
+def share_tasks(world, links, learner, G, flat) -> dict:
+    """Rank 0 read the data once (its ``learner`` holds every task); every other rank gets
+    only the tasks it needs (:func:`tasks_of_rank`), by one scatter. Returns user -> task."""
+    from mpi4py import MPI
+
+    from .datasets import pack_tasks, unpack_tasks
+
+    rank, size = world.Get_rank(), world.Get_size()
+    if rank == 0:
+        bufs = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat)})
+                for r in range(size)]
+        bufs[0] = np.zeros(1)                       # rank 0 keeps its learner's own
+        counts = np.array([b.size for b in bufs], dtype=np.int64)
+        send = [np.concatenate(bufs), [int(c) for c in counts], None, MPI.DOUBLE]
+    else:
+        counts, send = None, None
+    count = np.zeros(1, dtype=np.int64)
+    links.wait(world.Iscatter(counts, count, root=0), "the size of this rank's data")
+    mine = np.empty(int(count[0]))
+    links.wait(world.Iscatterv(send, mine, root=0), "this rank's data from rank 0")
+    if rank == 0:
+        return {k: learner.task(k) for k in tasks_of_rank(0, G, flat)}
+    return unpack_tasks(mine)
 
 
 def ranks_needed(H: int, K: int, flat: bool) -> int:
@@ -75,16 +123,18 @@ def setup_on_server(args, world_size):
             f"{world_size} were started. Run: mpirun -n {need} python -m hmtl_mpi "
             f"--topology {args.topology} ...")
     try:
-        learner = learner_for(args, K)           # fail here, once, on bad data
+        learner = learner_for(args, K)           # the data are read here, once, on rank 0
     except (ValueError, OSError) as exc:
         raise SetupError(f"dataset {args.dataset}: {exc}") from None
-    if args.cv:
-        from .datasets import load_tasks
-        from .mocha import cross_validate_lambda
-        tasks = load_tasks(args.dataset, K, seed=args.seed, data_dir=args.data_dir,
-                           har_tasks=args.har_tasks)
-        args.lam = cross_validate_lambda(tasks, seed=args.seed, inner=learner.inner)
-        print(f"hmtl_mpi: lambda = {args.lam:g} chosen by 5-fold cross-validation", flush=True)
+    if reads_data(args):
+        from .mocha import choose_kernel, cross_validate_lambda
+        if args.cv:
+            args.lam = cross_validate_lambda([learner.task(k) for k in range(K)],
+                                             seed=args.seed, inner=learner.inner)
+            print(f"hmtl_mpi: lambda = {args.lam:g} chosen by 5-fold cross-validation",
+                  flush=True)
+        args.local_kernel = choose_kernel(args.local_kernel, args.iterations,
+                                          max(learner.n_steps.values()), learner.dim)
     try:
         args.straggle.check_ranks(H, world_size)
     except ValueError as exc:
@@ -97,7 +147,7 @@ def setup_on_server(args, world_size):
                 straggle=args.straggle))
         except ValueError as exc:
             raise SetupError(f"--scheme {name}: {exc}") from None
-    return G, schemes
+    return G, schemes, learner
 
 
 def check_report_path(path, iterations) -> None:
@@ -134,8 +184,9 @@ def check_report_path(path, iterations) -> None:
 
 # --- one scheme ---------------------------------------------------------------------------
 
-def run_scheme(scheme, args, world, links, state, G, comms):
-    """Run ``args.iterations`` iterations of one scheme; rank 0 returns its report."""
+def run_scheme(scheme, args, world, links, state, G, comms, tasks):
+    """Run ``args.iterations`` iterations of one scheme; rank 0 returns its report.
+    ``tasks``: the MOCHA tasks this rank holds (None for learners without data)."""
     from . import checks
     from .report import run_report
     from .roles import make_net
@@ -145,12 +196,13 @@ def run_scheme(scheme, args, world, links, state, G, comms):
     H, K = G.shape
     flat = args.layout == "flat"
     state.step("building the learner", scheme=scheme.name, iteration=None)
-    learner = learner_for(args, K)
+    learner = learner_for(args, K, tasks)
     job = Job(G, learner, flat=flat)
     role, index = role_of(rank, H)
     me = scheme.part(role, job, make_net(rank, links, comms, G, args.downlink), index)
     state.step("warm-up (JIT compilation)")
     learner.warm_up()                  # JIT compilation stays out of every timed phase
+    me.warm_up()
     run = run_free if scheme.barrier_free else run_steps
     iterations = run(scheme, args, world, links, state, me, K, flat, 8 * learner.dim)
     state.step("final checks (model digests, test errors)", iteration=None)
@@ -165,8 +217,24 @@ def run_scheme(scheme, args, world, links, state, G, comms):
 
 
 def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
-    """The iterations of a scheme with steps: a barrier on all ranks around every step;
-    bytes and IV digests checked after each iteration. Rank 0 returns the records."""
+    """The iterations of a scheme with steps; bytes and IV digests checked after each.
+    Rank 0 returns the records.
+
+    ``--sync iteration`` (default): a barrier starts and ends every iteration, and the
+    steps in between run back to back, each rank going on as soon as its own part of
+    a step is done (a relay encodes while another still receives). Every rank stamps
+    the end of each of its steps (``MPI.Wtime`` since it left the start barrier); a
+    phase's time is the latest end of its step minus the latest end of the step
+    before, so the phases add up to the time the last rank finished, and a phase
+    hidden behind another one costs what it delayed the last rank. Stamps are
+    relative to each rank's own exit from the start barrier: clocks of different
+    hosts need not agree. The iteration's time is the longest any rank spent from
+    the start barrier to leaving the end barrier.
+
+    ``--sync phase``: a barrier also between every two steps, so that each phase is
+    measured alone (the paper's model, eq. 13, adds phases that do not overlap), at
+    the price of one barrier per phase.
+    """
     from mpi4py import MPI
 
     from . import checks
@@ -177,17 +245,15 @@ def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
     # the flat layout has no users: the steps that reach them do not run
     steps = [(key, step) for key, step in scheme.steps
              if not (flat and step in ("user_to_relay", "relay_to_user"))]
+    by_phase = args.sync == "phase"
     iterations = []
     for it in range(args.iterations):
         state.step("start of the iteration", iteration=it)
         links.reset_counters()
-        seconds = dict.fromkeys(PHASES, 0.0)
+        ends = np.zeros(len(steps) + 1)          # each step's end, then the iteration's
         links.barrier(world, "start of iteration")
         start = MPI.Wtime()
-        for key, step in steps:
-            state.step(f"phase {step}", note="at the barrier before it")
-            links.barrier(world, f"before {step}")
-            t0 = MPI.Wtime()
+        for n, (key, step) in enumerate(steps):
             state.step(f"phase {step}")
             if args.inject_fault and args.inject_fault[:2] == (rank, it) \
                     and step == "relay_to_server":
@@ -195,18 +261,27 @@ def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
             method = getattr(me, step, None)
             if method is not None:
                 method(it)
-            state.step(f"phase {step}", note="at the barrier after it")
-            links.barrier(world, f"after {step}")
-            seconds[key] += MPI.Wtime() - t0
-        seconds["total"] = MPI.Wtime() - start
-        state.step("checks (byte counts, IV digests)")
+            if by_phase:
+                state.step(f"phase {step}", note="at the barrier after it")
+                links.barrier(world, f"after {step}")
+            ends[n] = MPI.Wtime() - start
+        state.step("end of the iteration", note="at the barrier after its last phase")
+        links.barrier(world, "end of iteration")
+        ends[-1] = MPI.Wtime() - start
+        state.step("checks (byte counts, phase times, IV digests)")
         sent = np.array([links.sent[c] for c in LINK_CLASSES], dtype=np.int64)
-        total = np.zeros_like(sent)
-        links.wait(world.Ireduce(sent, total, op=MPI.SUM, root=0), "byte counters")
+        sums = np.zeros_like(sent)
+        latest = np.zeros_like(ends)
+        links.wait([world.Ireduce(sent, sums, op=MPI.SUM, root=0),
+                    world.Ireduce(ends, latest, op=MPI.MAX, root=0)], "byte counters and phase ends")
         ivs_ok = checks.check_ivs(world, links, me, K)
         if rank == 0:
+            seconds = dict.fromkeys(PHASES, 0.0)
+            for (key, _), took in zip(steps, np.diff(latest[:-1], prepend=0.0)):
+                seconds[key] += float(took)
+            seconds["total"] = float(latest[-1])
             record = {"iteration": it, "seconds": seconds,
-                      "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, total)},
+                      "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, sums)},
                       "ivs_bit_exact": ivs_ok}
             iterations.append(record)
             if not args.quiet:
@@ -352,15 +427,32 @@ def run_job(args, world, state, control) -> int:
     G = gbuf.reshape(int(shape[0]), int(shape[1]))
     H, K = G.shape
     state.set_roles(role_names(H, flat))
-    lam = np.array([args.lam if args.lam is not None else np.nan])
-    links.bcast(world, lam, 0, "lambda")        # --cv chose it on rank 0
-    args.lam = None if np.isnan(lam[0]) else float(lam[0])
+    where = np.zeros((world.Get_size(), 3), dtype=np.int64) if rank == 0 else None
+    links.wait(world.Igather(state.locator(), where, root=0), "where the ranks' state pages are")
+    if rank == 0:
+        state.pages = {r: tuple(int(x) for x in where[r]) for r in range(world.Get_size())}
+    # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
+    # knows the data's number of features
+    from .mocha import KERNELS
+    facts = np.array([np.nan, 0.0, 0.0])
+    if rank == 0:
+        learner = setup[2]
+        facts[:] = (args.lam if args.lam is not None else np.nan,
+                    KERNELS.index(args.local_kernel) if reads_data(args) else 0, learner.dim)
+    links.bcast(world, facts, 0, "lambda, kernel and data size")
+    args.lam = None if np.isnan(facts[0]) else float(facts[0])
+    args.local_kernel = KERNELS[int(facts[1])]
     schemes = []
     for b, name in enumerate(args.scheme):
         planned = setup[1][b] if rank == 0 else None
         buf = links.bcast_bytes(world, planned.to_buffer() if rank == 0 else None, 0,
                                 f"the {name} scheme's plan")
         schemes.append(planned if rank == 0 else get(name, args.workload).from_buffer(G, buf))
+    tasks = None
+    if reads_data(args):
+        state.step("setup (each rank receives its data)")
+        tasks = share_tasks(world, links, setup[2] if rank == 0 else None, G, flat)
+        args.dim = int(facts[2])
     links.barrier(world, "every rank before building the communicators")
     comms = make_comms(world, G, flat)
     if rank == 0:
@@ -376,11 +468,11 @@ def run_job(args, world, state, control) -> int:
     for scheme in schemes:
         state.step("start of the run", scheme=scheme.name, iteration=None)
         links.barrier(world, f"start of {scheme.name}")
-        reports.append(run_scheme(scheme, args, world, links, state, G, comms))
+        reports.append(run_scheme(scheme, args, world, links, state, G, comms, tasks))
     state.step("summary and report", scheme=None, iteration=None)
     if rank == 0 and "accuracy" in reports[0]:
         state.step("summary and report (SVM baselines)")
-        baselines = learner_for(args, K).baselines()
+        baselines = setup[2].baselines()
         for r in reports:
             r["accuracy"].update(baselines)
             r["accuracy"]["lambda"] = args.lam if args.lam is not None else "default"

@@ -30,10 +30,17 @@ PAGE_BYTES = 1024
 
 
 class StatePage:
-    """The rank's side: "who<TAB>where", overwritten at every step (no system call)."""
+    """The rank's side: "who<TAB>where", overwritten at every step (no system call).
 
-    def __init__(self, page: mmap.mmap):
+    The page is a memory file (``memfd``) when the system has them: another process of
+    the same user on the same host (rank 0) can then read it through
+    ``/proc/<pid>/fd/<fd>`` (:func:`read_page_of`), which is how rank 0 names the
+    phase of a rank that stopped answering.
+    """
+
+    def __init__(self, page: mmap.mmap, fd: int = -1):
         self._page = page
+        self.fd = fd
 
     def write(self, text: str) -> None:
         data = text.encode("utf-8", "replace")[: PAGE_BYTES - 1]
@@ -42,6 +49,32 @@ class StatePage:
     def read(self) -> str:
         raw = self._page[:PAGE_BYTES]
         return raw[: raw.find(b"\0") if b"\0" in raw else PAGE_BYTES].decode("utf-8", "replace")
+
+
+def read_page_of(pid: int, fd: int) -> str | None:
+    """The text of another process's :class:`StatePage` (its pid and page fd), or None
+    when it cannot be read (another host or PID namespace, no memfd, no permission)."""
+    if fd < 0:
+        return None
+    try:
+        with open(f"/proc/{int(pid)}/fd/{int(fd)}", "rb") as f:
+            raw = f.read(PAGE_BYTES)
+    except OSError:
+        return None
+    return raw[: raw.find(b"\0") if b"\0" in raw else len(raw)].decode("utf-8", "replace")
+
+
+def host_key() -> int:
+    """Equal for two processes that see the same /proc: the kernel's boot id and the
+    PID namespace (ranks in network namespaces share both, containers do not)."""
+    import zlib
+
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id", "rb").read().strip()
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return -1
+    return zlib.crc32(boot) * 2**31 + pidns % 2**31
 
 
 def launcher_rank() -> str:
@@ -90,8 +123,17 @@ def start() -> StatePage | None:
     """
     if os.environ.get("HMTL_NO_SUPERVISOR") or not hasattr(os, "fork"):
         return None
-    page = mmap.mmap(-1, PAGE_BYTES)
-    state = StatePage(page)
+    fd = -1
+    try:
+        fd = os.memfd_create("hmtl_mpi-state")       # readable by rank 0 (read_page_of)
+        os.ftruncate(fd, PAGE_BYTES)
+        page = mmap.mmap(fd, PAGE_BYTES)
+    except (AttributeError, OSError):
+        if fd >= 0:
+            os.close(fd)
+        fd = -1
+        page = mmap.mmap(-1, PAGE_BYTES)
+    state = StatePage(page, fd)
     state.write(f"rank {launcher_rank()}\tduring start-up")
     sys.stdout.flush()
     sys.stderr.flush()

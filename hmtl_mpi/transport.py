@@ -24,6 +24,19 @@ from mpi4py import MPI
 from .failures import PhaseTimeout
 from .report import LINK_CLASSES
 
+# Polling: between two tests a waiting rank sleeps a fraction of the time it has
+# already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
+# whose ranks are all there, a small message) is thus seen within tens of
+# microseconds, while a long one (a transfer on a shaped link) costs at most
+# 1/POLL_FRACTION of its time in extra latency and wakes its rank at most 1,000
+# times a second. Sleeping instead of spinning matters with many ranks per core
+# (NETWORK.md: Testall + a short sleep lifted the reached link rate from 82-90%
+# to 89-95% on shaped links); sleeping long on short waits made every barrier of
+# 16 ranks on 2 cores cost ~9 ms (a fixed backoff to 1 ms; BENCHMARKS.md).
+POLL_MIN = 1e-5
+POLL_MAX = 1e-3
+POLL_FRACTION = 64
+
 class Links:
     """One rank's view of the job: byte counters and the deadline of every wait.
 
@@ -53,21 +66,15 @@ class Links:
 
     # --- waiting -------------------------------------------------------------------
     def wait(self, requests, what: str, timeout: float | None = None) -> None:
-        """Wait for all requests with the deadline; polls with a growing sleep.
-
-        Sleeping instead of spinning matters with many ranks per core (NETWORK.md:
-        Testall + a short sleep lifted the reached link rate from 82-90% to 89-95%).
-        """
+        """Wait for all requests with the deadline, polling (see POLL_FRACTION)."""
         requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
         if not requests:
             return
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        pause = 2e-5
+        started = time.monotonic()
         self._waiting(what)
         while not MPI.Request.Testall(requests):
-            self._idle(pause, deadline, limit, what)
-            pause = min(pause * 2, 1e-3)
+            self._idle(started, limit, what)
         self._waiting("")
 
     def wait_first(self, requests: list, need: int, what: str, usable=None) -> list:
@@ -83,8 +90,7 @@ class Links:
         order: list = []
         if need <= 0:
             return order
-        deadline = time.monotonic() + self.timeout
-        pause = 2e-5
+        started = time.monotonic()
         statuses = [MPI.Status() for _ in requests]
         self._waiting(what)
         while True:
@@ -97,8 +103,7 @@ class Links:
                 if len(order) >= need:
                     break
                 continue
-            self._idle(pause, deadline, self.timeout, f"{what} ({len(order)} of {need} so far)")
-            pause = min(pause * 2, 1e-3)
+            self._idle(started, self.timeout, f"{what} ({len(order)} of {need} so far)")
         self._waiting("")
         return order
 
@@ -120,13 +125,15 @@ class Links:
         if self.state is not None:
             self.state.waiting = what
 
-    def _idle(self, pause: float, deadline: float, limit: float, what: str) -> None:
-        """One turn of a wait: answer the failure layer, check the deadline, sleep."""
+    def _idle(self, started: float, limit: float, what: str) -> None:
+        """One turn of a wait begun at ``started``: answer the failure layer, check the
+        deadline (``limit`` seconds after the start), sleep (see POLL_FRACTION)."""
         if self.control is not None:
             self.control.poll()
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        if waited > limit:
             raise PhaseTimeout(what, limit)
-        time.sleep(pause)
+        time.sleep(min(POLL_MAX, max(POLL_MIN, waited / POLL_FRACTION)))
 
     # --- point to point ------------------------------------------------------------
     def isend(self, comm, buf: np.ndarray, dest: int, tag: int, link: str):
@@ -145,8 +152,7 @@ class Links:
         """
         pending, got, requests = list(expected), {}, []
         status = MPI.Status()
-        deadline = time.monotonic() + self.timeout
-        pause = 2e-5
+        started = time.monotonic()
         self._waiting(what)
         while pending:
             matched = False
@@ -160,8 +166,7 @@ class Links:
                     matched = True
             if pending and not matched:
                 who = ", ".join(f"rank {s} tag {t}" for s, t in pending)
-                self._idle(pause, deadline, self.timeout, f"{what} ({who})")
-                pause = min(pause * 2, 1e-3)
+                self._idle(started, self.timeout, f"{what} ({who})")
         self.wait(requests, what)
         return got
 

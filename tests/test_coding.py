@@ -671,3 +671,44 @@ def test_bench_smoke(capsys):
     for key in ("memcpy_MBps", "encode_MBps", "combine_MBps", "decode_MBps", "joint_decode_MBps"):
         assert printed[key] > 0 and res[key] == printed[key]
     assert printed["decode_bit_exact"] is True
+
+
+# --- the two implementations of combine_mod_p --------------------------------------------
+
+@pytest.mark.parametrize("r,c,L", [(8, 10, 20_000), (1, 1, 5), (12, 20, 3_000), (3, 7, 9_999)])
+def test_compiled_and_numpy_combine_give_the_same_bits(r, c, L):
+    """Both implementations against Python integers, with escaped inputs and outputs."""
+    rng = np.random.default_rng([r, c, L])
+    coeffs = rng.integers(1, P, size=(r, c))
+    coeffs[0, 0] = P - 1                       # -1: a zero input column then gives 65536 ...
+    rows = rng.integers(0, 65536, size=(c, L)).astype(np.uint16)
+    rows[:, 0] = 0
+    rows[0, 0] = 1                             # ... here, in output row 0: an output escape
+    pos = np.unique(rng.integers(0, c * L, 1 + L // 50))
+    pos = pos[pos % L != 0]
+    er, ec = pos // L, pos % L
+    rows[er, ec] = 0                           # escaped inputs are 0 in the payload
+    exact = rows.astype(object)
+    exact[er, ec] = 65536
+    want = (coeffs.astype(object) @ exact) % P
+    results = []
+    for compiled in (False, True):
+        out = np.empty((r, L), dtype=np.uint16)
+        found = coding._combine(coeffs, rows, out, (er, ec), compiled)
+        full = out.astype(np.int64)
+        full.reshape(-1)[found.astype(np.int64)] = 65536
+        assert np.array_equal(full, want.astype(np.int64))
+        assert 0 in found
+        results.append((out, np.sort(found)))
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.array_equal(results[0][1], results[1][1])
+
+
+def test_large_messages_use_the_compiled_kernel_and_stay_exact():
+    """An exchange whose combinations exceed NUMBA_MIN_SYMBOLS decodes bit for bit."""
+    G = paper_fig2()
+    code = build_code(G, Coded.layouts(make_plan(G)))
+    dim = coding.NUMBA_MIN_SYMBOLS // 2        # each relay's input is several IVs: compiled
+    out = verify_exchange(code, dim, seed=3)
+    assert out["bit_exact"]
+    assert coding._compiled is not None

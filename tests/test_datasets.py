@@ -201,3 +201,19 @@ def test_har_unreadable_file_is_named(har_dir, tmp_path):
     f.mkdir()                                   # a directory where a file should be
     with pytest.raises(DatasetError, match="X_train.txt"):
         load_tasks("har", 2, data_dir=d)
+
+
+def test_pack_and_unpack_tasks_round_trip_exactly():
+    from hmtl_mpi.datasets import pack_tasks, unpack_tasks
+
+    tasks = load_tasks("digits", 3, seed=0)
+    share = {0: tasks[0], 2: tasks[2]}
+    back = unpack_tasks(pack_tasks(share))
+    assert sorted(back) == [0, 2]
+    for k, t in share.items():
+        for name in ("X_train", "y_train", "X_test", "y_test"):
+            assert getattr(back[k], name).tobytes() == getattr(t, name).tobytes()
+            assert getattr(back[k], name).shape == getattr(t, name).shape
+    assert unpack_tasks(pack_tasks({})) == {}
+    with pytest.raises(ValueError, match="holds"):
+        unpack_tasks(np.concatenate([pack_tasks(share), [1.0]]))

@@ -105,12 +105,55 @@ def test_compose_exception_wins_and_others_are_listed(server):
 
 
 def test_compose_names_the_silent_rank(server):
-    mine = classify(PhaseTimeout("after relay_to_server (barrier)", 5))
-    text, code = compose(server, mine, [], [4], {1: {}, 2: {}, 3: {}}, 5)
+    """Its phase comes from its own page (positions); without it, only the iteration,
+    which every rank shares (rank 0's own phase may be another one)."""
+    mine = classify(PhaseTimeout("end of iteration (barrier)", 5))
+    text, code = compose(server, mine, [], [4], {1: {}, 2: {}, 3: {}}, 5,
+                         {4: "in iteration 1 of the coded run, phase decode"})
     assert code == EXIT_HANG
     assert text == ("rank 4 (user 2) stopped answering in iteration 1 of the coded run, phase "
-                    "relay_to_server: the other ranks waited more than 5 s and it did not answer "
+                    "decode: the other ranks waited more than 5 s and it did not answer "
                     "a status request")
+    text, _ = compose(server, mine, [], [4, 5], {1: {}, 2: {}, 3: {}}, 5,
+                      {4: "in iteration 1 of the coded run, phase decode"})
+    assert text.startswith("rank 4 (user 2) in iteration 1 of the coded run, phase decode, "
+                           "rank 5 (user 3) in iteration 1 of the coded run stopped answering "
+                           "respectively:")
+    text, _ = compose(server, mine, [], [4], {}, 5)
+    assert text.startswith("rank 4 (user 2) stopped answering in iteration 1 of the coded run:")
+
+
+def test_rank_0_reads_another_ranks_page_on_this_host():
+    """The silent rank's own page, through /proc/<pid>/fd/<fd> (a memfd)."""
+    import os
+
+    from hmtl_mpi.supervisor import read_page_of, start
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # a stand-in rank with a supervisor page
+        os.environ.pop("HMTL_NO_SUPERVISOR", None)
+        os.close(r)
+        try:
+            page = start()                    # forks again: this process becomes the watcher
+            page.write("rank 9 (user 4)\tin iteration 2 of the uncoded run, phase relay_to_server")
+            os.write(w, f"{os.getpid()} {page.fd}\n".encode())
+            import time
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(w)
+    line = os.read(r, 100).decode().split()
+    os.close(r)
+    rank_pid, fd = int(line[0]), int(line[1])
+    try:
+        assert fd >= 0
+        assert read_page_of(rank_pid, fd) == ("rank 9 (user 4)\tin iteration 2 of the uncoded "
+                                              "run, phase relay_to_server")
+        assert read_page_of(rank_pid, 999) is None
+    finally:
+        os.kill(rank_pid, 9)
+        os.waitpid(pid, 0)
 
 
 def test_compose_timeout_with_every_rank_answering(server):

@@ -288,3 +288,47 @@ def test_cross_validation_returns_grid_member():
     best = cross_validate_lambda(tasks, grid=grid, folds=3, iterations=8)
     assert best in grid and scores[best] == min(scores.values())
     assert set(LAMBDA_GRID) == {1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0}
+
+
+def test_numpy_and_numba_learners_give_identical_ivs():
+    """--local-kernel numpy and numba are one computation: the same IVs, bit for bit."""
+    tasks = load_tasks("digits", 4, seed=1)
+    a = MochaLearner(tasks, kernel="numpy")
+    b = MochaLearner(tasks, kernel="numba")
+    b.warm_up()
+    models = [a.initial_model(k) for k in range(4)]
+    for it in range(3):
+        ivs_a = np.stack([a.local_update(k, it, models[k]) for k in range(4)])
+        ivs_b = np.stack([b.local_update(k, it, models[k]) for k in range(4)])
+        assert ivs_a.tobytes() == ivs_b.tobytes()
+        models = a.global_update(it, ivs_a)
+        assert models.tobytes() == b.global_update(it, ivs_b).tobytes()
+
+
+def test_a_learner_holding_only_its_share_computes_the_same():
+    """A user holding only its task (the runtime sends each rank its share) and a relay
+    holding none agree with a learner holding every task."""
+    tasks = load_tasks("digits", 3, seed=2)
+    full = MochaLearner(tasks)
+    user = MochaLearner({1: tasks[1]}, K=3, dim=tasks[0].dim)
+    relay = MochaLearner({}, K=3, dim=tasks[0].dim)
+    m = full.initial_model(1)
+    assert full.local_update(1, 0, m).tobytes() == user.local_update(1, 0, m).tobytes()
+    ivs = np.stack([full.local_update(k, 0, full.initial_model(k)) if k != 1 else
+                    full.local_update(1, 1, m) for k in range(3)])
+    assert full.global_update(0, ivs).tobytes() == relay.global_update(0, ivs).tobytes()
+    with pytest.raises(KeyError):
+        relay.local_update(0, 0, m)
+    with pytest.raises(ValueError, match="needs K and dim"):
+        MochaLearner({0: tasks[0]})
+    with pytest.raises(ValueError, match="kernel"):
+        MochaLearner(tasks, kernel="fortran")
+
+
+def test_auto_kernel_takes_numba_only_for_long_runs():
+    from hmtl_mpi.mocha import choose_kernel
+
+    assert choose_kernel("auto", 30, 130, 64) == "numpy"          # the default job
+    assert choose_kernel("auto", 100_000, 187, 784) == "numba"
+    assert choose_kernel("numba", 1, 1, 1) == "numba"
+    assert choose_kernel("numpy", 10**9, 10**3, 10**3) == "numpy"

@@ -217,3 +217,36 @@ def test_flat_layout_wrong_rank_count_and_joint_limit(tmp_path):
     assert proc.returncode == 2
     assert "--scheme joint: H = 17 relays is more than the joint planner's limit of 16" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_phase_barriers_and_numba_kernel_change_no_bit(tmp_path):
+    """--sync phase (a barrier between phases) with numba's local update against the
+    default (barriers around iterations only, NumPy local update): same models, and
+    in both the phases add up to at most the iteration's time."""
+    digests = []
+    for extra in ((), ("--sync", "phase", "--local-kernel", "numba")):
+        path = tmp_path / f"r{len(digests)}.json"
+        proc, _ = run_job(16, "--iterations", "4", "--quiet", "--report", str(path), *extra,
+                          timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(path.read_text())
+        assert report["model_digests_equal"] is True
+        for run in report["runs"].values():
+            for it in run["iterations"]:
+                s = it["seconds"]
+                phases = sum(v for k, v in s.items() if k != "total")
+                assert 0 < phases <= s["total"] + 1e-9
+                assert all(v >= 0 for v in s.values())
+        digests.append(report["runs"]["coded"]["model_digest"])
+    assert digests[0] == digests[1]
+
+
+def test_each_rank_holds_only_the_data_it_needs():
+    from hmtl_mpi.runtime import tasks_of_rank
+
+    G = load_topology("paper-fig2")
+    H, K = G.shape
+    assert tasks_of_rank(0, G, False) == list(range(K))            # server: baselines
+    assert all(tasks_of_rank(1 + i, G, False) == [] for i in range(H))
+    assert [tasks_of_rank(1 + H + k, G, False) for k in range(K)] == [[k] for k in range(K)]
+    assert tasks_of_rank(2, G, True) == list(np.flatnonzero(G[1]))  # a flat worker: its row
