@@ -196,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"global iterations per scheme (default {DEFAULT_ITERATIONS})")
     p.add_argument("--seed", type=seed_value, default=0,
                    help="seed of data, learner and code, 0 .. 2**32-1 (default 0)")
-    p.add_argument("--downlink", choices=("scatter-allgather", "bcast"), default="scatter-allgather",
+    p.add_argument("--downlink", choices=("auto", "scatter-allgather", "bcast"), default="auto",
                    help="how the server's broadcast reaches the relays: scatter from the server "
-                        "then allgather among relays (one copy leaves the server; default), or "
-                        "MPI_Bcast")
+                        "then allgather among relays (one copy leaves the server), MPI_Bcast "
+                        "(one collective, fewest rounds), or auto (default): MPI_Bcast below "
+                        "64 KiB, scatter-allgather above")
     p.add_argument("--sync", choices=("iteration", "phase"), default="iteration",
                    help="schemes with steps: 'iteration' (default) puts a barrier around each "
                         "iteration only, steps run back to back and a phase is timed from the "

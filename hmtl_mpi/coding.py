@@ -647,6 +647,54 @@ def downlink_shape(code: Code, b: int, dim: int) -> tuple:
     return (blk.R, unit_symbols(dim, blk.F))
 
 
+# The broadcast on the wire, every block at once, in a first buffer of a size every relay
+# knows in advance (so that it is one collective with no length sent before it): per
+# block its number of escaped symbols (uint64), then every block's R x u payload. The
+# escape positions (uint32) follow in a second broadcast only when some count is not
+# zero (a coded symbol is 65536 with probability 1/p). Same bytes as payloads + escapes
+# + an 8-byte length per block.
+
+def downlink_size(code: Code, dim: int) -> int:
+    """Bytes of the broadcast's first buffer."""
+    return 8 * len(code.blocks) + 2 * sum(math.prod(downlink_shape(code, b, dim))
+                                          for b in range(len(code.blocks)))
+
+
+def downlink_wire(code: Code, packed: list, dim: int) -> tuple:
+    """The blocks' packed broadcasts (:func:`server_combine`) as (first, escapes) uint8
+    buffers; ``escapes`` is empty when no symbol was escaped."""
+    counts, payloads, escapes = [], [], []
+    for b, buf in enumerate(packed):
+        L = math.prod(downlink_shape(code, b, dim))
+        payloads.append(buf[:L])
+        escapes.append(buf[L:])
+        counts.append((buf.size - L) // 2)
+    first = np.concatenate([np.array(counts, dtype=np.uint64).view(np.uint8)]
+                           + [x.view(np.uint8) for x in payloads])
+    return first, np.concatenate([x.view(np.uint8) for x in escapes] or [np.zeros(0, np.uint8)])
+
+
+def downlink_escape_bytes(code: Code, first: np.ndarray) -> int:
+    """Bytes of the second buffer, from the counts at the head of the first."""
+    counts = np.asarray(first[: 8 * len(code.blocks)]).view(np.uint64)
+    return 4 * int(counts.sum())
+
+
+def downlink_unwire(code: Code, first: np.ndarray, escapes: np.ndarray, dim: int) -> list:
+    """Inverse of :func:`downlink_wire`: the blocks' packed broadcasts (uint16)."""
+    nb = len(code.blocks)
+    counts = np.asarray(first[: 8 * nb]).view(np.uint64)
+    pos, epos, out = 8 * nb, 0, []
+    for b in range(nb):
+        L = math.prod(downlink_shape(code, b, dim))
+        payload = first[pos: pos + 2 * L].view(np.uint16)
+        esc = escapes[epos: epos + 4 * int(counts[b])].view(np.uint16)
+        out.append(np.concatenate([payload, esc]) if esc.size else payload)
+        pos += 2 * L
+        epos += 4 * int(counts[b])
+    return out
+
+
 def relay_decode(code: Code, i: int, ivs: dict, downlinks: list, dim: int) -> dict:
     """Relay i recovers every IV of every block from its own IVs and the broadcasts.
 

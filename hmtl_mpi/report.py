@@ -87,6 +87,31 @@ def overhead_notes(reports) -> list:
     return notes
 
 
+def prediction_lines(reports) -> list:
+    """Predicted (before the run, :mod:`hmtl_mpi.predict`) against measured, per scheme."""
+    timed = [r for r in reports if "predicted_seconds" in r]
+    if not timed:
+        return []
+    lines = ["", "Predicted before the run vs measured, ms per iteration (prediction: eq. 13 + "
+                 "latency with the measured links and coding speed; learning not included):"]
+    lines.append(f"  {'scheme':10}{'relay<->server':>22}{'coding':>20}{'total':>20}")
+    for r in timed:
+        p, m = r["predicted_seconds"], r["median_seconds"]
+        pairs = [(p["relay_to_server"] + p["server_to_relay"],
+                  m["relay_to_server"] + m["server_to_relay"]),
+                 (p["encode"] + p["decode"], m["encode"] + m["decode"]),
+                 (p["total"], m["total"])]
+        lines.append(f"  {r['scheme']:10}" + "".join(
+            f"{1e3 * a:>10.2f} / {1e3 * b:<9.2f}" for a, b in pairs))
+    base = timed[0]
+    for r in timed[1:]:
+        pred = 100 * (1 - r["predicted_seconds"]["total"] / base["predicted_seconds"]["total"])
+        meas = 100 * (1 - r["median_seconds"]["total"] / base["median_seconds"]["total"])
+        lines.append(f"  {r['scheme']} against {base['scheme']}: predicted {pred:+.0f}% time "
+                     f"saved, measured {meas:+.0f}% (the measured total includes the learning)")
+    return lines
+
+
 def summary(reports, oversubscribed: bool) -> str:
     """Loads, median phase times and checks of every run, side by side."""
     names = [r["scheme"] for r in reports]
@@ -111,6 +136,7 @@ def summary(reports, oversubscribed: bool) -> str:
         lines.append(f"  {p:18}" + "".join(f"{v:>{w}.6f}" for v in vals)
                      + "".join(f"{v / vals[0]:>{rw}.3f}" if vals[0] > 0 else f"{'':>{rw}}"
                                for v in vals[1:]))
+    lines += prediction_lines(reports)
     lines.append("")
     for r in reports:
         acc = r.get("accuracy")

@@ -13,12 +13,15 @@ Rank layout: world rank 0 is the server, ranks 1..H the relays (relay i is rank
 layout has no user ranks. Home relay: a user linked to several relays gets its
 model from exactly one, its lowest-numbered relay.
 
-The broadcast (``downlink``): by default the server scatters its buffer in H
-pieces to the relays and the relays allgather them among themselves, so one copy
-leaves the server (MPICH's own ``MPI_Bcast`` for long messages sends about two);
-``bcast`` uses ``MPI_Bcast``. Either way a header of int64 byte lengths, one per
-part, goes first by ``MPI_Bcast``; the broadcast is counted once in
-``server_to_relay`` and the relays' allgather in ``relay_to_relay``.
+The broadcast (``downlink``): one buffer whose size every relay knows in advance.
+``scatter-allgather``: the server scatters it in H pieces to the relays and the
+relays allgather them among themselves, so one copy leaves the server (MPICH's
+own ``MPI_Bcast`` for long messages sends about two); ``bcast``: ``MPI_Bcast``,
+one collective call (a binomial tree for short messages: fewest rounds, a few
+copies out of the server); ``auto`` (default): ``bcast`` below
+:data:`BCAST_MAX_BYTES`, where rounds cost more than bytes, scatter-allgather
+above. Either way the broadcast is counted once in ``server_to_relay`` and the
+relays' allgather in ``relay_to_relay``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import numpy as np
 from mpi4py import MPI
 
 from .schemes.base import TAG_IV, TAG_MODEL, role_of
+
+BCAST_MAX_BYTES = 64 * 1024     # --downlink auto: MPI_Bcast below, scatter-allgather above
 
 
 def make_comms(world, G, flat: bool = False) -> dict:
@@ -61,7 +66,7 @@ def scatter_layout(total: int, H: int):
 class Net:
     """What every role's links share: the job's links, communicators and topology."""
 
-    def __init__(self, links, comms, G, downlink="scatter-allgather"):
+    def __init__(self, links, comms, G, downlink="auto"):
         self.links = links
         self.G = G
         self.H, self.K = G.shape
@@ -91,6 +96,12 @@ class Net:
                           if r != MPI.REQUEST_NULL]
         return [(i, bufs[i]) for i in order[:need]]
 
+    def broadcast_method(self, nbytes: int) -> str:
+        """How a broadcast of ``nbytes`` travels (``--downlink``; see the module doc)."""
+        if self.downlink == "auto":
+            return "bcast" if nbytes < BCAST_MAX_BYTES else "scatter-allgather"
+        return self.downlink
+
     def _arrived(self, comm, source: int, tag: int) -> bool:
         return comm.Iprobe(source=source, tag=tag)
 
@@ -103,7 +114,7 @@ class Net:
 class UserNet(Net):
     """User k's links: to each of its relays in ``group[i]``, where the relay is rank 0."""
 
-    def __init__(self, links, comms, G, k, downlink="scatter-allgather"):
+    def __init__(self, links, comms, G, k, downlink="auto"):
         super().__init__(links, comms, G, downlink)
         self.k = k
         self.home = int(np.argmax(G[:, k] != 0))
@@ -134,7 +145,7 @@ class UserNet(Net):
 class RelayNet(Net):
     """Relay i's links: its users in ``group[i]``, the server in ``uplink``."""
 
-    def __init__(self, links, comms, G, i, downlink="scatter-allgather"):
+    def __init__(self, links, comms, G, i, downlink="auto"):
         super().__init__(links, comms, G, downlink)
         self.i = i
         self.users = np.flatnonzero(G[i])
@@ -181,23 +192,20 @@ class RelayNet(Net):
         for k in users:
             self._isend(self.comm, buf, self._group_rank(k), tag, "relay_to_user")
 
-    def recv_broadcast(self, nparts: int) -> list:
-        """The server's broadcast: ``nparts`` uint8 buffers (see the module doc)."""
+    def recv_broadcast(self, nbytes: int) -> np.ndarray:
+        """The server's broadcast of ``nbytes`` bytes (see the module doc), as uint8."""
         links = self.links
-        header = np.empty(nparts, dtype=np.int64)
-        links.bcast(self.uplink, header, 0, "broadcast header from the server")
-        buf = np.empty(int(header.sum()), dtype=np.uint8)
-        if self.downlink == "bcast":
+        buf = np.empty(nbytes, dtype=np.uint8)
+        if self.broadcast_method(nbytes) == "bcast":
             links.bcast(self.uplink, buf, 0, "broadcast from the server")
-        else:
-            counts, displs = scatter_layout(buf.size, self.H)
-            mine = np.empty(counts[self.i], dtype=np.uint8)
-            links.wait(self.uplink.Iscatterv(None, mine, root=0), "broadcast scatter from the server")
-            links.count("relay_to_relay", mine.nbytes * (self.H - 1))
-            links.wait(self.relays.Iallgatherv(mine, [buf, counts, displs, MPI.BYTE]),
-                       "broadcast allgather among the relays")
-        ends = np.cumsum(header)
-        return [buf[e - n: e] for n, e in zip(header, ends)]
+            return buf
+        counts, displs = scatter_layout(buf.size, self.H)
+        mine = np.empty(counts[self.i], dtype=np.uint8)
+        links.wait(self.uplink.Iscatterv(None, mine, root=0), "broadcast scatter from the server")
+        links.count("relay_to_relay", mine.nbytes * (self.H - 1))
+        links.wait(self.relays.Iallgatherv(mine, [buf, counts, displs, MPI.BYTE]),
+                   "broadcast allgather among the relays")
+        return buf
 
 
 class ServerNet(Net):
@@ -236,15 +244,12 @@ class ServerNet(Net):
                 for i, b in keep.items()]
         self.links.wait(reqs, "model sends to the relays")
 
-    def broadcast(self, parts: list) -> None:
-        """One broadcast of ``parts`` (any dtypes) to every relay, counted once."""
+    def broadcast(self, buf: np.ndarray) -> None:
+        """One broadcast of ``buf`` (any dtype; its size known to every relay), counted once."""
         links = self.links
-        raw = [np.ascontiguousarray(p).reshape(-1).view(np.uint8) for p in parts]
-        header = np.array([r.size for r in raw], dtype=np.int64)
-        buf = np.concatenate(raw) if raw else np.zeros(0, np.uint8)
-        links.count("server_to_relay", header.nbytes + buf.nbytes)
-        links.bcast(self.uplink, header, 0, "broadcast header")
-        if self.downlink == "bcast":
+        buf = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+        links.count("server_to_relay", buf.nbytes)
+        if self.broadcast_method(buf.nbytes) == "bcast":
             links.bcast(self.uplink, buf, 0, "broadcast")
             return
         counts, displs = scatter_layout(buf.size, self.H)
@@ -252,7 +257,7 @@ class ServerNet(Net):
                                          MPI.IN_PLACE, root=0), "broadcast scatter")
 
 
-def make_net(rank: int, links, comms, G, downlink="scatter-allgather"):
+def make_net(rank: int, links, comms, G, downlink="auto"):
     """This rank's links, by its role."""
     role, index = role_of(rank, G.shape[0])
     if role == "server":

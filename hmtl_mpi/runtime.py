@@ -150,6 +150,42 @@ def setup_on_server(args, world_size):
     return G, schemes, learner
 
 
+def predict_times(args, world, links, comms, G, flat, schemes, dim):
+    """Measure the links and the coding kernel, and print on rank 0 what each scheme with
+    steps should take per iteration (:mod:`hmtl_mpi.predict`). Returns, on rank 0, the
+    report keys per scheme; None elsewhere or when no scheme has steps."""
+    from .predict import phase_seconds, verdict
+    from .probe import coding_speed, measure_links
+
+    timed = [s for s in schemes if not s.barrier_free]
+    if not timed:
+        return None
+    rates = measure_links(world, links, comms, G, flat, 8 * dim)
+    if world.Get_rank() != 0:
+        return None
+    speed = coding_speed(dim)
+    runs = {}
+    for s in timed:
+        runs[s.name] = {"predicted_seconds": phase_seconds(s.link_loads(), 8 * dim, rates,
+                                                         s.coding_work(dim), speed)}
+    probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
+             "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
+             "coding_bytes_per_s": speed}
+    for r in runs.values():
+        r["probe"] = probe
+    def rate(b):
+        if b == float("inf"):
+            return "none"
+        return f"{8 * b / 1e9:.1f} Gbit/s" if b >= 1.25e8 else f"{8 * b / 1e6:.1f} Mbit/s"
+    print(f"hmtl_mpi: measured links W1 {rate(rates['w1'][1])} + "
+          f"{1e6 * rates['w1'][0]:.0f} us, W2 {rate(rates['w2'][1])} + "
+          f"{1e6 * rates['w2'][0]:.0f} us per round; coding {speed / 1e6:.0f} MB/s.\n"
+          f"hmtl_mpi: predicted per iteration (eq. 13 + latency; learning not included): "
+          + "; ".join(verdict({n: r["predicted_seconds"] for n, r in runs.items()},
+                              timed[0].name)), flush=True)
+    return {"runs": runs}
+
+
 def check_report_path(path, iterations) -> None:
     """Before any work: the report can be written there (raises SetupError).
 
@@ -464,12 +500,16 @@ def run_job(args, world, state, control) -> int:
               f"{' (oversubscribed)' if oversubscribed else ''}; topology {args.topology}"
               f"{' (flat layout, ' + str(K) + ' tasks)' if flat else ''}; dataset {args.dataset}; "
               f"setup {setup_seconds:.2f} s; planned loads {loads}", flush=True)
+    predicted = predict_times(args, world, links, comms, G, flat, schemes, int(facts[2]))
     reports = []
     for scheme in schemes:
         state.step("start of the run", scheme=scheme.name, iteration=None)
         links.barrier(world, f"start of {scheme.name}")
         reports.append(run_scheme(scheme, args, world, links, state, G, comms, tasks))
     state.step("summary and report", scheme=None, iteration=None)
+    if rank == 0 and predicted:
+        for r in reports:
+            r.update(predicted["runs"].get(r["scheme"], {}))
     if rank == 0 and "accuracy" in reports[0]:
         state.step("summary and report (SVM baselines)")
         baselines = setup[2].baselines()

@@ -174,7 +174,7 @@ def test_three_schemes_move_their_planned_bytes_and_end_identical(tmp_path):
         assert down <= run["measured_loads"]["downlink"] <= down * 1.01
         assert run["ivs_bit_exact"] and run["models_delivered_intact"]
     assert len({r["model_digest"] for r in runs.values()}) == 1
-    assert runs["joint"]["code_attempts"] >= 1 and runs["joint"]["downlink_method"] == "scatter-allgather"
+    assert runs["joint"]["code_attempts"] >= 1 and runs["joint"]["downlink_method"] == "auto"
     assert "joint/uncoded" in proc.stdout
     assert "final models bit-identical across uncoded, coded, joint: True" in proc.stdout
 
@@ -197,10 +197,10 @@ def test_flat_layout_matches_the_hierarchical_one(tmp_path):
     for it in fj["iterations"]:          # no users: nothing on the user links
         assert it["bytes"]["user_to_relay"] == 0 and it["bytes"]["relay_to_user"] == 0
         assert it["bytes"]["relay_to_server"] == 2 * 512         # digits: 512-byte IVs
-    # uncoded in the flat layout broadcasts the K models: one header, K IVs, Sigma/rho sometimes
+    # uncoded in the flat layout broadcasts the K models: K IVs, Sigma/rho after a refresh
     fu = f["runs"]["uncoded"]
-    assert fu["downlink_method"] == "scatter-allgather"
-    assert all(it["bytes"]["server_to_relay"] >= 4 * 512 for it in fu["iterations"])
+    assert fu["downlink_method"] == "auto"
+    assert all(it["bytes"]["server_to_relay"] in (4 * 512, 4 * 528) for it in fu["iterations"])
 
 
 def test_flat_layout_wrong_rank_count_and_joint_limit(tmp_path):

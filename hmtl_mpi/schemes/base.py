@@ -273,6 +273,21 @@ class Scheme:
         """Extra keys for the run's report (e.g. the code's seed)."""
         return {}
 
+    # --- for the time prediction (hmtl_mpi.predict) ----------------------------------
+    def link_loads(self) -> dict:
+        """IVs per iteration on each link class and the rounds of messages they take: the
+        busiest user sends its IV to every relay it is linked to and gets one model;
+        relays send the planned uplink in one round, the server its downlink in one."""
+        up, down = self.planned_loads
+        return {"user_up_max": int(self.G.sum(axis=0).max()), "user_down_max": 1,
+                "relay_to_server": float(up), "server_to_relay": float(down),
+                "uplink_rounds": 1, "downlink_rounds": 1}
+
+    def coding_work(self, dim: int) -> dict:
+        """Bytes the coding kernels read per iteration: ``encode`` at the busiest relay,
+        ``combine`` at the server, ``decode`` at the busiest relay (none uncoded)."""
+        return {}
+
     def downlink_method(self, requested: str, flat: bool) -> str:
         return requested if self.broadcasts else "point-to-point"
 
@@ -303,8 +318,11 @@ class CodedRelay(RelayPart):
                                  if msg is not None])
 
     def server_to_relay(self, it):
-        self.broadcast = [part.view(np.uint16)
-                          for part in self.net.recv_broadcast(len(self.scheme.code.blocks))]
+        code, dim = self.scheme.code, self.job.dim
+        first = self.net.recv_broadcast(coding.downlink_size(code, dim))
+        extra = coding.downlink_escape_bytes(code, first)
+        escapes = self.net.recv_broadcast(extra) if extra else first[:0]
+        self.broadcast = coding.downlink_unwire(code, first, escapes, dim)
 
     def decode(self, it):
         ivs = coding.relay_decode(self.scheme.code, self.i, self.own, self.broadcast, self.job.dim)
@@ -345,7 +363,10 @@ class CodedServer(ServerPart):
             for b in range(len(code.blocks))]
 
     def server_to_relay(self, it):
-        self.net.broadcast(self.downlink)
+        first, escapes = coding.downlink_wire(self.scheme.code, self.downlink, self.job.dim)
+        self.net.broadcast(first)
+        if escapes.size:                     # rare: a coded symbol equal to 65536
+            self.net.broadcast(escapes)
 
 
 class CodedExchange(Scheme):
@@ -412,3 +433,23 @@ class CodedExchange(Scheme):
 
     def report_fields(self):
         return {"code_seed": self.code.seed, "code_attempts": self.code.attempts}
+
+    def link_loads(self):
+        """Each block is its own uplink message; the broadcast is one round, two with the
+        scatter and allgather of long broadcasts (:mod:`hmtl_mpi.roles`)."""
+        out = super().link_loads()
+        out["uplink_rounds"] = max(1, sum(1 for b in self.code.blocks if b.messages.any()))
+        out["downlink_rounds"] = 2
+        return out
+
+    def coding_work(self, dim):
+        code, two = self.code, 2                               # bytes per symbol
+        encode, decode, combine = [0] * code.H, [0] * code.H, 0
+        for b, blk in enumerate(code.blocks):
+            u = coding.unit_symbols(dim, blk.F)
+            for i in range(code.H):
+                encode[i] += two * len(blk.rows[i]) * int(blk.width[i]) * u
+                combine += two * int(blk.messages[i]) * int(blk.width[i]) * u
+                m = np.asarray(blk.decode_matrix[i])
+                decode[i] += two * m.shape[1] * u if m.shape[0] else 0
+        return {"encode": max(encode), "combine": combine, "decode": max(decode)}

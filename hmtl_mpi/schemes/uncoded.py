@@ -35,7 +35,7 @@ class Relay(RelayPart):
     def server_to_relay(self, it):
         n = self.job.model_values_sent(it)
         if self.job.flat:
-            (buf,) = self.net.recv_broadcast(1)
+            buf = self.net.recv_broadcast(8 * self.job.K * n)
             models = buf.view(np.float64).reshape(self.job.K, n)
             for k, model in self.models_here.items():
                 self.models_here[k] = model.copy()
@@ -64,7 +64,7 @@ class Server(ServerPart):
         job = self.job
         n = job.model_values_sent(it)
         if job.flat:
-            self.net.broadcast([np.ascontiguousarray(self.models[:, :n])])
+            self.net.broadcast(np.ascontiguousarray(self.models[:, :n]))
             return
         self.net.send_to_relays({i: np.ascontiguousarray(self.models[job.home == i, :n])
                                  for i in range(job.H) if (job.home == i).any()}, TAG_MODEL)
@@ -97,3 +97,7 @@ class Uncoded(Scheme):
 
     def downlink_method(self, requested, flat):
         return requested if flat else "point-to-point"
+
+    def link_loads(self):
+        """Each user's IV goes to its home relay only."""
+        return dict(super().link_loads(), user_up_max=1)
