@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network,schemes,hgc} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network,schemes,hgc,loads,paper} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -11,6 +11,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            (root; :mod:`.network`)
 * schemes  uncoded, coded and joint side by side on the emulated cluster (root; :mod:`.schemes`)
 * hgc      gradient coding under injected stragglers: uncoded, gc, hgc, hgc-jncss (:mod:`.hgc`)
+* loads    the paper's Fig. 3 / Fig. 4: planned loads over random placements, no MPI (:mod:`.loads`)
+* paper    every figure of the paper (Figs. 3-7) into one folder (root for 5-7; :mod:`.paper`)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-WHAT = ("plan", "coding", "mocha", "runtime", "network", "schemes", "hgc")
+WHAT = ("plan", "coding", "mocha", "runtime", "network", "schemes", "hgc", "loads", "paper")
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,26 @@ experiment lists can be overridden):
   fig6   H = 5, r in {2, 3}, K = 10, 20, 30, 40 (``--Ks``), the Theorem 3 symmetric
          design (``--fig6-topology random`` for r random relays per user)
   fig5   K = 20, H in {10, 20}, r in {1, 3, 5, 7, 9} (``--rs``)
-  fig7   H = 4, r = 2, K = 30 (``--K7``), heterogeneity d in {0, .1, .2, .3, .4}
-         (``--ds``; (r/4 +- d)K must be whole numbers)
+  fig7   H = 4, r = 2, K = 30 (``--K7``, a list), heterogeneity d in {0, .1, .2, .3, .4}
+         (``--ds``; (r/4 +- d)K must be whole numbers); ``--fig7-topology random``
+         draws G uniformly among the graphs with those relay degrees
+
+The job: ``--dataset synthetic --dim D`` by default (random IVs); ``--dataset
+mnist`` (or digits, har) runs MOCHA, the paper's learner, on that data, and
+``--job-args "..."`` appends more of the job's options (e.g. ``--lam 1e-4``).
+
+Placements and load (the paper averages 50 random placements per point):
+``--placements N`` runs every setting of a random topology on N placements
+(topology seeds --seed, --seed + 1, ...; the job's own seed stays --seed), writes
+one row per placement to ``<out>_runs.csv`` and their means (and the std of the
+totals) to ``<out>``. ``--one-job`` runs both schemes in one netns-run job, one
+after the other on the same links (half the start-up cost; the job checks the
+final models are identical). While a job runs, the processes that are runnable
+and not part of it are counted every 0.5 s (``foreign_load``: other people's
+work; the 1-minute load average is recorded too but includes our own ranks,
+which poll); a run whose mean foreign load exceeds ``--max-load`` (default the
+number of cores) is marked ``loaded``, and with ``--repeat-loaded`` run once more
+(the second run is kept, ``repeated`` is set).
 
 Rates: ``--rates 100mbit:100mbit,100mbit:20mbit`` (W1:W2 pairs; default both
 for fig6/fig7, only 100mbit:100mbit for fig5, 100mbit:20mbit for check).
@@ -49,14 +67,17 @@ import json
 import math
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from ..cli import float_list, positive_float, positive_int, positive_int_list
+from ..learners import DATASETS
 from ..report import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,20 +243,43 @@ def settings_for(experiment: str, args) -> list[dict]:
                     out.append(dict(topology="random", K=args.K5, H=H, r=r, d="", sweep="r", x=r,
                                     series=f"H={H}", w1=w1, w2=w2))
         elif experiment == "fig7":
-            K = args.K7
-            ds = (list(args.ds) if args.ds
-                  else [d for d in heterogeneous_ds(K) if abs(d * 10 - round(d * 10)) < 1e-9])
-            for d in ds:
-                out.append(dict(topology="heterogeneous", K=K, H=4, r=2, d=d, sweep="d", x=d,
-                                series=f"K={K}", w1=w1, w2=w2))
+            kind = ("heterogeneous-random" if getattr(args, "fig7_topology", "") == "random"
+                    else "heterogeneous")
+            for K in _as_tuple(args.K7):
+                ds = (list(args.ds) if args.ds
+                      else [d for d in heterogeneous_ds(K) if abs(d * 10 - round(d * 10)) < 1e-9])
+                whole = heterogeneous_ds(K, step=0.01)
+                bad = [d for d in ds if not any(abs(d - w) < 1e-9 for w in whole)]
+                if bad:
+                    raise SystemExit(f"--ds: d = {bad[0]:g} does not give whole relay degrees "
+                                     f"(1/2 +- d) K in 1..K-1 for K = {K}")
+                for d in ds:
+                    out.append(dict(topology=kind, K=K, H=4, r=2, d=d, sweep="d", x=d,
+                                    series=f"K={K}", w1=w1, w2=w2))
         else:
             raise SystemExit(f"unknown experiment {experiment!r}; choose from {EXPERIMENTS}")
     for s in out:
         s["experiment"] = experiment
-        s["dim"] = args.dim
+        s["dim"] = args.dim if getattr(args, "dataset", "synthetic") == "synthetic" else ""
         s["iterations"] = args.iterations or (4 if experiment == "check" else 3)
         s["seed"] = args.seed
+        s["dataset"] = getattr(args, "dataset", "synthetic")
+        s["job_args"] = list(getattr(args, "job_args", ()) or ())
     return out
+
+
+def _as_tuple(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+
+def placements_of(s: dict, placements: int) -> list[dict]:
+    """Setting s on ``placements`` random topologies: topology seeds seed, seed + 1, ...
+    (fixed designs -- paper-fig2, symmetric -- have one placement)."""
+    n = placements if s["topology"] in RANDOM_TOPOLOGIES else 1
+    return [dict(s, placement=p, topology_seed=s["seed"] + p) for p in range(n)]
+
+
+RANDOM_TOPOLOGIES = ("random", "heterogeneous", "heterogeneous-random")
 
 
 def make_topology(s: dict, path: str):
@@ -245,15 +289,16 @@ def make_topology(s: dict, path: str):
     from .. import topology as T
 
     kind = s["topology"]
+    seed = s.get("topology_seed", s["seed"])
     if kind == "paper-fig2":
         G = T.paper_fig2()
     elif kind == "random":
         try:
-            G = T.random_regular(s["K"], s["H"], s["r"], seed=s["seed"])
+            G = T.random_regular(s["K"], s["H"], s["r"], seed=seed)
         except T.TopologyError:
             # e.g. K = H with r = 1: every relay needs exactly one user, which a uniform
             # draw almost never gives; deal users to the least-loaded relays instead.
-            G = balanced_random(s["K"], s["H"], s["r"], seed=s["seed"])
+            G = balanced_random(s["K"], s["H"], s["r"], seed=seed)
             kind = "balanced-random"
     elif kind == "symmetric":
         groups = math.comb(s["H"], s["r"])
@@ -262,7 +307,14 @@ def make_topology(s: dict, path: str):
                              f"= {groups}")
         G = T.symmetric(s["H"], s["r"], per_group=s["K"] // groups)
     elif kind == "heterogeneous":
-        G = T.heterogeneous(s["K"], s["r"], s["d"], seed=s["seed"])
+        G = T.heterogeneous(s["K"], s["r"], s["d"], seed=seed)
+    elif kind == "heterogeneous-random":
+        # the Fig. 4/7 degrees, G uniform among the graphs that have them
+        from .loads import random_with_degrees
+
+        K, r, d = s["K"], s["r"], s["d"]
+        degrees = [round((r / 4 + d) * K)] * 2 + [round((r / 4 - d) * K)] * 2
+        G = random_with_degrees(K, degrees, r, np.random.default_rng([seed, 7]))
     else:
         raise ValueError(kind)
     G = T.validate(np.asarray(G, dtype=np.uint8), source=kind)
@@ -320,6 +372,10 @@ def print_plans(settings, n_seeds):
         print(line, flush=True)
 
 
+def data_label(dataset: str, dim) -> str:
+    return f"synthetic IVs, dim {dim}" if dataset == "synthetic" else f"MOCHA on {dataset}"
+
+
 def setting_tag(s: dict) -> str:
     parts = [s["experiment"], f"K{s['K']}", f"H{s['H']}"]
     if s["topology"] not in ("paper-fig2", "heterogeneous"):
@@ -328,20 +384,97 @@ def setting_tag(s: dict) -> str:
         parts.append(f"r{s['r']}")
     if s["d"] != "":
         parts.append(f"d{s['d']:g}")
-    parts += [f"w1-{s['w1']}", f"w2-{s['w2']}", f"dim{s['dim']}", f"it{s['iterations']}"]
+    data = s.get("dataset", "synthetic")
+    parts += [f"w1-{s['w1']}", f"w2-{s['w2']}",
+              f"dim{s['dim']}" if data == "synthetic" else data, f"it{s['iterations']}"]
+    if s.get("placement", 0):
+        parts.append(f"p{s['placement']}")
     return "_".join(parts)
 
 
 # --- running -----------------------------------------------------------------------------
 
+def job_data_args(s: dict) -> list[str]:
+    """The job's learner options of setting s: synthetic IVs of --dim values, or MOCHA on
+    a data set (its dimension is the data's), then any extra ``job_args``."""
+    data = s.get("dataset", "synthetic")
+    args = ["--dataset", data] + (["--dim", str(s["dim"])] if data == "synthetic" else [])
+    return args + list(s.get("job_args", ()))
+
+
+def _process_table() -> dict:
+    """pid -> (state, parent pid) of every process in /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                text = fh.read()
+        except OSError:                        # gone meanwhile
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        table[int(name)] = (fields[0], int(fields[1]))
+    return table
+
+
+def foreign_runnable(roots, table: dict | None = None) -> int:
+    """Runnable processes that are not ``roots`` or descendants of them, nor kernel
+    threads (children of kthreadd, pid 2: e.g. the network-namespace clean-up our own
+    jobs cause): the load that other work puts on the machine while our job runs (our
+    ranks poll, so the load average counts every one of them)."""
+    table = _process_table() if table is None else table
+    children = {}
+    for pid, (_, ppid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    ours, todo = set(), [*roots, 2]
+    while todo:
+        pid = todo.pop()
+        if pid not in ours:
+            ours.add(pid)
+            todo += children.get(pid, [])
+    return sum(1 for pid, (state, _) in table.items() if state == "R" and pid not in ours)
+
+
+class LoadPoller:
+    """Counts :func:`foreign_runnable` every ``period`` seconds in a thread."""
+
+    def __init__(self, roots, period: float = 0.5):
+        self.roots, self.period, self.samples = list(roots), period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.period):
+            try:
+                self.samples.append(foreign_runnable(self.roots))
+            except OSError:
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        s = self.samples
+        return {"foreign_load": statistics.fmean(s) if s else float("nan"),
+                "foreign_load_max": max(s) if s else float("nan"), "load_samples": len(s)}
+
+
 def run_one(s: dict, scheme: str, gpath: str, report_path: Path, counters_path: Path,
             run_timeout: float, log) -> dict:
-    """One netns-run job; returns {status, wall_s, loadavg_before, loadavg_after, error}."""
+    """One netns-run job; returns {status, wall_s, loadavg_before, loadavg_after,
+    foreign_load, foreign_load_max, load_samples, error}. ``scheme`` may be a comma list
+    (the schemes then run one after the other in the one job)."""
     n = 1 + s["H"] + s["K"]
     cmd = [str(NETNS_RUN), "--w1", s["w1"], "--w2", s["w2"], "-n", str(n),
            "--timeout", str(int(run_timeout)), "--counters", str(counters_path), "--",
            sys.executable, "-m", "hmtl_mpi", "--topology", gpath, "--scheme", scheme,
-           "--dataset", "synthetic", "--dim", str(s["dim"]), "--iterations", str(s["iterations"]),
+           *job_data_args(s), "--iterations", str(s["iterations"]),
            "--seed", str(s["seed"]), "--quiet", "--report", str(report_path)]
     info = {"cmd": " ".join(cmd), "loadavg_before": os.getloadavg()[0]}
     if report_path.exists():
@@ -349,8 +482,10 @@ def run_one(s: dict, scheme: str, gpath: str, report_path: Path, counters_path: 
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, cwd=str(REPO))
+    poller = LoadPoller([os.getpid(), proc.pid])
     try:
-        out, err = proc.communicate(timeout=run_timeout + 60)
+        with poller:
+            out, err = proc.communicate(timeout=run_timeout + 60)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         proc.terminate()  # netns-run traps SIGTERM: stops the job, removes the namespaces
@@ -362,6 +497,7 @@ def run_one(s: dict, scheme: str, gpath: str, report_path: Path, counters_path: 
         rc = "timeout"
     info["wall_s"] = time.monotonic() - t0
     info["loadavg_after"] = os.getloadavg()[0]
+    info.update(poller.summary())
     if rc == 0 and report_path.exists():
         info["status"] = "ok"
     else:
@@ -392,11 +528,21 @@ def build_row(s: dict, G, kind: str, results: dict) -> dict:
     row["topology"] = kind
     row["ranks"] = 1 + s["H"] + s["K"]
     row["w1_bps"], row["w2_bps"] = w1b, w2b
+    if "placement" in s:
+        row["dataset"] = s.get("dataset", "synthetic")
+        row["placement"] = s["placement"]
+        row["topology_seed"] = s["topology_seed"]
     for scheme in SCHEMES:
         res = results.get(scheme, {})
         row[f"{scheme}_status"] = res.get("status", "skipped")
         row[f"{scheme}_wall_s"] = round(res.get("wall_s", float("nan")), 2)
         row[f"{scheme}_loadavg"] = round(res.get("loadavg_before", float("nan")), 2)
+        if "foreign_load" in res:
+            row[f"{scheme}_loadavg_after"] = round(res["loadavg_after"], 2)
+            row[f"{scheme}_foreign_load"] = round(res["foreign_load"], 2)
+            row[f"{scheme}_foreign_load_max"] = res["foreign_load_max"]
+            row[f"{scheme}_loaded"] = bool(res.get("loaded", False))
+            row[f"{scheme}_repeated"] = bool(res.get("repeated", False))
         report = res.get("report")
         if not report:
             continue
@@ -421,6 +567,11 @@ def build_row(s: dict, G, kind: str, results: dict) -> dict:
         row[f"{scheme}_model_relay_to_server_s"] = m["relay_to_server_s"]
         row[f"{scheme}_model_server_to_relay_s"] = m["server_to_relay_s"]
         row[f"{scheme}_model_relay_server_s"] = m["relay_server_s"]
+        # eq. (12)/(13) as the paper evaluates it: user links (K, K), the planned relay
+        # loads, the measured compute (eq. (15) for uncoded)
+        planned = sm["planned_loads"]["uplink"] + sm["planned_loads"]["downlink"]
+        row[f"{scheme}_paper_model_total_s"] = (sm["compute_s"] + 2 * s["K"] * V / w1b
+                                                + planned * V / w2b)
         row[f"{scheme}_bit_exact"] = sm["bit_exact"]
         wire = res.get("server_wire_bytes", "")
         row[f"{scheme}_server_wire_bytes"] = wire
@@ -428,6 +579,15 @@ def build_row(s: dict, G, kind: str, results: dict) -> dict:
                       for it in report["iterations"])
         row[f"{scheme}_server_payload_bytes"] = payload
         row[f"{scheme}_server_wire_ratio"] = (wire / payload) if wire and payload else ""
+    digests = [results.get(s_, {}).get("report", {}).get("model_digest") for s_ in SCHEMES]
+    if all(digests):
+        row["digests_equal"] = len(set(digests)) == 1
+    add_reductions(row)
+    return row
+
+
+def add_reductions(row: dict) -> None:
+    """The reduction columns (coded vs uncoded, %) of a row that has both schemes' times."""
     if all(f"{s_}_total_s" in row for s_ in SCHEMES):
         row["reduction_total_pct"] = reduction_pct(row["coded_total_s"], row["uncoded_total_s"])
         row["reduction_relay_server_pct"] = reduction_pct(row["coded_relay_server_s"],
@@ -438,7 +598,50 @@ def build_row(s: dict, G, kind: str, results: dict) -> dict:
                                                            row["uncoded_model13_total_s"])
         row["model_reduction_relay_server_pct"] = reduction_pct(
             row["coded_model_relay_server_s"], row["uncoded_model_relay_server_s"])
-    return row
+        row["paper_model_reduction_total_pct"] = reduction_pct(
+            row["coded_paper_model_total_s"], row["uncoded_paper_model_total_s"])
+
+
+# Columns that identify a point of a sweep (the placements of a point share them).
+POINT_KEYS = ("experiment", "sweep", "x", "series", "K", "H", "r", "d", "w1", "w2")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per point from the per-placement rows: the mean of every number over the
+    placements where both schemes ran (``placements``), the std of the totals, how many
+    runs were loaded, whether every placement's models agreed; reductions recomputed
+    from the means (as the paper averages before comparing)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in POINT_KEYS), []).append(row)
+    out = []
+    for members in groups.values():
+        ok = [r for r in members if all(r.get(f"{s_}_status") == "ok" for s_ in SCHEMES)]
+        use = ok or members[:1]
+        agg = {}
+        for key in use[0]:
+            vals = [r.get(key) for r in use]
+            if key.endswith("_pct") or key in ("placement", "topology_seed"):
+                continue
+            if all(isinstance(v, bool) for v in vals):
+                agg[key] = all(vals)
+            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) \
+                    and key not in POINT_KEYS and any(v != vals[0] for v in vals):
+                agg[key] = statistics.fmean(vals)
+            else:
+                agg[key] = vals[0]
+        agg["placements"] = len(ok)
+        agg["placements_run"] = len(members)
+        for s_ in SCHEMES:
+            tot = [r[f"{s_}_total_s"] for r in ok if f"{s_}_total_s" in r]
+            if tot:
+                agg[f"{s_}_total_s_std"] = statistics.pstdev(tot)
+            agg[f"{s_}_loaded_runs"] = sum(bool(r.get(f"{s_}_loaded")) for r in members)
+        if any("digests_equal" in r for r in members):
+            agg["digests_equal"] = all(r.get("digests_equal", False) for r in ok)
+        add_reductions(agg)
+        out.append(agg)
+    return out
 
 
 def write_csv(rows: list[dict], path: Path):
@@ -617,9 +820,30 @@ def run(argv=None) -> int:
     parser.add_argument("--K5", type=positive_int, default=20, help="fig5: K")
     parser.add_argument("--H5", type=positive_int_list, default="10,20", help="fig5: H values")
     parser.add_argument("--rs", type=positive_int_list, default="1,3,5,7,9", help="fig5: r values (r < H kept)")
-    parser.add_argument("--K7", type=positive_int, default=30, help="fig7: K")
+    parser.add_argument("--K7", type=positive_int_list, default="30", help="fig7: K values")
+    parser.add_argument("--fig7-topology", choices=("heterogeneous", "random"),
+                        default="heterogeneous",
+                        help="fig7: users dealt round-robin to the relays that need the most "
+                             "(topology.heterogeneous; default) or G uniform among the graphs "
+                             "with those relay degrees")
     parser.add_argument("--ds", type=float_list, default="", help="fig7: d values (default 0, .1, ... with "
                                                  "integer degrees)")
+    parser.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                        help="the job's data: synthetic IVs of --dim values (default), or MOCHA "
+                             "on digits / mnist / har (the paper's learner)")
+    parser.add_argument("--job-args", type=shlex.split, default=[], metavar="'ARGS'",
+                        help="more options for every job, one quoted string (e.g. "
+                             "--job-args='--lam 1e-4')")
+    parser.add_argument("--placements", type=positive_int, default=1,
+                        help="random topologies per setting (seeds --seed, --seed + 1, ...); the "
+                             "CSV holds their means, <out>_runs.csv every one (default 1)")
+    parser.add_argument("--one-job", action="store_true",
+                        help="run uncoded and coded in one job, one after the other")
+    parser.add_argument("--max-load", type=positive_float, default=float(os.cpu_count() or 1),
+                        help="mark a run 'loaded' when other work kept more processes than "
+                             "this runnable on average (default: the number of cores)")
+    parser.add_argument("--repeat-loaded", action="store_true",
+                        help="run a loaded run once more (the second run is kept)")
     parser.add_argument("--run-timeout", type=positive_float, default=300,
                         help="seconds per netns-run job (MPIEXEC_TIMEOUT; default 300)")
     parser.add_argument("--budget", type=float, default=0,
@@ -643,8 +867,9 @@ def run(argv=None) -> int:
     title = {"check": "check: paper-fig2 (K = 10, H = 5)",
              "fig6": "Fig. 6 setting: H = 5, r in {2, 3}, K swept",
              "fig5": f"Fig. 5 setting: K = {args.K5}, H in {{{', '.join(map(str, args.H5))}}}, r swept",
-             "fig7": f"Fig. 7 setting: K = {args.K7}, H = 4, r = 2, d swept"}[args.experiment]
-    title += f"  (synthetic IVs, dim {args.dim}; solid measured, dashed model)"
+             "fig7": f"Fig. 7 setting: K = {', '.join(map(str, args.K7))}, H = 4, r = 2, "
+                     f"d swept"}[args.experiment]
+    title += f"  ({data_label(args.dataset, args.dim)}; solid measured, dashed model)"
     if args.plot_only:
         rows = read_csv(out)
         plot(rows, png, title)
@@ -660,67 +885,118 @@ def run(argv=None) -> int:
     if args.reuse_only:
         args.reuse = True
     if args.list:
-        for s in settings:
+        for s in (p for s0 in settings for p in placements_of(s0, args.placements)):
             print(setting_tag(s), f"ranks={1 + s['H'] + s['K']}")
         return 0
     if os.geteuid() != 0:
         print("bench_network: netns-run needs root", file=sys.stderr)
         return 2
     reports_dir = Path(args.reports_dir) if args.reports_dir else out.parent / "reports"
-    reports_dir.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-
     t_start = time.monotonic()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_network_") as tmp:
-        for s in settings:
-            tag = setting_tag(s)
-            gpath = os.path.join(tmp, f"{tag}.npy")
-            G, kind = make_topology(s, gpath)
-            results = {}
-            if args.reuse_only and not all(
-                    (reports_dir / f"{tag}_{sc}.json").exists() for sc in SCHEMES):
-                continue
-            elapsed = time.monotonic() - t_start
-            over = args.budget and elapsed > args.budget
-            log(f"[{elapsed:6.0f}s] {tag} ({1 + s['H'] + s['K']} ranks, G {kind}, "
-                f"load {os.getloadavg()[0]:.1f})" + ("  SKIPPED: budget spent" if over else ""))
-            for scheme in SCHEMES:
-                rpath = reports_dir / f"{tag}_{scheme}.json"
-                cpath = reports_dir / f"{tag}_{scheme}.counters.json"
-                if over:
-                    results[scheme] = {"status": "skipped (budget)"}
-                    continue
-                if (args.reuse or args.reuse_only) and rpath.exists():
-                    info = {"status": "ok", "reused": True}
-                    meta = rpath.with_suffix(".run.json")
-                    if meta.exists():
-                        info.update(json.loads(meta.read_text()))
-                else:
-                    info = run_one(s, scheme, gpath, rpath, cpath, args.run_timeout, log)
-                    rpath.with_suffix(".run.json").write_text(json.dumps(
-                        {k: v for k, v in info.items() if k != "report"}, indent=1))
-                if info["status"] == "ok":
-                    info["report"] = json.loads(rpath.read_text())
-                    info["server_wire_bytes"] = _server_wire(cpath)
-                    med = info["report"]["median_seconds"]
-                    log(f"    {scheme:8} total {med['total']:.3f} s, relay<->server "
-                        f"{med['relay_to_server'] + med['server_to_relay']:.3f} s, loads "
-                        f"{info['report']['measured_loads']}, wall {info.get('wall_s', 0):.1f} s")
-                results[scheme] = info
-            row = build_row(s, G, kind, results)
-            if "reduction_total_pct" in row:
-                log(f"    reduction: total {row['reduction_total_pct']:.1f}% "
-                    f"(model {row['model_reduction_total_pct']:.1f}%), relay<->server "
-                    f"{row['reduction_relay_server_pct']:.1f}% "
-                    f"(model {row['model_reduction_relay_server_pct']:.1f}%)")
-            rows.append(row)
-            write_csv(rows, out)  # after every setting, so a stopped sweep keeps its rows
+    rows = sweep(settings, out, reports_dir, run_timeout=args.run_timeout, budget=args.budget,
+                 reuse=args.reuse, reuse_only=args.reuse_only, placements=args.placements,
+                 one_job=args.one_job, max_load=args.max_load,
+                 repeat_loaded=args.repeat_loaded)
     plot(rows, png, title)
-    log(f"wrote {out} and {png}; wall time {time.monotonic() - t_start:.0f} s")
+    print(f"wrote {out} and {png}; wall time {time.monotonic() - t_start:.0f} s", flush=True)
     return 0
+
+
+def _log(msg):
+    print(msg, flush=True)
+
+
+def run_measured(s: dict, schemes: str, gpath: str, rpath: Path, cpath: Path,
+                 run_timeout: float, log, max_load: float, repeat_loaded: bool) -> dict:
+    """:func:`run_one`, marked ``loaded`` when the mean foreign load during it exceeded
+    ``max_load``; such a run is run once more if ``repeat_loaded`` (``repeated``)."""
+    info = run_one(s, schemes, gpath, rpath, cpath, run_timeout, log)
+    info["loaded"] = bool(info.get("foreign_load", 0) > max_load)
+    if info["loaded"] and repeat_loaded:
+        log(f"    loaded: {info['foreign_load']:.1f} runnable processes of others on average "
+            f"(> {max_load:g}); running it once more")
+        first = info["foreign_load"]
+        info = run_one(s, schemes, gpath, rpath, cpath, run_timeout, log)
+        info["loaded"] = bool(info.get("foreign_load", 0) > max_load)
+        info["repeated"] = True
+        info["first_foreign_load"] = first
+    return info
+
+
+def sweep(settings: list[dict], out: Path, reports_dir: Path, *, run_timeout: float = 300,
+          budget: float = 0, reuse: bool = False, reuse_only: bool = False, placements: int = 1,
+          one_job: bool = False, max_load: float | None = None, repeat_loaded: bool = False,
+          log=_log) -> list[dict]:
+    """Run every setting on ``placements`` placements (random topologies only), coded and
+    uncoded (two jobs, or one with ``one_job``); returns one row per point (means over
+    the placements, :func:`aggregate`) and writes them to ``out`` after every point,
+    the per-placement rows to ``<out stem>_runs.csv`` when ``placements`` > 1, and
+    every job's report to ``reports_dir``."""
+    max_load = float(os.cpu_count() or 1) if max_load is None else max_load
+    reuse = reuse or reuse_only
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    runs_path = out.with_name(out.stem + "_runs.csv")
+    jobs = [("both", ",".join(SCHEMES[::-1]))] if one_job else [(sc, sc) for sc in SCHEMES]
+    t_start = time.monotonic()
+    runs, rows = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_network_") as tmp:
+        for s0 in settings:
+            for s in placements_of(s0, placements):
+                tag = setting_tag(s)
+                gpath = os.path.join(tmp, f"{tag}.npy")
+                G, kind = make_topology(s, gpath)
+                if reuse_only and not all((reports_dir / f"{tag}_{name}.json").exists()
+                                          for name, _ in jobs):
+                    continue
+                elapsed = time.monotonic() - t_start
+                over = budget and elapsed > budget
+                log(f"[{elapsed:6.0f}s] {tag} ({1 + s['H'] + s['K']} ranks, G {kind}, "
+                    f"load {os.getloadavg()[0]:.1f})" + ("  SKIPPED: budget spent" if over else ""))
+                results = {}
+                for name, schemes in jobs:
+                    rpath = reports_dir / f"{tag}_{name}.json"
+                    cpath = reports_dir / f"{tag}_{name}.counters.json"
+                    if over:
+                        results.update({sc: {"status": "skipped (budget)"}
+                                        for sc in schemes.split(",")})
+                        continue
+                    if reuse and rpath.exists():
+                        info = {"status": "ok", "reused": True}
+                        meta = rpath.with_suffix(".run.json")
+                        if meta.exists():
+                            info.update(json.loads(meta.read_text()))
+                    else:
+                        info = run_measured(s, schemes, gpath, rpath, cpath, run_timeout, log,
+                                            max_load, repeat_loaded)
+                        rpath.with_suffix(".run.json").write_text(json.dumps(info, indent=1))
+                    if info["status"] != "ok":
+                        results.update({sc: info for sc in schemes.split(",")})
+                        continue
+                    report = json.loads(rpath.read_text())
+                    per_scheme = report.get("runs", {name: report})
+                    # one job's counters hold both schemes' bytes: no per-scheme wire ratio
+                    wire = _server_wire(cpath) if "," not in schemes else ""
+                    for sc in schemes.split(","):
+                        results[sc] = dict(info, report=per_scheme[sc], server_wire_bytes=wire)
+                        med = per_scheme[sc]["median_seconds"]
+                        log(f"    {sc:8} total {med['total']:.3f} s, relay<->server "
+                            f"{med['relay_to_server'] + med['server_to_relay']:.3f} s, loads "
+                            f"{per_scheme[sc]['measured_loads']}, wall {info.get('wall_s', 0):.1f} s"
+                            f", foreign load {info.get('foreign_load', float('nan')):.1f}")
+                row = build_row(s, G, kind, results)
+                if "reduction_total_pct" in row:
+                    log(f"    reduction: total {row['reduction_total_pct']:.1f}% "
+                        f"(model {row['model_reduction_total_pct']:.1f}%, paper's eq. 13 "
+                        f"{row['paper_model_reduction_total_pct']:.1f}%), relay<->server "
+                        f"{row['reduction_relay_server_pct']:.1f}% "
+                        f"(model {row['model_reduction_relay_server_pct']:.1f}%)")
+                runs.append(row)
+                # after every run, so a stopped sweep keeps its rows
+                rows = aggregate(runs)
+                write_csv(rows, out)
+                if placements > 1:
+                    write_csv(runs, runs_path)
+    return rows
 
 
 def main(argv=None) -> int:
