@@ -11,8 +11,8 @@
 #                               then waits for every host's sshd, writes the
 #                               hostfile in rank order and runs the job with
 #                               mpiexec over ssh; relays and users just serve ssh.
-#   hmtl-entrypoint job         on the server: only (re)run the job, e.g.
-#                               docker compose exec -e HMTL_CMD='...' server hmtl-entrypoint job
+#   hmtl-entrypoint job         on the server: only run the job (the cluster
+#                               must be up; docker/run uses 'node' instead)
 #   hmtl-entrypoint shape       only shape eth0 (and exit)
 #   hmtl-entrypoint hostfile    only print the hostfile
 #   hmtl-entrypoint rank CMD..  per-rank wrapper used by mpiexec: sets
@@ -37,7 +37,13 @@
 #   HMTL_HOSTS         optional: all host names in rank order, space separated
 #                      (default: server relay1..relayH user1..userK)
 #   HMTL_CMD           the job, run on every rank (default:
-#                      python -m hmtl_mpi --topology paper-fig2)
+#                      python -m hmtl_mpi --topology paper-fig2 --report /out/report.json)
+#   HMTL_OUT_DIR       the folder the job writes to (default /out, a host folder
+#                      mounted by docker-compose.yml); files the job creates
+#                      there are given to the folder's owner afterwards
+#   HMTL_SSH_KEY_DIR   optional: a mounted folder with id_ed25519 (+ .pub) and/or
+#                      authorized_keys that replace the key baked into the image
+#                      (per-deployment keys; see docker/README.md)
 #   HMTL_TBF_BURST     tbf burst (default 1 ms of the rate, at least 4096 b)
 #   HMTL_TBF_LATENCY   tbf latency (default 100ms)
 #   HMTL_SSH_WAIT      seconds the server waits for the other sshd's (default 180)
@@ -51,7 +57,8 @@ HMTL_W1="${HMTL_W1:-none}"
 HMTL_W2="${HMTL_W2:-none}"
 HMTL_RELAYS="${HMTL_RELAYS:-5}"
 HMTL_USERS="${HMTL_USERS:-10}"
-HMTL_CMD="${HMTL_CMD:-python -m hmtl_mpi --topology paper-fig2}"
+HMTL_OUT_DIR="${HMTL_OUT_DIR:-/out}"
+HMTL_CMD="${HMTL_CMD:-python -m hmtl_mpi --topology paper-fig2 --report $HMTL_OUT_DIR/report.json}"
 HMTL_TBF_LATENCY="${HMTL_TBF_LATENCY:-100ms}"
 HMTL_SSH_WAIT="${HMTL_SSH_WAIT:-180}"
 HOSTFILE="${HMTL_HOSTFILE:-/etc/hmtl/hosts}"
@@ -136,6 +143,36 @@ write_hostfile() {
     } >"$HOSTFILE"
 }
 
+# Per-deployment ssh keys: replace the baked key with mounted ones.
+install_keys() {
+    local d="${HMTL_SSH_KEY_DIR:-}" f
+    [ -n "$d" ] || return 0
+    [ -d "$d" ] || die "HMTL_SSH_KEY_DIR=$d is not a folder"
+    for f in id_ed25519 id_ed25519.pub authorized_keys; do
+        if [ -f "$d/$f" ]; then
+            install -m 600 "$d/$f" "/root/.ssh/$f"
+        elif [ "$f" != authorized_keys ]; then
+            rm -f "/root/.ssh/$f"        # never keep half of the baked pair
+        fi
+    done
+    # a key pair alone: trust its public half
+    if [ ! -f "$d/authorized_keys" ] && [ -f "$d/id_ed25519.pub" ]; then
+        install -m 600 "$d/id_ed25519.pub" /root/.ssh/authorized_keys
+    fi
+    log "ssh keys from $d"
+}
+
+# Files the job created in HMTL_OUT_DIR belong to root; give them to the owner
+# of that (host) folder so a non-root user can delete them.
+give_back_outputs() {
+    local marker="$1" owner
+    [ -d "$HMTL_OUT_DIR" ] || return 0
+    owner="$(stat -c %u:%g "$HMTL_OUT_DIR")"
+    [ "$owner" != 0:0 ] || return 0
+    find "$HMTL_OUT_DIR" -maxdepth 1 -newer "$marker" -user 0 \
+        -exec chown "$owner" {} + 2>/dev/null || true
+}
+
 start_sshd() {
     mkdir -p /run/sshd
     /usr/sbin/sshd -e || die "sshd did not start"
@@ -173,9 +210,12 @@ mode="${1:-node}"
 case "$mode" in
     node)
         shape
+        install_keys
         start_sshd
         if [ "$HMTL_ROLE" = server ]; then
+            marker="$(mktemp)"
             set +e; run_job; rc=$?; set -e
+            give_back_outputs "$marker"; rm -f "$marker"
             log "job exited with status $rc"
             exit "$rc"
         fi

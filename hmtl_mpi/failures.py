@@ -174,7 +174,7 @@ class RankState:
             self.page.write(f"{self.who()}\t{self.where()}")
 
 
-def _encode(record: dict) -> np.ndarray:
+def encode_record(record: dict) -> np.ndarray:
     data = json.dumps(record).encode()
     if len(data) > RECORD_BYTES:
         record = dict(record, detail=record.get("detail", "")[:400] + " ...")
@@ -184,7 +184,7 @@ def _encode(record: dict) -> np.ndarray:
     return buf
 
 
-def _decode(buf: np.ndarray) -> dict:
+def decode_record(buf: np.ndarray) -> dict:
     data = buf.tobytes().rstrip(b"\0")
     try:
         return json.loads(data)
@@ -214,7 +214,7 @@ class Control:
     def _recv_record(self, source: int, tag: int) -> dict:
         buf = np.empty(RECORD_BYTES, dtype=np.uint8)
         self.comm.Recv(buf, source=source, tag=tag)
-        return _decode(buf)
+        return decode_record(buf)
 
     def _probe(self, tag: int):
         if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=self._status):
@@ -224,7 +224,7 @@ class Control:
     def _answer_requests(self) -> None:
         while (source := self._probe(TAG_STATUS_REQUEST)) is not None:
             self.comm.Recv(self._ping, source=source, tag=TAG_STATUS_REQUEST)
-            self._send(source, TAG_STATUS_REPLY, _encode(self.state.record()))
+            self._send(source, TAG_STATUS_REPLY, encode_record(self.state.record()))
 
     def poll(self) -> None:
         """Answer status requests; on rank 0, raise :class:`RemoteFailure` on a report."""
@@ -233,7 +233,7 @@ class Control:
             raise RemoteFailure(self._recv_record(source, TAG_REPORT))
 
     def report(self, record: dict) -> None:
-        self._send(0, TAG_REPORT, _encode(record))
+        self._send(0, TAG_REPORT, encode_record(record))
 
     def collect_reports(self, seconds: float) -> list:
         """Rank 0: the reports that arrive within ``seconds``."""

@@ -112,7 +112,7 @@ def prediction_lines(reports) -> list:
     return lines
 
 
-def summary(reports, oversubscribed: bool) -> str:
+def summary(reports, oversubscribed: bool, links: str = "") -> str:
     """Loads, median phase times and checks of every run, side by side."""
     names = [r["scheme"] for r in reports]
     w = max(14, max(len(n) for n in names) + 7)          # columns wide enough for any name
@@ -124,9 +124,9 @@ def summary(reports, oversubscribed: bool) -> str:
             for r in reports))
     lines += overhead_notes(reports)
     lines.append("")
-    lines.append("Median seconds per phase" + (
-        " (more ranks than cores: ranks share CPUs, links are memory copies)" if oversubscribed else "")
-                 + ":")
+    notes = ([f"links: {links}"] if links else []) + (
+        ["more ranks than cores: ranks share CPUs"] if oversubscribed else [])
+    lines.append("Median seconds per phase" + (f" ({'; '.join(notes)})" if notes else "") + ":")
     ratios = [f"{n}/{names[0]}" for n in names[1:]]
     rw = max([17] + [len(r) + 2 for r in ratios])
     lines.append(f"  {'phase':18}" + "".join(f"{n:>{w}}" for n in names)

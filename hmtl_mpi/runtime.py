@@ -428,6 +428,8 @@ def main(argv=None, page=None) -> int:
 
 def run_job(args, world, state, control) -> int:
     """Setup, every scheme's iterations, the summary and the report."""
+    from .failures import RECORD_BYTES, decode_record, encode_record
+    from .interconnect import describe_links, local_facts
     from .report import job_payload, summary, write_report
     from .roles import make_comms
     from .schemes import get
@@ -465,8 +467,12 @@ def run_job(args, world, state, control) -> int:
     state.set_roles(role_names(H, flat))
     where = np.zeros((world.Get_size(), 3), dtype=np.int64) if rank == 0 else None
     links.wait(world.Igather(state.locator(), where, root=0), "where the ranks' state pages are")
+    facts = np.zeros((world.Get_size(), RECORD_BYTES), dtype=np.uint8) if rank == 0 else None
+    links.wait(world.Igather(encode_record(local_facts()), facts, root=0),
+               "what carries the messages (host, namespace, MPI transport)")
     if rank == 0:
         state.pages = {r: tuple(int(x) for x in where[r]) for r in range(world.Get_size())}
+        link_kind = describe_links([decode_record(f) for f in facts])
     # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
     # knows the data's number of features
     from .mocha import KERNELS
@@ -517,13 +523,14 @@ def run_job(args, world, state, control) -> int:
             r["accuracy"].update(baselines)
             r["accuracy"]["lambda"] = args.lam if args.lam is not None else "default"
     if rank == 0:
-        print(summary(reports, oversubscribed), flush=True)
+        print(summary(reports, oversubscribed, link_kind), flush=True)
         if args.report:
             state.step("writing the report")
             payload = job_payload(reports, args.scheme_arg, K, H)
             payload["ranks"] = world.Get_size()
             payload["cores"] = os.cpu_count()
             payload["topology"] = str(args.topology)
+            payload["links"] = link_kind
             write_report(args.report, payload)
             print(f"report written to {args.report}", flush=True)
     state.step("end of the job")

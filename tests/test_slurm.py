@@ -1,0 +1,300 @@
+"""The Slurm path for real: launch/slurm.sbatch submitted with `sbatch --wait` to a Slurm
+cluster, the 16-rank paper-fig2 job run under it, the report checked.
+
+The cluster: the one that answers `sinfo` already, else a one-node cluster made here from
+Debian's packages (``slurmctld``, ``slurmd``, ``slurm-client``, ``munge``; installed with
+apt-get when missing, as root).  Everything of that private cluster lives in a temporary
+folder: a fresh munge key, ``munged`` on a socket of its own, a ``slurm.conf`` with the
+node's real CPU count (from ``slurmd -C``, so the job must ask for ``--overcommit``, as
+the script does), free ports, state, spool, logs and pid files.  ``munged``,
+``slurmctld`` and ``slurmd`` are processes of this test, stopped by their PIDs at the
+end, also when a test fails.  Skipped, with the reason, only where the daemons cannot be
+installed or started (not root, no apt-get, a daemon that does not come up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from host_util import apt_install, sh
+
+REPO = Path(__file__).resolve().parent.parent
+SBATCH = REPO / "launch" / "slurm.sbatch"
+TOOLS = {"slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client",
+         "munged": "munge"}
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+
+
+
+
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Cluster:
+    """A Slurm cluster to submit to: the existing one, or one started (and stopped) here."""
+
+    def __init__(self):
+        self.env = dict(os.environ)
+        self.procs = {}          # name -> Popen of the daemons started here
+        self.tmp = None
+
+    def answers(self):
+        try:
+            res = sh(["sinfo", "-h", "-o", "%T"], timeout=20, env=self.env)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return res.returncode == 0 and any(
+            s.strip("*~#") in ("idle", "mixed", "allocated") for s in res.stdout.split())
+
+    def start(self):
+        """None when a cluster answers, else the reason none can be started."""
+        if shutil.which("sinfo") and self.answers():
+            return None
+        if os.geteuid() != 0:
+            return "needs root to start munged, slurmctld and slurmd"
+        need = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
+        if need:
+            why = apt_install(need)
+            if why:
+                return why
+        self.tmp = Path(tempfile.mkdtemp(prefix="hmtl-slurm-", dir="/tmp"))
+        os.chmod(self.tmp, 0o700)
+        for d in ("state", "spool", "log"):
+            (self.tmp / d).mkdir()
+        try:
+            return self._start_daemons()
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+            return "the Slurm daemons did not start: %s%s" % (e, self._logs())
+
+    def _daemon(self, name, cmd):
+        log = open(self.tmp / "log" / (name + ".out"), "w")
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=self.env,
+                                            start_new_session=True)
+        log.close()
+
+    def _start_daemons(self):
+        t = self.tmp
+        # munge: a fresh key, a socket of our own
+        key = t / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        os.chmod(key, 0o600)
+        msock = t / "munge.socket"
+        self._daemon("munged", ["munged", "-F", "--force", "--key-file", key,
+                                "--socket", msock, "--pid-file", t / "munged.pid",
+                                "--log-file", t / "log" / "munged.log",
+                                "--seed-file", t / "munged.seed"])
+        self._wait(lambda: msock.exists(), "munged", 20)
+        # the node as slurmd sees it: real CPUs, sockets, cores, threads
+        line = sh(["slurmd", "-C"], timeout=30, check=True).stdout.splitlines()[0]
+        node = dict(kv.split("=", 1) for kv in line.split())
+        name = node["NodeName"]
+        hw = " ".join("%s=%s" % (k, node[k]) for k in
+                      ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+                      if k in node)
+        self.cpus = int(node["CPUs"])
+        ctld_port, d_port = free_ports(2)
+        # Job ids of a fresh cluster would start at 1 every time.  MPICH names its
+        # shared-memory segment after the PMI job id ("1.0"), and a job killed by
+        # SIGKILL leaves that segment in /dev/shm: the next cluster's job 1 would
+        # find it and hang in MPI_Init.  So start the ids somewhere new each time.
+        first_job = 100000 + int.from_bytes(os.urandom(4), "big") % 60_000_000   # < MaxJobId
+        conf = t / "slurm.conf"
+        conf.write_text(f"""\
+# one-node cluster of tests/test_slurm.py (temporary)
+ClusterName=hmtltest
+FirstJobId={first_job}
+SlurmctldHost={name}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={msock}
+StateSaveLocation={t}/state
+SlurmdSpoolDir={t}/spool
+SlurmctldPidFile={t}/slurmctld.pid
+SlurmdPidFile={t}/slurmd.pid
+SlurmctldLogFile={t}/log/slurmctld.log
+SlurmdLogFile={t}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+ReturnToService=2
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=5
+MinJobAge=300
+NodeName={name} NodeAddr=127.0.0.1 {hw} State=UNKNOWN
+PartitionName=hmtl Nodes={name} Default=YES MaxTime=30 State=UP
+""")
+        self.env["SLURM_CONF"] = str(conf)
+        self._daemon("slurmctld", ["slurmctld", "-D", "-f", conf])
+        self._daemon("slurmd", ["slurmd", "-D", "-f", conf])
+        self._wait(self.answers, "the node to become idle", 60)
+
+    def _wait(self, ready, what, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError("%s exited (status %s)" % (dead[0], self.procs[dead[0]].returncode))
+            if ready():
+                return
+            time.sleep(0.3)
+        raise RuntimeError("timed out waiting for " + what)
+
+    def _logs(self):
+        if not self.tmp:
+            return ""
+        out = []
+        for f in sorted((self.tmp / "log").glob("*")):
+            out.append("\n--- %s\n%s" % (f.name, f.read_text(errors="replace")[-1500:]))
+        return "".join(out)
+
+    def stop(self):
+        """Stop the daemons started here, by their PIDs: slurmd, slurmctld, munged."""
+        for name in ("slurmd", "slurmctld", "munged"):
+            p = self.procs.pop(name, None)
+            if p is None or p.poll() is not None:
+                continue
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def shm_segments():
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+    except OSError:
+        return set()
+
+
+def in_use(paths):
+    """The paths among ``paths`` that some process has open or mapped."""
+    used = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            used.update(os.readlink("/proc/%s/fd/%s" % (pid, fd))
+                        for fd in os.listdir("/proc/%s/fd" % pid))
+            with open("/proc/%s/maps" % pid) as f:
+                used.update(line.split(None, 5)[-1].strip() for line in f if "/dev/shm/" in line)
+        except OSError:
+            continue
+    return {p for p in paths if p in used or p + " (deleted)" in used}
+
+
+def remove_leaked_segments(before):
+    """MPICH segments that appeared during our jobs and that no process uses: a job
+    the step cancel killed by SIGKILL could not unlink them."""
+    new = ["/dev/shm/" + n for n in shm_segments() - before]
+    for path in set(new) - in_use(new):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    before = shm_segments()
+    try:
+        why = c.start()
+        if why:
+            pytest.skip(why)
+        yield c
+    finally:
+        c.stop()
+        remove_leaked_segments(before)
+
+
+def submit(cluster, tmp_path, *job_args, timeout=600, extra=()):
+    """sbatch --wait the script; returns (exit code, job output, seconds)."""
+    out = tmp_path / "job.out"
+    env = dict(cluster.env, HMTL_PYTHON=sys.executable, MPIEXEC_TIMEOUT="300",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                          if p))
+    cmd = ["sbatch", "--wait", "--parsable", "--ntasks=16", "--time=10",
+           "--output=%s" % out, "--chdir=%s" % REPO, *extra, SBATCH, *job_args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate(timeout=30)
+        job = stdout.strip().split(";")[0]
+        if job:
+            sh(["scancel", job], timeout=30, env=cluster.env)
+        pytest.fail("sbatch --wait did not return in %d s (job %s)\n%s" % (timeout, job, stderr))
+    seconds = time.monotonic() - t0
+    text = out.read_text(errors="replace") if out.exists() else ""
+    return proc.returncode, text + stderr, seconds
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_sbatch_runs_coded_and_uncoded(cluster, tmp_path, launcher):
+    report = tmp_path / "report.json"
+    rc, log, seconds = submit(
+        cluster, tmp_path, "--topology", "paper-fig2", "--scheme", "uncoded,coded",
+        "--iterations", "3", "--report", report,
+        extra=["--export=ALL,HMTL_LAUNCHER=%s" % launcher])
+    print("sbatch --wait (%s): %.1f s" % (launcher, seconds))
+    assert rc == 0, "job failed (%d):\n%s" % (rc, log[-5000:])
+    data = json.loads(report.read_text())
+    assert data["ranks"] == 16 and (data["H"], data["K"]) == (5, 10)
+    coded, uncoded = data["runs"]["coded"], data["runs"]["uncoded"]
+    assert coded["planned_loads"] == {"uplink": 8.5, "downlink": 7.0}
+    assert uncoded["planned_loads"] == {"uplink": 10.0, "downlink": 10.0}
+    assert coded["measured_loads"]["uplink"] == pytest.approx(8.5)
+    assert 7.0 <= coded["measured_loads"]["downlink"] < 7.1
+    assert coded["model_digest"] == uncoded["model_digest"]
+    assert data["model_digests_equal"] is True
+    assert "launch: %s" % launcher in log
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_sbatch_passes_the_exit_code_through(cluster, tmp_path, launcher):
+    # exit code 3 (an exception on a rank) from hmtl_mpi's --inject-fault, not 137
+    rc, log, seconds = submit(
+        cluster, tmp_path, "--topology", "paper-fig2", "--scheme", "uncoded",
+        "--iterations", "3", "--inject-fault", "7:1",
+        extra=["--export=ALL,HMTL_LAUNCHER=%s" % launcher])
+    print("failing job (%s): %.1f s, exit %d" % (launcher, seconds, rc))
+    assert rc == 3, "expected the job's own exit code 3, got %d:\n%s" % (rc, log[-4000:])
