@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,network,schemes,hgc,loads,paper} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,loads,paper} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -9,6 +9,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 * runtime  the MPI job on this machine at several IV sizes (:mod:`.runtime`)
 * network  the paper's Fig. 5-7 settings on the emulated cluster of ``launch/netns-run``
            (root; :mod:`.network`)
+* startup  the default job's wall time against a bare MPI start, and a barrier's cost
+           (:mod:`.startup`)
 * schemes  uncoded, coded and joint side by side on the emulated cluster (root; :mod:`.schemes`)
 * hgc      gradient coding under injected stragglers: uncoded, gc, hgc, hgc-jncss (:mod:`.hgc`)
 * loads    the paper's Fig. 3 / Fig. 4: planned loads over random placements, no MPI (:mod:`.loads`)
@@ -20,7 +22,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-WHAT = ("plan", "coding", "mocha", "runtime", "network", "schemes", "hgc", "loads", "paper")
+WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "loads",
+        "paper")
 
 
 def main(argv=None) -> int:
