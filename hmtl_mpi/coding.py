@@ -467,10 +467,80 @@ def _message_unit_map(layout: BlockLayout, C: list) -> np.ndarray:
     return E
 
 
+NUMBA_MIN_ELIMINATION = 96 ** 3   # rows x cols x min(rows, cols) from which numba eliminates
+_compiled_rref = None
+
+
+def _rref_steps(A):  # pragma: no cover - compiled
+    """Gauss-Jordan elimination of A (int64, entries in [0, P)) in place, as numba
+    compiles it (:func:`_gauss_jordan`); returns the pivot columns.
+
+    Delayed reduction: a row update ``A[i] -= f A[r]`` adds less than P^2 < 2^34 in
+    magnitude to an entry, so entries are left unreduced (|A| < n 2^34 < 2^63 for any
+    n < 2^28) and reduced only where a value is used: the pivot column before it is
+    searched, the pivot row before it is scaled, every entry at the end. The inner
+    loop is then a plain multiply-subtract."""
+    rows, cols = A.shape
+    pivots = np.empty(min(rows, cols), dtype=np.int64)
+    r = 0
+    for c in range(cols):
+        if r == rows:
+            break
+        pr = -1
+        for i in range(r, rows):
+            x = A[i, c] % P
+            A[i, c] = x + P if x < 0 else x
+            if pr < 0 and A[i, c] != 0:
+                pr = i
+        if pr < 0:
+            continue
+        if pr != r:
+            for j in range(cols):
+                A[r, j], A[pr, j] = A[pr, j], A[r, j]
+        inv, base, e = 1, A[r, c], P - 2          # A[r, c]^(P-2): its inverse (Fermat)
+        while e > 0:
+            if e & 1:
+                inv = inv * base % P
+            base = base * base % P
+            e >>= 1
+        for j in range(c, cols):
+            x = A[r, j] % P
+            x = x + P if x < 0 else x
+            A[r, j] = x * inv % P
+        for i in range(rows):
+            if i == r:
+                continue
+            f = A[i, c] % P
+            f = f + P if f < 0 else f
+            if f != 0:
+                row_i = A[i]
+                row_r = A[r]
+                for j in range(c, cols):
+                    row_i[j] -= f * row_r[j]
+        pivots[r] = c
+        r += 1
+    for i in range(rows):
+        for j in range(cols):
+            x = A[i, j] % P
+            A[i, j] = x + P if x < 0 else x
+    return pivots[:r]
+
+
 def _gauss_jordan(A: np.ndarray) -> tuple:
-    """Reduced row echelon form of A over GF(p) and its pivot columns (int64 arithmetic)."""
+    """Reduced row echelon form of A over GF(p) and its pivot columns (int64 arithmetic).
+
+    Large matrices (:data:`NUMBA_MIN_ELIMINATION`) are eliminated by the numba-compiled
+    :func:`_rref_steps` (the same operations, one entry at a time); small ones by NumPy
+    row operations, so that planning a small code never imports numba."""
+    global _compiled_rref
     A = np.array(A, dtype=np.int64) % P
     rows, cols = A.shape
+    if rows * cols * min(rows, cols) >= NUMBA_MIN_ELIMINATION:
+        if _compiled_rref is None:
+            from numba import njit
+            _compiled_rref = njit(cache=True, boundscheck=False)(_rref_steps)
+        pivots = _compiled_rref(A)
+        return A, [int(c) for c in pivots]
     pivots, r = [], 0
     for c in range(cols):
         if r == rows:

@@ -712,3 +712,17 @@ def test_large_messages_use_the_compiled_kernel_and_stay_exact():
     out = verify_exchange(code, dim, seed=3)
     assert out["bit_exact"]
     assert coding._compiled is not None
+
+
+def test_compiled_elimination_equals_the_numpy_one(monkeypatch):
+    """Large systems are eliminated by numba with delayed reduction: same RREF, same pivots."""
+    rng = np.random.default_rng(5)
+    A = rng.integers(0, P, size=(70, 110))
+    A[:, 4] = 0
+    A[9] = A[2] * 12345 % P                     # a dependent row: one pivot fewer
+    monkeypatch.setattr(coding, "NUMBA_MIN_ELIMINATION", 0)
+    fast, fast_pivots = coding._gauss_jordan(A)
+    monkeypatch.setattr(coding, "NUMBA_MIN_ELIMINATION", 10 ** 18)
+    slow, slow_pivots = coding._gauss_jordan(A)
+    assert np.array_equal(fast, slow) and fast_pivots == slow_pivots
+    assert len(fast_pivots) == 69 and 4 not in fast_pivots
