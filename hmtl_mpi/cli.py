@@ -196,11 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"global iterations per scheme (default {DEFAULT_ITERATIONS})")
     p.add_argument("--seed", type=seed_value, default=0,
                    help="seed of data, learner and code, 0 .. 2**32-1 (default 0)")
-    p.add_argument("--downlink", choices=("auto", "scatter-allgather", "bcast"), default="auto",
+    p.add_argument("--downlink", choices=("scatter-allgather", "bcast"), default="scatter-allgather",
                    help="how the server's broadcast reaches the relays: scatter from the server "
-                        "then allgather among relays (one copy leaves the server), MPI_Bcast "
-                        "(one collective, fewest rounds), or auto (default): MPI_Bcast below "
-                        "64 KiB, scatter-allgather above")
+                        "then allgather among relays (one copy leaves the server; default), or "
+                        "MPI_Bcast (fewer calls, but several copies leave the server)")
     p.add_argument("--sync", choices=("iteration", "phase"), default="iteration",
                    help="schemes with steps: 'iteration' (default) puts a barrier around each "
                         "iteration only, steps run back to back and a phase is timed from the "
@@ -222,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MOCHA: choose lambda by 5-fold cross-validation over the paper's grid "
                         "{1e-5, ..., 10} on rank 0 before training (slow; default off, lambda "
                         "1e-4)")
+    p.add_argument("--data", choices=("scatter", "local"), default="scatter",
+                   help="MOCHA data sets: 'scatter' (default): rank 0 reads the data set once "
+                        "and sends each rank only its share (a user its task); 'local': every "
+                        "rank that needs data reads the data set itself (no setup traffic on "
+                        "the links, e.g. slow emulated ones; CPU on every such rank)")
     p.add_argument("--local-kernel", choices=("auto", "numpy", "numba"), default="auto",
                    help="MOCHA: the local update's implementation, NumPy or numba-compiled "
                         "(identical results); numba costs each user rank ~1.5 s to import and "

@@ -13,15 +13,13 @@ Rank layout: world rank 0 is the server, ranks 1..H the relays (relay i is rank
 layout has no user ranks. Home relay: a user linked to several relays gets its
 model from exactly one, its lowest-numbered relay.
 
-The broadcast (``downlink``): one buffer whose size every relay knows in advance.
-``scatter-allgather``: the server scatters it in H pieces to the relays and the
-relays allgather them among themselves, so one copy leaves the server (MPICH's
-own ``MPI_Bcast`` for long messages sends about two); ``bcast``: ``MPI_Bcast``,
-one collective call (a binomial tree for short messages: fewest rounds, a few
-copies out of the server); ``auto`` (default): ``bcast`` below
-:data:`BCAST_MAX_BYTES`, where rounds cost more than bytes, scatter-allgather
-above. Either way the broadcast is counted once in ``server_to_relay`` and the
-relays' allgather in ``relay_to_relay``.
+The broadcast (``downlink``): one buffer whose size every relay knows in advance
+(no length message before it). By default the server scatters it in H pieces to
+the relays and the relays allgather them among themselves, so exactly one copy
+leaves the server; ``bcast`` uses ``MPI_Bcast`` (fewer calls, but its tree sends
+several copies out of the root: about log2(H + 1) for short messages, two for long
+ones, which a slow server link pays for). Either way the broadcast is counted once
+in ``server_to_relay`` and the relays' allgather in ``relay_to_relay``.
 """
 
 from __future__ import annotations
@@ -30,8 +28,6 @@ import numpy as np
 from mpi4py import MPI
 
 from .schemes.base import TAG_IV, TAG_MODEL, role_of
-
-BCAST_MAX_BYTES = 64 * 1024     # --downlink auto: MPI_Bcast below, scatter-allgather above
 
 
 def make_comms(world, G, flat: bool = False) -> dict:
@@ -66,7 +62,7 @@ def scatter_layout(total: int, H: int):
 class Net:
     """What every role's links share: the job's links, communicators and topology."""
 
-    def __init__(self, links, comms, G, downlink="auto"):
+    def __init__(self, links, comms, G, downlink="scatter-allgather"):
         self.links = links
         self.G = G
         self.H, self.K = G.shape
@@ -96,12 +92,6 @@ class Net:
                           if r != MPI.REQUEST_NULL]
         return [(i, bufs[i]) for i in order[:need]]
 
-    def broadcast_method(self, nbytes: int) -> str:
-        """How a broadcast of ``nbytes`` travels (``--downlink``; see the module doc)."""
-        if self.downlink == "auto":
-            return "bcast" if nbytes < BCAST_MAX_BYTES else "scatter-allgather"
-        return self.downlink
-
     def _arrived(self, comm, source: int, tag: int) -> bool:
         return comm.Iprobe(source=source, tag=tag)
 
@@ -114,7 +104,7 @@ class Net:
 class UserNet(Net):
     """User k's links: to each of its relays in ``group[i]``, where the relay is rank 0."""
 
-    def __init__(self, links, comms, G, k, downlink="auto"):
+    def __init__(self, links, comms, G, k, downlink="scatter-allgather"):
         super().__init__(links, comms, G, downlink)
         self.k = k
         self.home = int(np.argmax(G[:, k] != 0))
@@ -145,7 +135,7 @@ class UserNet(Net):
 class RelayNet(Net):
     """Relay i's links: its users in ``group[i]``, the server in ``uplink``."""
 
-    def __init__(self, links, comms, G, i, downlink="auto"):
+    def __init__(self, links, comms, G, i, downlink="scatter-allgather"):
         super().__init__(links, comms, G, downlink)
         self.i = i
         self.users = np.flatnonzero(G[i])
@@ -196,7 +186,7 @@ class RelayNet(Net):
         """The server's broadcast of ``nbytes`` bytes (see the module doc), as uint8."""
         links = self.links
         buf = np.empty(nbytes, dtype=np.uint8)
-        if self.broadcast_method(nbytes) == "bcast":
+        if self.downlink == "bcast":
             links.bcast(self.uplink, buf, 0, "broadcast from the server")
             return buf
         counts, displs = scatter_layout(buf.size, self.H)
@@ -249,7 +239,7 @@ class ServerNet(Net):
         links = self.links
         buf = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
         links.count("server_to_relay", buf.nbytes)
-        if self.broadcast_method(buf.nbytes) == "bcast":
+        if self.downlink == "bcast":
             links.bcast(self.uplink, buf, 0, "broadcast")
             return
         counts, displs = scatter_layout(buf.size, self.H)
@@ -257,7 +247,7 @@ class ServerNet(Net):
                                          MPI.IN_PLACE, root=0), "broadcast scatter")
 
 
-def make_net(rank: int, links, comms, G, downlink="auto"):
+def make_net(rank: int, links, comms, G, downlink="scatter-allgather"):
     """This rank's links, by its role."""
     role, index = role_of(rank, G.shape[0])
     if role == "server":

@@ -69,9 +69,25 @@ def tasks_of_rank(rank: int, G: np.ndarray, flat: bool) -> list:
     return [int(k) for k in np.flatnonzero(G[index])] if flat else []
 
 
-def share_tasks(world, links, learner, G, flat) -> dict:
+def read_tasks(args, learner, rank, G, flat) -> dict:
+    """``--data local``: this rank reads the data set itself and keeps the tasks it needs
+    (rank 0 already holds them in its setup ``learner``). Returns user -> task."""
+    mine = tasks_of_rank(rank, G, flat)
+    if learner is not None:
+        return {k: learner.task(k) for k in mine}
+    if not mine:
+        return {}
+    from .datasets import load_tasks
+
+    every = load_tasks(args.dataset, G.shape[1], seed=args.seed, data_dir=args.data_dir,
+                       har_tasks=args.har_tasks)
+    return {k: every[k] for k in mine}
+
+
+def share_tasks(world, links, learner, G, flat, timeout) -> dict:
     """Rank 0 read the data once (its ``learner`` holds every task); every other rank gets
-    only the tasks it needs (:func:`tasks_of_rank`), by one scatter. Returns user -> task."""
+    only the tasks it needs (:func:`tasks_of_rank`), by one scatter, which may take
+    ``timeout`` seconds (it crosses the server's link). Returns user -> task."""
     from mpi4py import MPI
 
     from .datasets import pack_tasks, unpack_tasks
@@ -86,9 +102,9 @@ def share_tasks(world, links, learner, G, flat) -> dict:
     else:
         counts, send = None, None
     count = np.zeros(1, dtype=np.int64)
-    links.wait(world.Iscatter(counts, count, root=0), "the size of this rank's data")
+    links.wait(world.Iscatter(counts, count, root=0), "the size of this rank's data", timeout)
     mine = np.empty(int(count[0]))
-    links.wait(world.Iscatterv(send, mine, root=0), "this rank's data from rank 0")
+    links.wait(world.Iscatterv(send, mine, root=0), "this rank's data from rank 0", timeout)
     if rank == 0:
         return {k: learner.task(k) for k in tasks_of_rank(0, G, flat)}
     return unpack_tasks(mine)
@@ -491,9 +507,14 @@ def run_job(args, world, state, control) -> int:
                                 f"the {name} scheme's plan")
         schemes.append(planned if rank == 0 else get(name, args.workload).from_buffer(G, buf))
     tasks = None
-    if reads_data(args):
+    if reads_data(args) and args.data == "scatter":
         state.step("setup (each rank receives its data)")
-        tasks = share_tasks(world, links, setup[2] if rank == 0 else None, G, flat)
+        tasks = share_tasks(world, links, setup[2] if rank == 0 else None, G, flat,
+                            setup_timeout)
+    elif reads_data(args):
+        state.step("setup (each rank reads its data)")
+        tasks = read_tasks(args, setup[2] if rank == 0 else None, rank, G, flat)
+    if reads_data(args):
         args.dim = int(facts[2])
     links.barrier(world, "every rank before building the communicators")
     comms = make_comms(world, G, flat)

@@ -174,7 +174,7 @@ def test_three_schemes_move_their_planned_bytes_and_end_identical(tmp_path):
         assert down <= run["measured_loads"]["downlink"] <= down * 1.01
         assert run["ivs_bit_exact"] and run["models_delivered_intact"]
     assert len({r["model_digest"] for r in runs.values()}) == 1
-    assert runs["joint"]["code_attempts"] >= 1 and runs["joint"]["downlink_method"] == "auto"
+    assert runs["joint"]["code_attempts"] >= 1 and runs["joint"]["downlink_method"] == "scatter-allgather"
     assert "joint/uncoded" in proc.stdout
     assert "final models bit-identical across uncoded, coded, joint: True" in proc.stdout
 
@@ -199,7 +199,7 @@ def test_flat_layout_matches_the_hierarchical_one(tmp_path):
         assert it["bytes"]["relay_to_server"] == 2 * 512         # digits: 512-byte IVs
     # uncoded in the flat layout broadcasts the K models: K IVs, Sigma/rho after a refresh
     fu = f["runs"]["uncoded"]
-    assert fu["downlink_method"] == "auto"
+    assert fu["downlink_method"] == "scatter-allgather"
     assert all(it["bytes"]["server_to_relay"] in (4 * 512, 4 * 528) for it in fu["iterations"])
 
 
@@ -250,3 +250,15 @@ def test_each_rank_holds_only_the_data_it_needs():
     assert all(tasks_of_rank(1 + i, G, False) == [] for i in range(H))
     assert [tasks_of_rank(1 + H + k, G, False) for k in range(K)] == [[k] for k in range(K)]
     assert tasks_of_rank(2, G, True) == list(np.flatnonzero(G[1]))  # a flat worker: its row
+
+
+def test_data_read_locally_or_scattered_give_the_same_models(tmp_path):
+    """--data local (every rank reads the data set) against the default scatter from rank 0."""
+    digests = []
+    for extra in ((), ("--data", "local")):
+        path = tmp_path / f"d{len(digests)}.json"
+        proc, _ = run_job(16, "--iterations", "3", "--quiet", "--scheme", "coded",
+                          "--report", str(path), *extra, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        digests.append(json.loads(path.read_text())["model_digest"])
+    assert digests[0] == digests[1]

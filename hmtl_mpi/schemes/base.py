@@ -435,8 +435,8 @@ class CodedExchange(Scheme):
         return {"code_seed": self.code.seed, "code_attempts": self.code.attempts}
 
     def link_loads(self):
-        """Each block is its own uplink message; the broadcast is one round, two with the
-        scatter and allgather of long broadcasts (:mod:`hmtl_mpi.roles`)."""
+        """Each block is its own uplink message; the broadcast takes two rounds, the
+        server's scatter and the relays' allgather (:mod:`hmtl_mpi.roles`)."""
         out = super().link_loads()
         out["uplink_rounds"] = max(1, sum(1 for b in self.code.blocks if b.messages.any()))
         out["downlink_rounds"] = 2
