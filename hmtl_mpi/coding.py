@@ -67,11 +67,8 @@ CHUNK_COLUMNS = 16384       # most columns per BLAS call
 CHUNK_BYTES = 384 * 1024    # float64 work set per chunk (inputs + result + quotient): fits L2
 BLAS_THREADS = 1            # BLAS threads inside combine_mod_p (None: leave the process setting)
 
-NUMBA_MIN_SYMBOLS = 1 << 17  # inputs this large go to the compiled kernel (see combine_mod_p)
-
 _INV_P = 1.0 / P
 _blas_controller = None
-_compiled = None
 
 
 class DecodeError(RuntimeError):
@@ -109,78 +106,6 @@ def _blas_limit():
     return _blas_controller.limit(limits=BLAS_THREADS, user_api="blas")
 
 
-def _combine_steps(coeffs, rows, out, width, esc_cols, esc_coeffs):  # pragma: no cover - compiled
-    """:func:`combine_mod_p`'s loop as numba compiles it (:func:`compiled_combine`): per
-    chunk of ``width`` columns, the uint16 -> float64 conversion, one BLAS GEMM, the
-    escaped inputs' corrections and the reduction, each one pass over the chunk while
-    it is in cache. Returns the flat positions of results equal to 65536 (written 0)."""
-    r, c = coeffs.shape
-    L = rows.shape[1]
-    found = np.empty(64, dtype=np.int64)
-    nfound = 0
-    e = 0
-    x = np.empty((c, width), dtype=np.float64)
-    y = np.empty((r, width), dtype=np.float64)
-    for j0 in range(0, L, width):
-        w = min(width, L - j0)
-        if w < width:                          # the last, narrower chunk
-            x = np.empty((c, w), dtype=np.float64)
-            y = np.empty((r, w), dtype=np.float64)
-        for m in range(c):
-            src = rows[m]
-            dst = x[m]
-            for j in range(w):
-                dst[j] = src[j0 + j]
-        np.dot(coeffs, x, y)
-        while e < esc_cols.size and esc_cols[e] < j0 + w:
-            for a in range(r):
-                y[a, esc_cols[e] - j0] += esc_coeffs[e, a]
-            e += 1
-        for a in range(r):
-            ya = y[a]
-            o = out[a]
-            top = 0.0
-            for j in range(w):                     # branch-free: vectorised
-                v = ya[j] - np.floor(ya[j] * _INV_P) * P
-                top = max(top, v)
-                o[j0 + j] = np.uint16(np.int64(v))
-            if top >= 65536.0:                     # rare (~1/p per symbol): this row again
-                for j in range(w):
-                    v = ya[j] - np.floor(ya[j] * _INV_P) * P
-                    if v >= P:                     # insurance only, as in the NumPy path
-                        v -= P
-                    if v == 65536.0:
-                        if nfound == found.size:
-                            grown = np.empty(2 * found.size, dtype=np.int64)
-                            grown[:nfound] = found
-                            found = grown
-                        found[nfound] = a * L + j0 + j
-                        nfound += 1
-                        v = 0.0
-                    o[j0 + j] = np.uint16(np.int64(v))
-    return found[:nfound]
-
-
-def compiled_combine():
-    """:func:`_combine_steps` compiled by numba, loaded on first use only (importing numba
-    costs a process about a second, which only large messages win back)."""
-    global _compiled
-    if _compiled is None:
-        from numba import njit
-        _compiled = njit(cache=True, nogil=True, boundscheck=False)(_combine_steps)
-    return _compiled
-
-
-def warm_up(symbols: int) -> None:
-    """Load the compiled kernel before any timed phase if messages of ``symbols`` symbols
-    will use it (:data:`NUMBA_MIN_SYMBOLS`)."""
-    if symbols >= NUMBA_MIN_SYMBOLS:
-        out = np.empty((1, 4), dtype=SYMBOL_DTYPE)
-        with _blas_limit():
-            compiled_combine()(np.ones((1, 1)), np.ones((1, 4), dtype=SYMBOL_DTYPE), out, 4,
-                               np.zeros(0, dtype=np.int64), np.zeros((0, 1)))
-
-
 def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
                   escapes: tuple | None = None) -> np.ndarray:
     """``out = coeffs @ rows mod p`` in wire form; returns the output's escapes.
@@ -194,11 +119,6 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     reduced with ``y - p * floor(y / p)`` while it is in cache. Results equal to
     65536 are written as 0 and their flat positions in ``out`` returned (uint32).
 
-    Two implementations, the same arithmetic in the same order, so the same bits
-    (the tests compare them): NumPy passes over each chunk, and for inputs of at
-    least :data:`NUMBA_MIN_SYMBOLS` symbols a numba-compiled loop that converts,
-    corrects and reduces in one pass each (:func:`compiled_combine`).
-
     Exactness of the reduction: for integers 0 <= y < 2^53, ``floor(y * fl(1/p))``
     equals floor(y / p). fl(1/p) is below 1/p by a relative 2.7e-20 (~2^-65),
     too little to move y = n p off n after rounding, and for y = n p + j,
@@ -207,11 +127,6 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     ``- p`` in the rare branch is insurance only (checked numerically near
     multiples of p over the whole range, and by the tests).
     """
-    return _combine(coeffs, rows, out, escapes, rows.size >= NUMBA_MIN_SYMBOLS)
-
-
-def _combine(coeffs, rows, out, escapes, compiled: bool) -> np.ndarray:
-    """:func:`combine_mod_p` with the implementation chosen (``compiled``: numba)."""
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
     r, c = coeffs.shape
     if rows.ndim != 2 or rows.shape[0] != c:
@@ -235,13 +150,6 @@ def _combine(coeffs, rows, out, escapes, compiled: bool) -> np.ndarray:
     else:
         esc_cols = None
     width = _chunk_width(r, c, L)
-    if compiled:
-        if esc_cols is None:
-            esc_cols, esc_coeffs = np.zeros(0, dtype=np.int64), np.zeros((0, r))
-        with _blas_limit():
-            found = compiled_combine()(coeffs, np.ascontiguousarray(rows), out, width,
-                                       esc_cols, np.ascontiguousarray(esc_coeffs))
-        return found.astype(np.uint32)
     x = np.empty((c, width), dtype=np.float64)
     y = np.empty((r, width), dtype=np.float64)
     q = np.empty((r, width), dtype=np.float64)

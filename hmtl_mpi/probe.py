@@ -90,7 +90,6 @@ def coding_speed(dim: int, repeats: int = 3) -> float:
     coeffs = rng.integers(1, coding.P, size=(8, 10))
     rows = rng.integers(0, 65536, size=(10, L)).astype(np.uint16)
     out = np.empty((8, L), dtype=np.uint16)
-    coding.warm_up(rows.size)
     coding.combine_mod_p(coeffs, rows, out)
     times = []
     for _ in range(repeats):

@@ -254,7 +254,6 @@ def run_scheme(scheme, args, world, links, state, G, comms, tasks):
     me = scheme.part(role, job, make_net(rank, links, comms, G, args.downlink), index)
     state.step("warm-up (JIT compilation)")
     learner.warm_up()                  # JIT compilation stays out of every timed phase
-    me.warm_up()
     run = run_free if scheme.barrier_free else run_steps
     iterations = run(scheme, args, world, links, state, me, K, flat, 8 * learner.dim)
     state.step("final checks (model digests, test errors)", iteration=None)

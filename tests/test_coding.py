@@ -673,11 +673,10 @@ def test_bench_smoke(capsys):
     assert printed["decode_bit_exact"] is True
 
 
-# --- the two implementations of combine_mod_p --------------------------------------------
+# --- combine_mod_p against Python integers, escapes in and out ---------------------------
 
 @pytest.mark.parametrize("r,c,L", [(8, 10, 20_000), (1, 1, 5), (12, 20, 3_000), (3, 7, 9_999)])
-def test_compiled_and_numpy_combine_give_the_same_bits(r, c, L):
-    """Both implementations against Python integers, with escaped inputs and outputs."""
+def test_combine_with_escapes_equals_python_integers(r, c, L):
     rng = np.random.default_rng([r, c, L])
     coeffs = rng.integers(1, P, size=(r, c))
     coeffs[0, 0] = P - 1                       # -1: a zero input column then gives 65536 ...
@@ -691,27 +690,12 @@ def test_compiled_and_numpy_combine_give_the_same_bits(r, c, L):
     exact = rows.astype(object)
     exact[er, ec] = 65536
     want = (coeffs.astype(object) @ exact) % P
-    results = []
-    for compiled in (False, True):
-        out = np.empty((r, L), dtype=np.uint16)
-        found = coding._combine(coeffs, rows, out, (er, ec), compiled)
-        full = out.astype(np.int64)
-        full.reshape(-1)[found.astype(np.int64)] = 65536
-        assert np.array_equal(full, want.astype(np.int64))
-        assert 0 in found
-        results.append((out, np.sort(found)))
-    assert np.array_equal(results[0][0], results[1][0])
-    assert np.array_equal(results[0][1], results[1][1])
-
-
-def test_large_messages_use_the_compiled_kernel_and_stay_exact():
-    """An exchange whose combinations exceed NUMBA_MIN_SYMBOLS decodes bit for bit."""
-    G = paper_fig2()
-    code = build_code(G, Coded.layouts(make_plan(G)))
-    dim = coding.NUMBA_MIN_SYMBOLS // 2        # each relay's input is several IVs: compiled
-    out = verify_exchange(code, dim, seed=3)
-    assert out["bit_exact"]
-    assert coding._compiled is not None
+    out = np.empty((r, L), dtype=np.uint16)
+    found = combine_mod_p(coeffs, rows, out, (er, ec))
+    full = out.astype(np.int64)
+    full.reshape(-1)[found.astype(np.int64)] = 65536
+    assert np.array_equal(full, want.astype(np.int64))
+    assert 0 in found
 
 
 def test_compiled_elimination_equals_the_numpy_one(monkeypatch):

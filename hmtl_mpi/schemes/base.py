@@ -115,9 +115,6 @@ class Part:
     def start(self) -> None:
         """Barrier-free schemes: called once every rank is ready, before iteration 0."""
 
-    def warm_up(self) -> None:
-        """Load or compile what the timed phases will use (called before the first one)."""
-
 
 class UserPart(Part):
     """User k (hierarchical layout): local update (eq. 2), IV up, model down."""
@@ -299,16 +296,8 @@ class Scheme:
 
 # --- the coded exchange shared by both coded schemes -----------------------------------
 
-def warm_up_coding(job: Job) -> None:
-    """The coding kernel for messages of this job's size: at most all K IVs' symbols."""
-    coding.warm_up(coding.SYMBOLS_PER_VALUE * job.dim * job.K)
-
-
 class CodedRelay(RelayPart):
     """A relay of a coded exchange: encode (eq. 26), decode the broadcast, global update."""
-
-    def warm_up(self):
-        warm_up_coding(self.job)
 
     def encode(self, it):
         self.uplink = coding.relay_encode(self.scheme.code, self.i, self.own)
@@ -345,9 +334,6 @@ class CodedRelay(RelayPart):
 
 class CodedServer(ServerPart):
     """The server of a coded exchange: combine what the relays send, broadcast (eq. 31)."""
-
-    def warm_up(self):
-        warm_up_coding(self.job)
 
     def relay_to_server(self, it):
         code, dim = self.scheme.code, self.job.dim
