@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hmtl_mpi.failures import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED,
-                               PhaseTimeout, RankState, Terminated, _decode, _encode, classify,
+                               PhaseTimeout, RankState, Terminated, decode_record, encode_record, classify,
                                compose)
 from hmtl_mpi.schemes.base import role_names
 from mpi_util import REPO
@@ -75,9 +75,9 @@ def test_classify():
 
 def test_records_round_trip_and_are_bounded():
     rec = {"kind": "exception", "detail": "x" * 10000, "who": "rank 3 (relay 3)"}
-    buf = _encode(rec)
+    buf = encode_record(rec)
     assert buf.size == 2048
-    back = _decode(buf)
+    back = decode_record(buf)
     assert back["who"] == "rank 3 (relay 3)" and back["detail"].endswith(" ...")
 
 
