@@ -408,7 +408,22 @@ def end_job(exc: BaseException, state: RankState, control: Control | None, timeo
         _abort(state, world, EXIT_INTERRUPTED, quiet=True)
 
 
+def record_exit(rank: int, code: int) -> None:
+    """Write ``code`` to ``$HMTL_STATUS_DIR/rank-RANK`` when that folder is set: under srun,
+    MPI_Abort makes Slurm SIGKILL every task of the step, so that srun reports 137
+    whatever the code was; ``launch/slurm.sbatch`` reads the job's own code from here."""
+    folder = os.environ.get("HMTL_STATUS_DIR")
+    if not folder:
+        return
+    try:
+        with open(os.path.join(folder, f"rank-{rank}"), "w") as fh:
+            fh.write(f"{code}\n")
+    except OSError:
+        pass
+
+
 def _abort(state: RankState, world, code: int, quiet: bool = False):
+    record_exit(state.rank, code)
     for fn in state.cleanup:
         try:
             fn()
