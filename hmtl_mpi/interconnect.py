@@ -140,7 +140,10 @@ def describe_links(facts: list[dict]) -> str:
 
     # one machine: who is separated from whom by the network stack?
     netns = {f.get("netns") for f in facts}
-    containers = all(f.get("in_container") for f in facts)
+    # containers: every rank in one, and they differ (each its own host name); ranks in
+    # network namespaces inside one container (netns-run on a container host) share it
+    containers = (all(f.get("in_container") for f in facts)
+                  and len({f.get("hostname") for f in facts}) > 1)
     if len(per_node) == 1 and not nolocal:
         text = "memory copies on one host" + where
         if len(netns) > 1:

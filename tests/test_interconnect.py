@@ -48,6 +48,13 @@ def test_netns_run_is_tcp_between_namespaces():
     assert "MPICH netmod ofi, libfabric provider tcp, interface eth0" in text
 
 
+def test_netns_run_inside_a_container_is_still_namespaces():
+    """netns-run on a host that is itself a container: every rank sees /.dockerenv, but
+    they share the host name; only their network namespaces differ."""
+    facts = [rank(netns=1000 + r, container=True, **NETNS_RUN_ENV) for r in range(16)]
+    assert describe_links(facts).startswith("TCP between network namespaces on one host")
+
+
 def test_namespaces_without_nolocal_still_use_shared_memory():
     env = dict(NETNS_RUN_ENV)
     del env["MPIR_CVAR_NOLOCAL"]
