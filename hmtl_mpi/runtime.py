@@ -482,12 +482,12 @@ def run_job(args, world, state, control) -> int:
     state.set_roles(role_names(H, flat))
     where = np.zeros((world.Get_size(), 3), dtype=np.int64) if rank == 0 else None
     links.wait(world.Igather(state.locator(), where, root=0), "where the ranks' state pages are")
-    facts = np.zeros((world.Get_size(), RECORD_BYTES), dtype=np.uint8) if rank == 0 else None
-    links.wait(world.Igather(encode_record(local_facts()), facts, root=0),
+    hosts = np.zeros((world.Get_size(), RECORD_BYTES), dtype=np.uint8) if rank == 0 else None
+    links.wait(world.Igather(encode_record(local_facts()), hosts, root=0),
                "what carries the messages (host, namespace, MPI transport)")
     if rank == 0:
         state.pages = {r: tuple(int(x) for x in where[r]) for r in range(world.Get_size())}
-        link_kind = describe_links([decode_record(f) for f in facts])
+        link_kind = describe_links([decode_record(h) for h in hosts])
     # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
     # knows the data's number of features
     from .mocha import KERNELS
