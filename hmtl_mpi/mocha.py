@@ -92,6 +92,7 @@ would refresh once in 150 rounds and never within a 40-iteration run.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -612,14 +613,13 @@ def _cv_best(data, errors_fn, grid=LAMBDA_GRID, folds=5):
     return float(grid[int(np.argmin(scores))])
 
 
-def baseline_cache_path(data) -> "Path | None":
+def baseline_cache_path(data) -> Path | None:
     """Where the baselines of these data are cached: ``$HMTL_CACHE`` or
     ``$XDG_CACHE_HOME/hmtl_mpi`` (default ``~/.cache/hmtl_mpi``), one JSON file named by a
     SHA-256 of the data, the lambda grid and scikit-learn's version; None when
     ``HMTL_CACHE`` is empty (no cache)."""
     import hashlib
     import os
-    from pathlib import Path
 
     import sklearn
 

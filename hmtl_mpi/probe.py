@@ -56,8 +56,6 @@ def probe_size(iv_bytes: int) -> int:
 def measure_links(world, links, comms, G, flat: bool, iv_bytes: int):
     """On rank 0: {"w2": (latency, rate), "w1": (latency, rate)}; None elsewhere.
     Collective over the world (every rank calls it)."""
-    from mpi4py import MPI
-
     rank = world.Get_rank()
     size = probe_size(iv_bytes)
     w2 = w1 = None

@@ -94,9 +94,9 @@ def share_tasks(world, links, learner, G, flat, timeout) -> dict:
 
     rank, size = world.Get_rank(), world.Get_size()
     if rank == 0:
-        bufs = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat)})
+        # rank 0 keeps its learner's own: it is sent an empty share
+        bufs = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat)} if r else {})
                 for r in range(size)]
-        bufs[0] = np.zeros(1)                       # rank 0 keeps its learner's own
         counts = np.array([b.size for b in bufs], dtype=np.int64)
         send = [np.concatenate(bufs), [int(c) for c in counts], None, MPI.DOUBLE]
     else:

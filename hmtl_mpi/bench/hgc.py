@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import positive_int
+from . import mpiexec
 from .network import REPO, write_csv
 
 OUT_DIR = REPO / "benchmarks" / "hgc"
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     reports = out.parent / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    launcher = mpiexec()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_hgc_") as tmp:
         gpath = os.path.join(tmp, "tree.npy")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         for model in [m for m in args.models.split(";") if m]:
             tag = model.replace(":", "_").replace("+", "__").replace("=", "-").replace(",", "_")
             rpath = reports / f"{tag}.json"
-            cmd = [mpiexec if os.path.exists(mpiexec) else "mpiexec", "-n", str(n),
+            cmd = [launcher, "-n", str(n),
                    sys.executable, "-m", "hmtl_mpi", "--workload", "gd", "--topology", gpath,
                    "--scheme", args.scheme, "--dataset", args.dataset, "--partitions",
                    str(args.partitions), "--stragglers", args.stragglers, "--straggle", model,

@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from ..cli import positive_int, positive_int_list
+from . import mpiexec
 
 
 def run(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",
@@ -30,15 +31,13 @@ def run(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",
     from ..report import PHASES
 
     H, K = load_topology(topology).shape
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if not os.path.exists(mpiexec):
-        mpiexec = "mpiexec"
+    launcher = mpiexec()
     results = {"topology": topology, "ranks": 1 + H + K, "cores": os.cpu_count(),
                "iterations": iterations, "schemes": schemes, "runs": []}
     for dim in dims:
         with tempfile.TemporaryDirectory() as tmp:
             report = os.path.join(tmp, "r.json")
-            cmd = [mpiexec, "-n", str(1 + H + K), sys.executable, "-m", "hmtl_mpi",
+            cmd = [launcher, "-n", str(1 + H + K), sys.executable, "-m", "hmtl_mpi",
                    "--topology", topology, "--scheme", schemes, "--dataset", "synthetic",
                    "--dim", str(dim), "--iterations", str(iterations), "--quiet", "--report", report]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)

@@ -30,6 +30,7 @@ import tempfile
 import time
 
 from ..cli import positive_int
+from . import mpiexec
 
 BARE = "from mpi4py import MPI; import numpy; MPI.COMM_WORLD.Barrier()"
 
@@ -62,11 +63,6 @@ if comm.rank == 0:
     import json
     print(json.dumps(out))
 """
-
-
-def mpiexec() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.path.exists(here) else "mpiexec"
 
 
 def _timed(cmd, cwd=None, timeout=600) -> tuple:
