@@ -140,7 +140,7 @@ def stragglers_pair(text) -> tuple:
 
 
 def straggle_value(text):
-    from .straggle import StraggleError, parse
+    from .learning.straggle import StraggleError, parse
 
     try:
         return parse(text)
@@ -149,7 +149,7 @@ def straggle_value(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .learners import DATASETS
+    from .learning.learners import DATASETS
     from .schemes import REGISTRY
 
     listing = "\n".join(f"  {name:10} ({workload}) {cls.summary}"
@@ -312,7 +312,7 @@ def usage_error(rank, message) -> int:
     """Two lines on rank 0: the short usage and the problem. Returns the exit code."""
     import sys
 
-    from .failures import EXIT_BAD_INPUT
+    from .job.failures import EXIT_BAD_INPUT
 
     if rank == 0:
         sys.stderr.write(f"usage: {USAGE}\nhmtl_mpi: error: {message}\n")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hmtl_mpi.bench import loads as bl
-from hmtl_mpi.topology import TopologyError
+from hmtl_mpi.planning.topology import TopologyError
 
 
 def _check_order(d: dict) -> None:

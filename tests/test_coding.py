@@ -17,14 +17,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hmtl_mpi import coding
-from hmtl_mpi.coding import (P, Code, DecodeError, build_code, combine_mod_p, pack,
-                             relay_decode, relay_encode, server_combine, special_ivs,
-                             split_packed, unit_symbols, unpack, verify_exchange)
-from hmtl_mpi.plan import make_plan
+from hmtl_mpi.codes import coding
+from hmtl_mpi.codes.coding import (P, Code, DecodeError, build_code, combine_mod_p, pack, relay_decode, relay_encode, server_combine, special_ivs, split_packed, unit_symbols, unpack, verify_exchange)
+from hmtl_mpi.planning.hierarchical import make_plan
 from hmtl_mpi.schemes.coded import Coded
-from hmtl_mpi.topology import (TopologyError, paper_fig2, random_regular, symmetric,
-                               validate)
+from hmtl_mpi.planning.topology import (TopologyError, paper_fig2, random_regular, symmetric, validate)
 
 HYP = settings(max_examples=8, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

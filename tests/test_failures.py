@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from hmtl_mpi.failures import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED,
-                               PhaseTimeout, RankState, Terminated, decode_record, encode_record, classify,
-                               compose)
+from hmtl_mpi.job.failures import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED, PhaseTimeout, RankState, Terminated, decode_record, encode_record, classify, compose)
 from hmtl_mpi.schemes.base import role_names
 from mpi_util import REPO
 
@@ -24,7 +22,7 @@ def _python(code: str, **env):
 
 def test_watcher_names_a_rank_killed_by_a_signal():
     proc = _python("import os, signal\n"
-                   "from hmtl_mpi.supervisor import start\n"
+                   "from hmtl_mpi.job.supervisor import start\n"
                    "page = start()\n"
                    "page.write('rank 7 (user 2)\\tin iteration 3 of the coded run, phase decode')\n"
                    "os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -34,14 +32,14 @@ def test_watcher_names_a_rank_killed_by_a_signal():
 
 
 def test_watcher_passes_exit_codes_through_silently():
-    proc = _python("import sys\nfrom hmtl_mpi.supervisor import start\nstart()\nsys.exit(3)\n")
+    proc = _python("import sys\nfrom hmtl_mpi.job.supervisor import start\nstart()\nsys.exit(3)\n")
     assert proc.returncode == 3 and proc.stderr == ""
-    proc = _python("from hmtl_mpi.supervisor import start\nstart()\nprint('only once')\n")
+    proc = _python("from hmtl_mpi.job.supervisor import start\nstart()\nprint('only once')\n")
     assert proc.returncode == 0 and proc.stdout == "only once\n"
 
 
 def test_watcher_can_be_switched_off():
-    proc = _python("import os\nfrom hmtl_mpi.supervisor import start\n"
+    proc = _python("import os\nfrom hmtl_mpi.job.supervisor import start\n"
                    "print(start() is None, os.getppid() != 1)\n", HMTL_NO_SUPERVISOR="1")
     assert proc.stdout.split() == ["True", "True"]
 
@@ -127,7 +125,7 @@ def test_rank_0_reads_another_ranks_page_on_this_host():
     """The silent rank's own page, through /proc/<pid>/fd/<fd> (a memfd)."""
     import os
 
-    from hmtl_mpi.supervisor import read_page_of, start
+    from hmtl_mpi.job.supervisor import read_page_of, start
 
     r, w = os.pipe()
     pid = os.fork()

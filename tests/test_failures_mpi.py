@@ -231,7 +231,7 @@ def test_report_path_checked_before_the_run(small, tmp_path):
 
 
 def test_har_file_of_random_bytes_is_named(small, tmp_path):
-    from hmtl_mpi.datasets import make_har_fixture
+    from hmtl_mpi.learning.datasets import make_har_fixture
 
     har = make_har_fixture(tmp_path / "har")
     bad = har / "train" / "X_train.txt"

@@ -1,16 +1,9 @@
-"""Unit tests of the fixed-point gradient-descent learner (hmtl_mpi.gd); no MPI."""
+"""Unit tests of the fixed-point gradient-descent learner (hmtl_mpi.learning.gd); no MPI."""
 
 import numpy as np
 import pytest
 
-from hmtl_mpi.gd import (
-    BIAS,
-    DEFAULT_ITERATIONS,
-    FIELD_LIMIT,
-    GradientLearner,
-    fixed_point_bits,
-    run_in_process,
-)
+from hmtl_mpi.learning.gd import (BIAS, DEFAULT_ITERATIONS, FIELD_LIMIT, GradientLearner, fixed_point_bits, run_in_process)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def test_shapes_split_and_scale(digits, mnist):
         m = L.initial_model()
         assert m.dtype == np.float64 and m.shape == (L.dim,) and not m.any()
     # train + test is exactly the data set, each image once (a split, not a resampling)
-    from hmtl_mpi.datasets import _normalise_rows, _read_digits
+    from hmtl_mpi.learning.datasets import _normalise_rows, _read_digits
     pixels, labels = _read_digits()
     full = np.column_stack([_normalise_rows(pixels / 16.0), labels])
     ours = np.vstack([np.column_stack([digits.X_train[:, :-1], digits.y_train]),

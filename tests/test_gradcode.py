@@ -19,31 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hmtl_mpi.gradcode import (
-    HALF,
-    P31,
-    SUM_BOUND,
-    DelayModel,
-    GradCodeError,
-    Selection,
-    TreeCode,
-    expected_time,
-    feasibility_error,
-    field_combine,
-    field_from_rational,
-    field_inv,
-    flat_code,
-    from_field,
-    hgc_code,
-    jncss_brute_force,
-    jncss_greedy,
-    pattern_count,
-    plain_sum_code,
-    sample_gradients,
-    to_field,
-    uncoded_code,
-    verify,
-)
+from hmtl_mpi.codes.gradcode import (HALF, P31, SUM_BOUND, DelayModel, GradCodeError, Selection, TreeCode, expected_time, feasibility_error, field_combine, field_from_rational, field_inv, flat_code, from_field, hgc_code, jncss_brute_force, jncss_greedy, pattern_count, plain_sum_code, sample_gradients, to_field, uncoded_code, verify)
 
 HYP = settings(max_examples=25, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow])

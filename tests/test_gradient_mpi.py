@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from hmtl_mpi.topology import tree
+from hmtl_mpi.planning.topology import tree
 from mpi_util import REPO, run_job
 
 pytestmark = pytest.mark.mpi

@@ -1,9 +1,9 @@
-"""hmtl_mpi.interconnect: the links told from each rank's facts (pure; no MPI needed)."""
+"""hmtl_mpi.wire.interconnect: the links told from each rank's facts (pure; no MPI needed)."""
 
 import os
 import socket
 
-from hmtl_mpi.interconnect import ENV_KEYS, describe_links, local_facts
+from hmtl_mpi.wire.interconnect import ENV_KEYS, describe_links, local_facts
 
 BOOT_A, BOOT_B = "aaaa-boot", "bbbb-boot"
 NETNS_RUN_ENV = {"MPICH_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "eth0",
@@ -123,7 +123,7 @@ def test_gathered_over_mpi_on_this_machine():
     from mpi_util import REPO, mpiexec
 
     code = ("from mpi4py import MPI\n"
-            "from hmtl_mpi.interconnect import local_facts, describe_links\n"
+            "from hmtl_mpi.wire.interconnect import local_facts, describe_links\n"
             "facts = MPI.COMM_WORLD.gather(local_facts(), root=0)\n"
             "if MPI.COMM_WORLD.Get_rank() == 0:\n"
             "    print('LINKS', describe_links(facts))\n")

@@ -1,26 +1,11 @@
-"""Unit tests of the pure MOCHA learner (hmtl_mpi.mocha); no MPI."""
+"""Unit tests of the pure MOCHA learner (hmtl_mpi.learning.mocha); no MPI."""
 
 import numpy as np
 import pytest
 import scipy.linalg
 
-from hmtl_mpi.datasets import Task, load_tasks
-from hmtl_mpi.mocha import (
-    DEFAULT_LAMBDA,
-    LAMBDA_GRID,
-    MochaLearner,
-    cross_validate_lambda,
-    cross_validation_errors,
-    dual_objective,
-    duality_gap,
-    global_update,
-    primal_objective,
-    refresh_task_relationship,
-    run_in_process,
-    sdca_local_update,
-    sdca_local_update_reference,
-    task_test_error,
-)
+from hmtl_mpi.learning.datasets import Task, load_tasks
+from hmtl_mpi.learning.mocha import (DEFAULT_LAMBDA, LAMBDA_GRID, MochaLearner, cross_validate_lambda, cross_validation_errors, dual_objective, duality_gap, global_update, primal_objective, refresh_task_relationship, run_in_process, sdca_local_update, sdca_local_update_reference, task_test_error)
 
 
 def _random_tasks(K, n, d, seed, n_test=20):
@@ -326,7 +311,7 @@ def test_a_learner_holding_only_its_share_computes_the_same():
 
 
 def test_auto_kernel_takes_numba_only_for_long_runs():
-    from hmtl_mpi.mocha import choose_kernel
+    from hmtl_mpi.learning.mocha import choose_kernel
 
     assert choose_kernel("auto", 30, 130, 64) == "numpy"          # the default job
     assert choose_kernel("auto", 100_000, 187, 784) == "numba"

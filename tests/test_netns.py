@@ -247,7 +247,7 @@ def test_hmtl_job_on_the_emulated_network(tmp_path):
     """The real runtime, both schemes, one namespace per rank over shaped TCP links."""
     import numpy as np
 
-    from hmtl_mpi.topology import symmetric
+    from hmtl_mpi.planning.topology import symmetric
 
     G = symmetric(3, 2, 1)                      # H = 3, K = 3: 7 ranks; loads (1.5, 1)
     gpath = tmp_path / "g.npy"

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-import hmtl_mpi.plan as plan_mod
-from hmtl_mpi.plan import Plan, exact_alpha, format_plan, main, make_plan, solve_round_lp
-from hmtl_mpi.topology import paper_fig2, random_regular, symmetric, validate
+import hmtl_mpi.planning.hierarchical as plan_mod
+from hmtl_mpi.planning.hierarchical import (Plan, exact_alpha, format_plan, make_plan, solve_round_lp)
+from hmtl_mpi.plan import main
+from hmtl_mpi.planning.topology import paper_fig2, random_regular, symmetric, validate
 
 REPO = Path(__file__).resolve().parents[1]
 F = Fraction

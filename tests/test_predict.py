@@ -1,4 +1,4 @@
-"""The time prediction (hmtl_mpi.predict) and what the schemes tell it; no MPI."""
+"""The time prediction (hmtl_mpi.job.predict) and what the schemes tell it; no MPI."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from hmtl_mpi import coding
-from hmtl_mpi.predict import phase_seconds, saving_pct, verdict
+from hmtl_mpi.codes import coding
+from hmtl_mpi.job.predict import phase_seconds, saving_pct, verdict
 from hmtl_mpi.schemes import get
-from hmtl_mpi.topology import paper_fig2
+from hmtl_mpi.planning.topology import paper_fig2
 
 
 @pytest.fixture(scope="module")

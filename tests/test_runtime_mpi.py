@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hmtl_mpi.plan import make_plan
-from hmtl_mpi.topology import load_topology, random_regular, symmetric
+from hmtl_mpi.planning.hierarchical import make_plan
+from hmtl_mpi.planning.topology import load_topology, random_regular, symmetric
 from mpi_util import run_job
 
 pytestmark = pytest.mark.mpi
@@ -242,7 +242,7 @@ def test_phase_barriers_and_numba_kernel_change_no_bit(tmp_path):
 
 
 def test_each_rank_holds_only_the_data_it_needs():
-    from hmtl_mpi.runtime import tasks_of_rank
+    from hmtl_mpi.job.runtime import tasks_of_rank
 
     G = load_topology("paper-fig2")
     H, K = G.shape

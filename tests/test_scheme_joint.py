@@ -24,11 +24,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from hmtl_mpi.plan import make_plan
-from hmtl_mpi.schemes.joint import (MAX_RELAYS, JointPlan, JointPlanError, _exact_candidate,
-                                 format_joint_plan, hierarchical_relay_loads, make_joint_plan,
-                                 satisfies_t2, subset_bounds)
-from hmtl_mpi.topology import TopologyError, load_topology, symmetric, validate
+from hmtl_mpi.planning.hierarchical import make_plan
+from hmtl_mpi.planning.joint import (MAX_RELAYS, JointPlan, JointPlanError, _exact_candidate, format_joint_plan, hierarchical_relay_loads, make_joint_plan, satisfies_t2, subset_bounds)
+from hmtl_mpi.planning.topology import TopologyError, load_topology, symmetric, validate
 
 REPO = Path(__file__).resolve().parents[1]
 F = Fraction
@@ -431,9 +429,9 @@ def test_cli_json_is_clean():
 
 # --- the code: the exchange runs bit-exactly and moves the planned bytes -----------------
 
-from hmtl_mpi.coding import verify_exchange  # noqa: E402
+from hmtl_mpi.codes.coding import verify_exchange  # noqa: E402
 from hmtl_mpi.schemes import get  # noqa: E402
-from hmtl_mpi.topology import cyclic, example_a  # noqa: E402
+from hmtl_mpi.planning.topology import cyclic, example_a  # noqa: E402
 
 
 @pytest.mark.parametrize("name,G,loads", [

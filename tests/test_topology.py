@@ -21,20 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hmtl_mpi.topology import (
-    TopologyError,
-    describe,
-    heterogeneous,
-    load_topology,
-    paper_fig2,
-    random_regular,
-    relay_users,
-    symmetric,
-    user_degrees,
-    user_relays,
-    users_by_degree,
-    validate,
-)
+from hmtl_mpi.planning.topology import (TopologyError, describe, heterogeneous, load_topology, paper_fig2, random_regular, relay_users, symmetric, user_degrees, user_relays, users_by_degree, validate)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

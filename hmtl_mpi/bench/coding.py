@@ -3,7 +3,7 @@
 Measured in one run (warm-up first, then the median of several repetitions):
 
 * memcpy   -- ``numpy.copyto`` of as many bytes as the encode's input (the ceiling);
-* encode   -- :func:`hmtl_mpi.coding.combine_mod_p`: 10 segments of 1 MB into 8
+* encode   -- :func:`hmtl_mpi.codes.coding.combine_mod_p`: 10 segments of 1 MB into 8
               combinations (the shape of a relay's uplink, eq. 26);
 * relay_encode -- :func:`relay_encode` of one relay of paper-fig2, every round;
 * combine  -- :func:`server_combine`: all uplink messages of one round of paper-fig2
@@ -16,7 +16,7 @@ Measured in one run (warm-up first, then the median of several repetitions):
 Throughput is MB/s of *input* payload (1 MB = 1e6 bytes): the uint16 symbols the
 kernel reads (for decode: the broadcast rows it uses plus the known IVs' units).
 
-First-use costs are measured in a fresh subprocess: ``import hmtl_mpi.coding``,
+First-use costs are measured in a fresh subprocess: ``import hmtl_mpi.codes.coding``,
 the first (tiny) ``combine_mod_p`` (it loads threadpoolctl to pin BLAS to one
 thread), ``import galois`` + ``galois.GF(65537)``, ``make_plan`` and ``build_code``
 for paper-fig2 (``build_code`` after the field exists).
@@ -49,7 +49,7 @@ MB = 1e6
 _FIRST_USE = r"""
 import json, time
 t0 = time.perf_counter()
-import hmtl_mpi.coding as coding
+import hmtl_mpi.codes.coding as coding
 t1 = time.perf_counter()
 import numpy as np
 coding.combine_mod_p(np.ones((2, 3)), np.ones((3, 5), np.uint16), np.empty((2, 5), np.uint16))
@@ -58,9 +58,9 @@ import galois
 t2 = time.perf_counter()
 GF = galois.GF(65537)
 t3 = time.perf_counter()
-from hmtl_mpi.plan import make_plan
+from hmtl_mpi.planning.hierarchical import make_plan
 from hmtl_mpi.schemes.coded import Coded
-from hmtl_mpi.topology import paper_fig2
+from hmtl_mpi.planning.topology import paper_fig2
 t4 = time.perf_counter()
 plan = make_plan(paper_fig2())
 t5 = time.perf_counter()
@@ -123,10 +123,10 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     The JSON keys ``*_MBps`` are wall-clock input MB/s; ``*_cpu_MBps`` the same per
     CPU second of this process (close to wall on an idle machine).
     """
-    from .. import coding
+    from ..codes import coding
     from ..schemes.coded import Coded
     from ..schemes.joint import Joint
-    from ..topology import paper_fig2, symmetric
+    from ..planning.topology import paper_fig2, symmetric
 
     rng = np.random.default_rng(0)
     res: dict = {"dim": dim, "repeats": repeats}

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT_DIR / "hgc.csv"), help="CSV path")
     args = parser.parse_args(argv)
-    from ..topology import tree
+    from ..planning.topology import tree
 
     sizes = [int(x) for x in args.tree.split(",")]
     n = 1 + len(sizes) + sum(sizes)

@@ -5,7 +5,7 @@
 No MPI: for every point of a sweep, ``--placements`` random topologies G are drawn
 and planned, and the mean and the range (min, max) over them are reported of
 
-* the coded scheme's loads (Theorem 1, :func:`hmtl_mpi.plan.make_plan`),
+* the coded scheme's loads (Theorem 1, :func:`hmtl_mpi.planning.hierarchical.make_plan`),
 * the uncoded loads (K, K) of Example 1 (the ``uncoded`` scheme's plan),
 * Theorem 2's lower bounds (eq. 35a/35b, the plan's ``*_lower_bound``),
 * extra: the joint scheme's loads (seed 001, :mod:`hmtl_mpi.schemes.joint`, H <= 16),
@@ -17,7 +17,7 @@ and planned, and the mean and the range (min, max) over them are reported of
 Placements:
 
 * ``fig3``: K users, H in {5, 10} relays, every user on r = 3 relays drawn
-  uniformly among the 3-subsets, independently (:func:`hmtl_mpi.topology.random_regular`,
+  uniformly among the 3-subsets, independently (:func:`hmtl_mpi.planning.topology.random_regular`,
   which redraws the rare G with a relay linked to no user or to every user);
   K = 10, 20, ..., 100 (the x axis of the paper's Fig. 3).
 * ``fig4``: K = 50, H = 4, relay degrees (1/2 + d)K, (1/2 + d)K, (1/2 - d)K,
@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import float_list, positive_int, positive_int_list, seed_value
-from ..plan import make_plan
+from ..planning.hierarchical import make_plan
 from ..schemes import get
-from ..schemes.joint import MAX_RELAYS, make_joint_plan
-from ..topology import TopologyError, random_regular, validate
+from ..planning.joint import MAX_RELAYS, make_joint_plan
+from ..planning.topology import TopologyError, random_regular, validate
 from .network import heterogeneous_ds, write_csv
 
 # The columns every CSV starts with, in this order (x = K for fig3, d for fig4).

@@ -23,14 +23,14 @@ import time
 
 import numpy as np
 
-from .. import mocha
+from ..learning import mocha
 
 FRAC = 0.5
 K_GLOBAL = 20
 
 
 def _problems():
-    from ..datasets import load_tasks
+    from ..learning.datasets import load_tasks
 
     digits = load_tasks("digits", 10, seed=0)[0]
     yield "digits", digits.X_train, digits.y_train
@@ -56,7 +56,7 @@ _FIRST_CALL = r"""
 import time
 t0 = time.perf_counter()
 import numpy as np
-from hmtl_mpi import mocha
+from hmtl_mpi.learning import mocha
 X = np.ones((8, 3)); args = (X, np.ones(8), np.zeros(8), np.zeros(3), 0.5, 1.0, 0.1, 4,
                              np.arange(8, dtype=np.int64))
 mocha.sdca_local_update(*args)

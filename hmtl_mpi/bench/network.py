@@ -77,8 +77,8 @@ import time
 from pathlib import Path
 
 from ..cli import float_list, positive_float, positive_int, positive_int_list
-from ..learners import DATASETS
-from ..report import PHASES
+from ..learning.learners import DATASETS
+from ..job.report import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
 NETNS_RUN = REPO / "launch" / "netns-run"
@@ -286,7 +286,7 @@ def make_topology(s: dict, path: str):
     """Write G of setting s to path; returns (G as list of lists, how it was drawn)."""
     import numpy as np
 
-    from .. import topology as T
+    from ..planning import topology as T
 
     kind = s["topology"]
     seed = s.get("topology_seed", s["seed"])
@@ -340,8 +340,8 @@ def balanced_random(K: int, H: int, r: int, seed: int = 0):
 def print_plans(settings, n_seeds):
     """Planned (L_up, L_down) per setting: the setting's own G, and for random
     placements also seeds 1..n_seeds and the symmetric design where it exists."""
-    from .. import topology as T
-    from ..plan import make_plan
+    from ..planning import topology as T
+    from ..planning.hierarchical import make_plan
 
     def loads(G):
         p = make_plan(G)

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from ..cli import positive_float, positive_int, seed_value
-from ..learners import DATASETS
+from ..learning.learners import DATASETS
 from . import loads as bl
 from . import network as bn
 

@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from ..plan import make_plan, round_counts
-from ..topology import random_regular, validate
+from ..planning.hierarchical import make_plan, round_counts
+from ..planning.topology import random_regular, validate
 
 
 def mixed_topology(K: int, H: int, seed: int = 0) -> np.ndarray:

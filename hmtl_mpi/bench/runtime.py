@@ -27,8 +27,8 @@ def run(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",
     the first. On one machine with more ranks than cores the ranks share CPUs and
     the links are memory copies: these are not network figures.
     """
-    from ..topology import load_topology
-    from ..report import PHASES
+    from ..planning.topology import load_topology
+    from ..job.report import PHASES
 
     H, K = load_topology(topology).shape
     launcher = mpiexec()

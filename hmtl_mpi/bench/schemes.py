@@ -35,7 +35,7 @@ TOPOLOGIES = {"paper-fig2": None, "heterogeneous-16": (16, 2, 0.125)}
 
 def _topology(name: str, tmp: str) -> tuple:
     """(--topology argument, G) for a named setting."""
-    from ..topology import heterogeneous, load_topology
+    from ..planning.topology import heterogeneous, load_topology
 
     if TOPOLOGIES[name] is None:
         return name, load_topology(name)

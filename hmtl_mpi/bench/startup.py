@@ -11,7 +11,7 @@ Measured in one run, alternating so that the machine's load hits every variant a
 * ``--against DIR``: the same job from another checkout of the package (e.g. a
   ``git worktree`` of an older commit), run from that folder, for a before/after;
 * ``barrier``: seconds per barrier of N ranks with the runtime's way of waiting
-  (``Ibarrier`` + ``Test`` + the sleep of :mod:`hmtl_mpi.transport`), with the earlier
+  (``Ibarrier`` + ``Test`` + the sleep of :mod:`hmtl_mpi.wire.transport`), with the earlier
   way (sleeps doubling from 20 us to 1 ms) and with a blocking ``MPI_Barrier``.
 
 With more ranks than cores every figure includes the ranks' competition for CPUs:
@@ -37,7 +37,7 @@ BARE = "from mpi4py import MPI; import numpy; MPI.COMM_WORLD.Barrier()"
 BARRIERS = r"""
 import sys, time
 from mpi4py import MPI
-from hmtl_mpi import transport
+from hmtl_mpi.wire import transport
 comm = MPI.COMM_WORLD
 n = int(sys.argv[1])
 

@@ -6,7 +6,7 @@ job on rank 0 (:meth:`Scheme.plan`), reaches the other ranks as one byte buffer
 the role a *part* (:meth:`Scheme.part`): an object with one method per step of
 :attr:`Scheme.steps`, called in that order by the job, with a barrier on both
 sides of each step. A part computes on NumPy arrays and moves buffers only
-through ``net``, its role's links (:mod:`hmtl_mpi.roles`); it never touches MPI.
+through ``net``, its role's links (:mod:`hmtl_mpi.wire.roles`); it never touches MPI.
 A part simply has no method for a step in which it does nothing.
 
 The parts here hold what all schemes share: a user's local update (eq. 2), its IV
@@ -24,7 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .. import coding
+from ..codes import coding
 
 TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100      # uplink: TAG_UPLINK + block index
 
@@ -76,7 +76,7 @@ class Job:
 # --- parts: the shared behaviour -----------------------------------------------------
 
 class Part:
-    """One rank's side of a scheme. ``net`` moves its buffers (see :mod:`hmtl_mpi.roles`).
+    """One rank's side of a scheme. ``net`` moves its buffers (see :mod:`hmtl_mpi.wire.roles`).
 
     A scheme with steps gives its parts one method per step. A barrier-free scheme
     gives them ``iterate(it)`` instead; its server part keeps ``seconds`` (one dict
@@ -91,7 +91,7 @@ class Part:
     def __init__(self, scheme: "Scheme", job: Job, net, index: int = 0):
         self.scheme, self.job, self.net, self.index = scheme, job, net, index
 
-    # what the lossless checks read (see hmtl_mpi.checks)
+    # what the lossless checks read (see hmtl_mpi.job.checks)
     def computed_ivs(self) -> dict:
         """IVs this rank computed in the last iteration, user -> IV."""
         return {}
@@ -270,7 +270,7 @@ class Scheme:
         """Extra keys for the run's report (e.g. the code's seed)."""
         return {}
 
-    # --- for the time prediction (hmtl_mpi.predict) ----------------------------------
+    # --- for the time prediction (hmtl_mpi.job.predict) ----------------------------------
     def link_loads(self) -> dict:
         """IVs per iteration on each link class and the rounds of messages they take: the
         busiest user sends its IV to every relay it is linked to and gets one model;
@@ -391,7 +391,7 @@ class CodedExchange(Scheme):
 
     @classmethod
     def layouts(cls, planned) -> list:
-        """The blocks' layouts (:class:`hmtl_mpi.coding.BlockLayout`) of a plan."""
+        """The blocks' layouts (:class:`hmtl_mpi.codes.coding.BlockLayout`) of a plan."""
         raise NotImplementedError
 
     @property
@@ -422,7 +422,7 @@ class CodedExchange(Scheme):
 
     def link_loads(self):
         """Each block is its own uplink message; the broadcast takes two rounds, the
-        server's scatter and the relays' allgather (:mod:`hmtl_mpi.roles`)."""
+        server's scatter and the relays' allgather (:mod:`hmtl_mpi.wire.roles`)."""
         out = super().link_loads()
         out["uplink_rounds"] = max(1, sum(1 for b in self.code.blocks if b.messages.any()))
         out["downlink_rounds"] = 2

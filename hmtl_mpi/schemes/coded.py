@@ -1,7 +1,7 @@
 """The paper's hierarchical coded scheme (Hu, Li, Cheng, Wu; SCHEME.md), round by round.
 
 One coding block per round z (users I_z linked to exactly z relays, eq. 4),
-planned by :func:`hmtl_mpi.plan.make_plan` (n_i^z of eq. 16, the LP P(z) of eq. 28,
+planned by :func:`hmtl_mpi.planning.hierarchical.make_plan` (n_i^z of eq. 16, the LP P(z) of eq. 28,
 exact alphas with a common denominator D_z). Each IV of the round is cut into D_z
 units; relay i carries ``a_i D_z`` consecutive units of every v_k it knows, the
 relays of k taking their units in increasing relay order (units past D_z are
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import coding
-from .. import plan as hplan
+from ..codes import coding
+from ..planning import hierarchical as hplan
 from .base import CodedExchange
 
 

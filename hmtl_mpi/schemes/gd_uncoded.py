@@ -8,7 +8,7 @@ pace of every iteration.
 
 from __future__ import annotations
 
-from .. import gradcode
+from ..codes import gradcode
 from .gradient import GradientScheme
 
 

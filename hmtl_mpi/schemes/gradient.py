@@ -5,15 +5,15 @@ relays the edges, the users the workers, on a tree (every user on one relay).
 The training set is cut into P partitions; worker (i, j) holds the partitions
 S_ij and, every iteration, sends its edge ONE vector
 ``z_ij = sum_{k in S_ij} W_ij[k] g_k`` (g_k: partition k's gradient at the current
-model, in fixed point, :mod:`hmtl_mpi.gd`). Edge i waits for its first
+model, in fixed point, :mod:`hmtl_mpi.learning.gd`). Edge i waits for its first
 ``m_i - s_w`` workers and sends the master one vector ``y_i``; the master waits
 for its first ``n - s_e`` edges, decodes ``sum_k g_k`` exactly, updates the model
 and sends it down the tree. The schemes differ only in the code
-(:mod:`hmtl_mpi.gradcode`): which partitions each worker holds, its coefficients,
+(:mod:`hmtl_mpi.codes.gradcode`): which partitions each worker holds, its coefficients,
 and how many arrivals each layer waits for.
 
 Exactness: every scheme feeds the update the same integers. Coding runs over
-GF(2^31 - 1) on fixed-point gradients (:mod:`hmtl_mpi.gradcode`), so the decoded
+GF(2^31 - 1) on fixed-point gradients (:mod:`hmtl_mpi.codes.gradcode`), so the decoded
 sum equals the uncoded one bit for bit, and every scheme ends with the same model.
 
 No barriers: a straggler must not hold anybody up, so an iteration is one call,
@@ -35,8 +35,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .. import gradcode
-from ..straggle import Straggle, parse
+from ..codes import gradcode
+from ..learning.straggle import Straggle, parse
 from .base import Part, Scheme
 
 TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000     # + iteration mod TAG_SPAN
@@ -192,7 +192,7 @@ class GradMaster(Part):
 
 
 class GradientScheme(Scheme):
-    """A gradient scheme: a :class:`hmtl_mpi.gradcode.TreeCode` on (a selection of) the tree.
+    """A gradient scheme: a :class:`hmtl_mpi.codes.gradcode.TreeCode` on (a selection of) the tree.
 
     ``layout_relays[e]`` is the relay of code edge e and ``layout_users[e]`` its workers
     (users, in the code's worker order). With ``direct`` (flat gradient coding) every

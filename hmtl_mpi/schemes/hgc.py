@@ -4,12 +4,12 @@ Two layers of polynomial codes over the cyclic placement: any ``n - s_e`` edges
 give the server the exact gradient sum, and inside each edge any ``m_i - s_w``
 workers give the edge its vector. Every worker holds
 ``D = P (s_e + 1)(s_w + 1) / M`` partitions, the lower bound of the trade-off
-``D / P >= (s_e + 1)(s_w + 1) / M`` (:func:`hmtl_mpi.gradcode.hgc_code`).
+``D / P >= (s_e + 1)(s_w + 1) / M`` (:func:`hmtl_mpi.codes.gradcode.hgc_code`).
 """
 
 from __future__ import annotations
 
-from .. import gradcode
+from ..codes import gradcode
 from .gradient import GradientScheme
 
 

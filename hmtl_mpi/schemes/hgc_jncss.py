@@ -4,7 +4,7 @@ Before training, rank 0 chooses which edges and which of their workers take part
 and the tolerances (s_e, s_w) that minimise the expected iteration time under the
 delay model the job itself injects (``--straggle``: per partition a = SHIFT and
 mu = RATE; ``bernoulli`` spikes as spikes; a ``fixed`` rank becomes a constant
-extra delay of that worker or edge): :func:`hmtl_mpi.gradcode.jncss_greedy`, a greedy over every feasible
+extra delay of that worker or edge): :func:`hmtl_mpi.codes.gradcode.jncss_greedy`, a greedy over every feasible
 (s_e, s_w) that drops one node at a time while the Monte Carlo estimate of E[T]
 falls. The selected nodes then run :mod:`.hgc` with ``--partitions`` P (every
 scheme of a run shares the data partitions, which keeps their sums identical);
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import gradcode
+from ..codes import gradcode
 from .hgc import Hgc
 
 SAMPLES = 1000           # Monte Carlo draws per candidate (common random numbers)

@@ -51,7 +51,7 @@ Decisions on the reference code's quirks (MOCHA.md "Known quirks")
   ``tperm(mod(s, n) + 1)``, the same permutation rotated by one).
 * u is evaluated as y (x^T w_t + rho x^T dw), algebraically identical to the
   spec's y x^T (w_t + rho dw) and free of a temporary d-vector per step.
-* A point with ||x|| = 0 (never produced by :mod:`hmtl_mpi.datasets`) has no
+* A point with ||x|| = 0 (never produced by :mod:`hmtl_mpi.learning.datasets`) has no
   effect on w; its exact coordinate maximiser a = 1 is taken instead of the
   reference's division by zero.
 * Prediction is sign(x^T w); sign(0) = 0 counts as an error, as in the reference
@@ -76,7 +76,7 @@ Default lambda
 --------------
 ``DEFAULT_LAMBDA = 1e-4``. 5-fold CV (:func:`cross_validation_errors`, 40
 iterations, inner = 10, frac = 0.5) on the digits tasks of
-:mod:`hmtl_mpi.datasets` puts 1e-4 and 1e-5 within noise of each other and
+:mod:`hmtl_mpi.learning.datasets` puts 1e-4 and 1e-5 within noise of each other and
 everything from 1e-3 up clearly worse (Sigma = I/K at the start makes the
 effective per-task regulariser K * lambda). Mean CV error of 1e-4 vs 1e-5:
 K = 10, seeds 0-2: 3.29 % vs 3.48 % (1e-4 best for seeds 0 and 2); K = 20,
@@ -471,7 +471,7 @@ class MochaLearner:
         return out
 
     def task(self, k):
-        """User k's data as a :class:`hmtl_mpi.datasets.Task`, if this learner holds it."""
+        """User k's data as a :class:`hmtl_mpi.learning.datasets.Task`, if this learner holds it."""
         from .datasets import Task
 
         return Task(*self._data[self._check_k(k)])

@@ -1,7 +1,7 @@
 """What rank 0 prints and writes: progress lines, the summary, the JSON report.
 
 Every figure comes from the run: seconds between barriers and bytes counted at
-the senders (:mod:`hmtl_mpi.transport`), digests compared (:mod:`hmtl_mpi.checks`).
+the senders (:mod:`hmtl_mpi.wire.transport`), digests compared (:mod:`hmtl_mpi.job.checks`).
 The report's keys are documented in README.md, "The report".
 """
 
@@ -88,7 +88,7 @@ def overhead_notes(reports) -> list:
 
 
 def prediction_lines(reports) -> list:
-    """Predicted (before the run, :mod:`hmtl_mpi.predict`) against measured, per scheme."""
+    """Predicted (before the run, :mod:`hmtl_mpi.job.predict`) against measured, per scheme."""
     timed = [r for r in reports if "predicted_seconds" in r]
     if not timed:
         return []

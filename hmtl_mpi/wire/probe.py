@@ -1,4 +1,4 @@
-"""Measure the links and the coding kernel before the runs, for :mod:`hmtl_mpi.predict`.
+"""Measure the links and the coding kernel before the runs, for :mod:`hmtl_mpi.job.predict`.
 
 MPI layer only: ping-pongs between the server and relay 1 (the W2 link class) and
 between relay 1 and its first user (W1), timed with ``MPI.Wtime``; every other
@@ -79,9 +79,9 @@ def measure_links(world, links, comms, G, flat: bool, iv_bytes: int):
 
 
 def coding_speed(dim: int, repeats: int = 3) -> float:
-    """Input bytes per second of :func:`hmtl_mpi.coding.combine_mod_p` on 8 combinations of
+    """Input bytes per second of :func:`hmtl_mpi.codes.coding.combine_mod_p` on 8 combinations of
     10 rows of one IV's symbols each (the uplink's shape, eq. 26), median of ``repeats``."""
-    from . import coding
+    from ..codes import coding
 
     L = max(4096, coding.SYMBOLS_PER_VALUE * dim)
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 Before a run, rank 0 knows every scheme's plan (how many IVs cross each link per
 iteration, :meth:`hmtl_mpi.schemes.base.Scheme.link_loads`, and how many symbols
 its coding kernels read, :meth:`~hmtl_mpi.schemes.base.Scheme.coding_work`), and
-has measured the links and the kernel (:mod:`hmtl_mpi.probe`): per link class a
+has measured the links and the kernel (:mod:`hmtl_mpi.wire.probe`): per link class a
 latency ``a`` and a rate ``b`` (seconds per message and bytes per second), and
 the kernel's input bytes per second. A phase that moves ``n`` messages of ``B``
 bytes in all over one link in ``n`` rounds of messages (messages sent at once are
@@ -37,7 +37,7 @@ def phase_seconds(loads: dict, iv_bytes: int, links: dict, coding_bytes: dict,
 
     ``loads``: :meth:`Scheme.link_loads` (IVs and messages per link class);
     ``links``: per link class ``(latency_s, bytes_per_s)`` as measured
-    (:func:`hmtl_mpi.probe.measure_links`; keys ``w1`` and ``w2``);
+    (:func:`hmtl_mpi.wire.probe.measure_links`; keys ``w1`` and ``w2``);
     ``coding_bytes``: kernel input bytes per iteration (``encode``, ``combine``,
     ``decode``); ``coding_Bps``: the kernel's measured input bytes per second.
     """

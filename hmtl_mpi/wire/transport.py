@@ -1,16 +1,16 @@
 """The MPI layer: moves NumPy buffers, counts their bytes, times phases, never hangs.
 
 Everything here is byte moving and bookkeeping; what is sent is decided by the
-role code in :mod:`hmtl_mpi.roles`. All messages are NumPy buffers sent with the
+role code in :mod:`hmtl_mpi.wire.roles`. All messages are NumPy buffers sent with the
 uppercase mpi4py calls, so ``buf.nbytes`` is exactly what goes on the wire as
 payload.
 
 Never hang: every wait is a ``Test`` loop with a deadline (``--timeout``); when
-it passes, :class:`~hmtl_mpi.failures.PhaseTimeout` says what the rank waited
+it passes, :class:`~hmtl_mpi.job.failures.PhaseTimeout` says what the rank waited
 for. Each turn of the loop also answers the failure layer's status requests
-(:meth:`hmtl_mpi.failures.Control.poll`), which is how a rank that stopped
+(:meth:`hmtl_mpi.job.failures.Control.poll`), which is how a rank that stopped
 answering is found, and how rank 0 hears of a failure elsewhere. Every
-exception ends the job through :func:`hmtl_mpi.failures.end_job` (a plain
+exception ends the job through :func:`hmtl_mpi.job.failures.end_job` (a plain
 uncaught Python exception would leave the other ranks blocked: NETWORK.md).
 """
 
@@ -21,8 +21,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .failures import PhaseTimeout
-from .report import LINK_CLASSES
+from ..job.failures import PhaseTimeout
+from ..job.report import LINK_CLASSES
 
 # Polling: between two tests a waiting rank sleeps a fraction of the time it has
 # already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
@@ -40,8 +40,8 @@ POLL_FRACTION = 64
 class Links:
     """One rank's view of the job: byte counters and the deadline of every wait.
 
-    ``control`` (:class:`hmtl_mpi.failures.Control`) is polled while waiting;
-    ``state`` (:class:`hmtl_mpi.failures.RankState`) learns what is awaited.
+    ``control`` (:class:`hmtl_mpi.job.failures.Control`) is polled while waiting;
+    ``state`` (:class:`hmtl_mpi.job.failures.RankState`) learns what is awaited.
     """
 
     def __init__(self, world, timeout: float, control=None, state=None):

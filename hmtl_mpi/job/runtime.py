@@ -3,7 +3,7 @@
 Setup: rank 0 reads the topology, plans every scheme of ``--scheme`` and builds
 their codes (:mod:`hmtl_mpi.schemes`), then broadcasts G and each scheme as one
 byte buffer; all ranks build the communicators that mirror G
-(:mod:`hmtl_mpi.roles`) and, per scheme, the same learner. A setup error (bad
+(:mod:`hmtl_mpi.wire.roles`) and, per scheme, the same learner. A setup error (bad
 topology, wrong number of ranks, bad data, a plan the scheme refuses) is printed
 once by rank 0 and every rank exits with status 2.
 
@@ -13,8 +13,8 @@ server's ``MPI.Wtime`` between the two barrier exits, so each phase's figure is
 the time until its slowest rank finished. ``total`` is the whole iteration,
 barriers included. After the timed part, outside every figure: bytes sent per
 link class are summed over ranks, and every IV's copies are compared by SHA-256
-digest (:mod:`hmtl_mpi.checks`). Every failure ends the job through
-:func:`hmtl_mpi.failures.end_job`.
+digest (:mod:`hmtl_mpi.job.checks`). Every failure ends the job through
+:func:`hmtl_mpi.job.failures.end_job`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from .cli import parse_job_args
+from ..cli import parse_job_args
 from .failures import EXIT_BAD_INPUT, EXIT_CHECK_FAILED
 
 SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plans and codes
@@ -41,9 +41,9 @@ def learner_for(args, K, tasks=None):
     """This rank's learner; ``tasks`` the MOCHA tasks it holds (see :func:`share_tasks`),
     None to read the data set here (rank 0, once, in the setup)."""
     if args.workload == "gd":
-        from .gd import GradientLearner
+        from ..learning.gd import GradientLearner
         return GradientLearner(args.dataset, P=args.partitions or K, seed=args.seed)
-    from .learners import make_learner
+    from ..learning.learners import make_learner
     return make_learner(args.dataset, K, args.dim, seed=args.seed, tasks=tasks,
                         data_dir=args.data_dir, har_tasks=args.har_tasks, lam=args.lam,
                         inner=args.inner,
@@ -58,7 +58,7 @@ def reads_data(args) -> bool:
 def tasks_of_rank(rank: int, G: np.ndarray, flat: bool) -> list:
     """The users whose data a rank needs: a user its own, a worker of the flat layout
     the tasks of its row of G, the server all of them (the SVM baselines), a relay none."""
-    from .schemes.base import role_of
+    from ..schemes.base import role_of
 
     H, K = G.shape
     role, index = role_of(rank, H)
@@ -77,7 +77,7 @@ def read_tasks(args, learner, rank, G, flat) -> dict:
         return {k: learner.task(k) for k in mine}
     if not mine:
         return {}
-    from .datasets import load_tasks
+    from ..learning.datasets import load_tasks
 
     every = load_tasks(args.dataset, G.shape[1], seed=args.seed, data_dir=args.data_dir,
                        har_tasks=args.har_tasks)
@@ -90,7 +90,7 @@ def share_tasks(world, links, learner, G, flat, timeout) -> dict:
     ``timeout`` seconds (it crosses the server's link). Returns user -> task."""
     from mpi4py import MPI
 
-    from .datasets import pack_tasks, unpack_tasks
+    from ..learning.datasets import pack_tasks, unpack_tasks
 
     rank, size = world.Get_rank(), world.Get_size()
     if rank == 0:
@@ -118,8 +118,8 @@ def ranks_needed(H: int, K: int, flat: bool) -> int:
 
 def setup_on_server(args, world_size):
     """Rank 0: topology, checks, and every scheme planned; raises SetupError."""
-    from .schemes import get
-    from .topology import TopologyError, load_topology
+    from ..schemes import get
+    from ..planning.topology import TopologyError, load_topology
 
     try:
         G = load_topology(args.topology)
@@ -143,7 +143,7 @@ def setup_on_server(args, world_size):
     except (ValueError, OSError) as exc:
         raise SetupError(f"dataset {args.dataset}: {exc}") from None
     if reads_data(args):
-        from .mocha import choose_kernel, cross_validate_lambda
+        from ..learning.mocha import choose_kernel, cross_validate_lambda
         if args.cv:
             args.lam = cross_validate_lambda([learner.task(k) for k in range(K)],
                                              seed=args.seed, inner=learner.inner)
@@ -168,10 +168,10 @@ def setup_on_server(args, world_size):
 
 def predict_times(args, world, links, comms, G, flat, schemes, dim):
     """Measure the links and the coding kernel, and print on rank 0 what each scheme with
-    steps should take per iteration (:mod:`hmtl_mpi.predict`). Returns, on rank 0, the
+    steps should take per iteration (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
     report keys per scheme; None elsewhere or when no scheme has steps."""
     from .predict import phase_seconds, verdict
-    from .probe import coding_speed, measure_links
+    from ..wire.probe import coding_speed, measure_links
 
     timed = [s for s in schemes if not s.barrier_free]
     if not timed:
@@ -241,8 +241,8 @@ def run_scheme(scheme, args, world, links, state, G, comms, tasks):
     ``tasks``: the MOCHA tasks this rank holds (None for learners without data)."""
     from . import checks
     from .report import run_report
-    from .roles import make_net
-    from .schemes.base import Job, role_of
+    from ..wire.roles import make_net
+    from ..schemes.base import Job, role_of
 
     rank = world.Get_rank()
     H, K = G.shape
@@ -416,7 +416,7 @@ def _terminate(signum, frame):
 # --- entry point ----------------------------------------------------------------------
 
 def main(argv=None, page=None) -> int:
-    """The job on one rank. ``page``: the supervisor's shared page (:mod:`hmtl_mpi.supervisor`)."""
+    """The job on one rank. ``page``: the supervisor's shared page (:mod:`hmtl_mpi.job.supervisor`)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # one BLAS thread per rank
     from mpi4py import MPI
 
@@ -444,12 +444,12 @@ def main(argv=None, page=None) -> int:
 def run_job(args, world, state, control) -> int:
     """Setup, every scheme's iterations, the summary and the report."""
     from .failures import RECORD_BYTES, decode_record, encode_record
-    from .interconnect import describe_links, local_facts
+    from ..wire.interconnect import describe_links, local_facts
     from .report import job_payload, summary, write_report
-    from .roles import make_comms
-    from .schemes import get
-    from .schemes.base import role_names
-    from .transport import Links
+    from ..wire.roles import make_comms
+    from ..schemes import get
+    from ..schemes.base import role_names
+    from ..wire.transport import Links
 
     rank = world.Get_rank()
     flat = args.layout == "flat"
@@ -490,7 +490,7 @@ def run_job(args, world, state, control) -> int:
         link_kind = describe_links([decode_record(h) for h in hosts])
     # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
     # knows the data's number of features
-    from .mocha import KERNELS
+    from ..learning.mocha import KERNELS
     facts = np.array([np.nan, 0.0, 0.0])
     if rank == 0:
         learner = setup[2]

@@ -2,7 +2,7 @@
 
 What a role sends and when is its scheme's business (:mod:`hmtl_mpi.schemes`);
 here is only where the bytes go, on communicators that mirror G, each send
-counted in its link class (:mod:`hmtl_mpi.transport`):
+counted in its link class (:mod:`hmtl_mpi.wire.transport`):
 
 * ``group[i]``: relay i (rank 0 in it) and its users N_i (ranks 1.. in user order);
 * ``uplink``: the server (rank 0) and the relays (relay i is rank 1 + i);
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .schemes.base import TAG_IV, TAG_MODEL, role_of
+from ..schemes.base import TAG_IV, TAG_MODEL, role_of
 
 
 def make_comms(world, G, flat: bool = False) -> dict:

@@ -75,7 +75,7 @@ def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, tasks=Non
     """Build the learner for ``--dataset``.
 
     ``tasks``: the MOCHA tasks this rank needs (a dict user -> task, see
-    :func:`hmtl_mpi.datasets.pack_tasks`) when rank 0 read the data and sent them;
+    :func:`hmtl_mpi.learning.datasets.pack_tasks`) when rank 0 read the data and sent them;
     None reads the data set here. ``dim`` is then the number of features.
     Options: ``data_dir``, ``har_tasks``, ``lam``, ``inner``, ``kernel`` (the local
     update's implementation, ``numpy`` or ``numba``).

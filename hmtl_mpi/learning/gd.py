@@ -9,7 +9,7 @@ that needs the model calls :meth:`GradientLearner.update` with that sum.
 Model and loss
 --------------
 Multinomial logistic (softmax) regression. A point is x in R^(F+1): the F
-pixels scaled as :mod:`hmtl_mpi.datasets` scales them (digits / 16, MNIST /
+pixels scaled as :mod:`hmtl_mpi.learning.datasets` scales them (digits / 16, MNIST /
 255, then the row L2-normalised), followed by a constant bias feature ``BIAS =
 0.25``. The labels are the 10 digits. The model is W of shape (F + 1, C),
 C = 10, stored as a float64 vector of length ``dim = (F + 1) * C`` (row-major,
@@ -78,7 +78,7 @@ seeded with ``[seed, ...]``. :meth:`partition_gradient` uses NumPy's matmul
 kind of CPU; rounding to 2^-s absorbs last-bit differences between hosts except
 when they straddle a rounding boundary (probability of order 2^(s - 52) |G| per
 entry and unit in the last place of difference), so
-heterogeneous hosts should pin the BLAS kernel as for :mod:`hmtl_mpi.mocha`.
+heterogeneous hosts should pin the BLAS kernel as for :mod:`hmtl_mpi.learning.mocha`.
 
 Defaults and measured cost of the fixed point
 ---------------------------------------------
@@ -116,7 +116,7 @@ import math
 
 import numpy as np
 
-# The data sets' readers are private helpers of hmtl_mpi.datasets; they are
+# The data sets' readers are private helpers of hmtl_mpi.learning.datasets; they are
 # imported (not copied) so that the pixels are read and scaled exactly as there.
 from .datasets import _mnist_path, _normalise_rows, _read_digits, _read_mnist
 
@@ -162,7 +162,7 @@ def fixed_point_bits(n_train: int) -> int:
 
 
 def _load_pixels(dataset: str, data_dir):
-    """(X, labels) of ``dataset``, scaled and row-normalised as :mod:`hmtl_mpi.datasets` does."""
+    """(X, labels) of ``dataset``, scaled and row-normalised as :mod:`hmtl_mpi.learning.datasets` does."""
     if dataset == "digits":
         pixels, labels = _read_digits()
         return _normalise_rows(pixels / 16.0), labels
@@ -207,7 +207,7 @@ class GradientLearner:
     each partition lists its training indices in increasing order).
 
     State: the learner holds the current model ``model`` (float64, ``dim``),
-    like :class:`hmtl_mpi.mocha.MochaLearner` holds W; :meth:`update` advances
+    like :class:`hmtl_mpi.learning.mocha.MochaLearner` holds W; :meth:`update` advances
     it and returns a copy. Every rank builds the same learner from the same
     arguments; a worker calls :meth:`partition_gradient` for its partitions
     with the model it received, a rank that owns the model calls
@@ -220,7 +220,7 @@ class GradientLearner:
     scale`` (largest possible |entry| of a sum of partition gradients),
     ``model``, ``iteration`` (number of updates applied).
 
-    Runtime conveniences shared with :mod:`hmtl_mpi.learners`: ``extra_len =
+    Runtime conveniences shared with :mod:`hmtl_mpi.learning.learners`: ``extra_len =
     0`` and :meth:`extras_changed` (the model message is the whole model),
     :meth:`warm_up` (nothing to compile) and ``evaluates = False``: the
     runtime's per-user evaluation ``test_error(k, model)`` does not apply to one

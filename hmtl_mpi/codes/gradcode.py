@@ -23,7 +23,7 @@ the individual g_k, the coefficients and the straggler pattern. Hence:
 Only the *total* is bounded; single partitions and intermediate messages may be
 anything (they are residues). A sum of exactly +-2^30 or more wraps around and
 comes back wrong (by a multiple of p), silently: the bound is the caller's to
-keep (:mod:`hmtl_mpi.gd` picks its fixed-point scale from it).
+keep (:mod:`hmtl_mpi.learning.gd` picks its fixed-point scale from it).
 
 Signed rational coefficients (the spec's ``b_i[k]``, ``W_ij[k]`` and the decoders'
 ``1 / prod (alpha_i - alpha_i')``) are mapped exactly: numerator times the inverse

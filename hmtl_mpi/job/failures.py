@@ -16,12 +16,12 @@ exit code   cause
             that did not answer a status request is named
 130 / 143   interrupted by SIGINT (Ctrl-C) / terminated by SIGTERM
 killed      a rank killed by a signal (``kill -9``, OOM) is named by its watcher
-            (:mod:`hmtl_mpi.supervisor`); the exit code is then the launcher's
+            (:mod:`hmtl_mpi.job.supervisor`); the exit code is then the launcher's
             (MPICH's hydra reports 9)
 ==========  =====================================================================
 
 How the culprit is found. Rank 0 speaks for the job. Every wait of every rank
-is a polling loop (:meth:`hmtl_mpi.transport.Links.wait`) that also calls
+is a polling loop (:meth:`hmtl_mpi.wire.transport.Links.wait`) that also calls
 :meth:`Control.poll` on a communicator of its own (a duplicate of the world),
 which answers status requests and, on rank 0, picks up failure reports.
 

@@ -11,7 +11,7 @@ the parent reads it if the rank dies by a signal, prints one line naming it,
 waits until that line has left its standard-error pipe, and exits with
 128 + the signal number. Any other end passes the rank's exit code through
 unchanged and prints nothing: the rank itself reports everything else (see
-:mod:`hmtl_mpi.failures`).
+:mod:`hmtl_mpi.job.failures`).
 
 Signals: SIGINT is ignored here (terminals and hydra send Ctrl-C to the whole
 process group, so the rank gets it directly); SIGTERM and SIGHUP are passed on
