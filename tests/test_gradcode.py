@@ -1,4 +1,5 @@
-"""Gradient codes over GF(2^31 - 1) (HGC.md sections 2-3) and JNCSS (section 4).
+"""Gradient codes over GF(2^31 - 1) (docs/gradient-coding.md sections 2-3) and JNCSS
+(section 4).
 
 Oracles: the spec's worked example (its tables, in exact integers), exact Python
 integers / Fractions for the field arithmetic and the decoders, closed-form order
@@ -55,7 +56,8 @@ def holders(code: TreeCode):
 
 
 def check_structure(code: TreeCode) -> None:
-    """Loads, replication and nonzero coefficients exactly as HGC.md section 2 demands."""
+    """Loads, replication and nonzero coefficients exactly as docs/gradient-coding.md
+    section 2 demands."""
     edge_of, worker_of = holders(code)
     assert all(len(set(e)) == len(e) == code.s_e + 1 for e in edge_of.values())
     for i in range(code.n):
@@ -70,7 +72,7 @@ def check_structure(code: TreeCode) -> None:
 
 
 def random_model(seed: int, n: int, m_max: int, P: int | None = None, heavy: bool = False):
-    """A heterogeneous instance (HGC.md section 4's delay model), m_i in 2..m_max.
+    """A heterogeneous instance (docs/gradient-coding.md section 4's delay model), m_i in 2..m_max.
 
     mild: shifts a_ij ~ U(0.5, 2) / P, rates mu_ij ~ U(0.2, 2) P with 20% of the workers
     10x slower, uploads c_ij ~ U(0, 0.1), edge delays e_i ~ U(0, 0.5).
@@ -155,7 +157,7 @@ def test_field_combine_refuses_bad_input():
     assert field_combine([5], np.full((1, 2, 3), 7)).shape == (2, 3)     # any trailing shape
 
 
-# --- the spec's worked example (HGC.md section 3) ---------------------------------------
+# --- the spec's worked example (docs/gradient-coding.md section 3) ---------------------
 
 EXAMPLE_B = [[-2, -2, -1, -1, 0, 0, 0, 0],
              [-1, -1, 0, 0, 1, 1, 1, 1],

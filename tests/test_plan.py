@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 F = Fraction
 
 
-# --- the worked example (SCHEME.md "Worked example", paper Section III) ---------------------
+# --- the worked example (docs/scheme.md "Worked example", paper Section III) -----------------
 
 EXPECTED_ROUNDS = [
     # z, I_z (1-based), n_i^z, alpha_i^z, uplink, downlink
@@ -93,7 +93,7 @@ def test_paper_fig2_exact(param_lp, monkeypatch):
 # --- Theorem 3 -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("H,r,per_group,expected", [
-    (5, 2, 1, (F(15, 2), F(6))),      # SCHEME.md: H=5, r=2, K=10 -> (7.5, 6)
+    (5, 2, 1, (F(15, 2), F(6))),      # docs/scheme.md: H=5, r=2, K=10 -> (7.5, 6)
     (4, 2, 3, (F(12), F(9))),         # H=4, r=2, K=18 -> (12, 9)
     (6, 3, 1, (F(12), F(10))),        # H=6, r=3, K=20 -> (12, 10)
     (3, 1, 1, None), (3, 2, 4, None), (4, 1, 2, None), (4, 3, 3, None), (5, 1, 1, None),
@@ -175,7 +175,7 @@ def check_plan(G: np.ndarray, p: Plan) -> None:
     # the converse of the downlink bound also bounds any uplink (relays j != i must
     # carry the K - |N_i| IVs relay i lacks)
     assert up >= db
-    # Corollary 1 as SCHEME.md states it ...
+    # Corollary 1 as docs/scheme.md states it ...
     assert up - max(ub, db) <= min_N
     assert down - (K - min_N) <= min_N - sum_min_known
     # ... and the paper's sharper (36a)

@@ -1,4 +1,4 @@
-"""The joint scheme (CODED_DMTL.md): acceptance numbers, exact T2, bounds, limits, the code.
+"""The joint scheme (docs/joint.md): acceptance numbers, exact T2, bounds, limits, the code.
 
 Loads are compared as exact Fractions. T2's right-hand sides b(J) are recomputed
 here independently -- a plain Python loop over subsets with sets for small H, and a
