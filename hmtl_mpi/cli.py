@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+
+from .job.config import JobConfig
+from .learning.learners import DATASETS
+from .learning.straggle import StraggleError, parse
+from .schemes import REGISTRY, names
+from .vocabulary import EXIT_BAD_INPUT
 
 
 def positive_int(text) -> int:
@@ -112,8 +120,6 @@ def fault_spec(text):
 def scheme_list(text, workload: str = "mtl") -> tuple:
     """A comma list of the workload's registered schemes (``both`` = uncoded,coded), in
     the order given."""
-    from .schemes import names
-
     text = SCHEME_ALIASES.get(text, text) if workload == "mtl" else text
     chosen = [x.strip() for x in str(text).split(",") if x.strip()]
     unknown = [x for x in chosen if x not in names(workload)]
@@ -140,8 +146,6 @@ def stragglers_pair(text) -> tuple:
 
 
 def straggle_value(text):
-    from .learning.straggle import StraggleError, parse
-
     try:
         return parse(text)
     except StraggleError as exc:
@@ -149,9 +153,6 @@ def straggle_value(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .learning.learners import DATASETS
-    from .schemes import REGISTRY
-
     listing = "\n".join(f"  {name:10} ({workload}) {cls.summary}"
                          for (workload, name), cls in REGISTRY.items())
     p = JobParser(prog=PROG, description="Hierarchical multi-task learning over MPI: a server, H "
@@ -236,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=positive_int, default=None,
                    help="MOCHA: report test error every N iterations (default: at the end)")
     p.add_argument("--quiet", action="store_true", help="no per-iteration progress lines")
+    p.add_argument("--transport", choices=("mpi", "inprocess"), default="mpi",
+                   help="mpi (default): one MPI rank per role, under mpirun / srun; "
+                        "inprocess: every rank of the job in this one process (no mpirun), "
+                        "the same parts, checks, summary and report, on a virtual clock that "
+                        "counts only computation (links cost nothing; --straggle delays order "
+                        "the arrivals instead of sleeping)")
     p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:KIND]",
                    help="testing aid: on world rank RANK in iteration ITERATION (0-based, "
                         "mid-iteration, at relay_to_server) raise an exception (KIND raise, the "
@@ -245,14 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_job_args(argv, rank, size):
-    """Parse on every rank; only rank 0 prints errors or help. Returns (args, exit code).
+    """Parse on every rank; only rank 0 prints errors or help (rank -1: nobody does).
+    Returns (:class:`hmtl_mpi.job.config.JobConfig`, None) or (None, exit code).
 
     Everything that can be checked without the topology or the file system is
     checked here, identically on every rank, so that every rank stops together.
+    ``size``: the number of ranks started (None: not known yet, in-process).
     """
-    import os
-    import sys
-
     parser = build_parser()
     quiet = open(os.devnull, "w") if rank != 0 else None
     saved = sys.stdout
@@ -271,11 +277,11 @@ def parse_job_args(argv, rank, size):
     problem = None
     try:
         text = args.scheme if args.scheme is not None else DEFAULT_SCHEMES[args.workload]
-        args.scheme = scheme_list(text, args.workload)
+        schemes = scheme_list(text, args.workload)
     except argparse.ArgumentTypeError as exc:
         return None, usage_error(rank, f"argument --scheme: {exc}")
-    args.scheme_arg = ("both" if args.workload == "mtl" and args.scheme == scheme_list("both")
-                       else ",".join(args.scheme))
+    scheme_arg = ("both" if args.workload == "mtl" and schemes == scheme_list("both")
+                  else ",".join(schemes))
     gd_only = [flag for flag, given in (("--partitions", args.partitions is not None),
                                          ("--straggle", args.straggle.text != "none"))
                if given and args.workload != "gd"]
@@ -297,7 +303,10 @@ def parse_job_args(argv, rank, size):
         problem = "--dataset har needs --data-dir (the UCI HAR folder)"
     elif args.report is not None and not args.report.strip():
         problem = "--report: the path is empty"
-    elif args.inject_fault and args.inject_fault[0] >= size:
+    elif args.inject_fault and args.transport == "inprocess" and args.inject_fault[2] == "kill":
+        problem = ("--inject-fault RANK:ITERATION:kill needs a process per rank (mpirun); "
+                   "with --transport inprocess use raise or hang")
+    elif args.inject_fault and size is not None and args.inject_fault[0] >= size:
         problem = (f"--inject-fault: rank {args.inject_fault[0]} does not exist; the job has "
                    f"ranks 0 .. {size - 1}")
     elif args.inject_fault and args.inject_fault[1] >= args.iterations:
@@ -305,15 +314,11 @@ def parse_job_args(argv, rank, size):
                    f"0 .. {args.iterations - 1} (--iterations {args.iterations})")
     if problem:
         return None, usage_error(rank, problem)
-    return args, None
+    return JobConfig.from_args(args, schemes, scheme_arg), None
 
 
 def usage_error(rank, message) -> int:
     """Two lines on rank 0: the short usage and the problem. Returns the exit code."""
-    import sys
-
-    from .job.failures import EXIT_BAD_INPUT
-
     if rank == 0:
         sys.stderr.write(f"usage: {USAGE}\nhmtl_mpi: error: {message}\n")
     return EXIT_BAD_INPUT

@@ -18,10 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hmtl_mpi.codes import coding
-from hmtl_mpi.codes.coding import (P, Code, DecodeError, build_code, combine_mod_p, pack, relay_decode, relay_encode, server_combine, special_ivs, split_packed, unit_symbols, unpack, verify_exchange)
+from hmtl_mpi.codes.coding import (P, Code, DecodeError, build_code, combine_mod_p, pack, relay_decode, relay_encode, server_combine, special_ivs, split_packed, unit_symbols, unpack)
+from hmtl_mpi.job.verify import verify_exchange as _verify_scheme
 from hmtl_mpi.planning.hierarchical import make_plan
 from hmtl_mpi.schemes.coded import Coded
 from hmtl_mpi.planning.topology import (TopologyError, paper_fig2, random_regular, symmetric, validate)
+
+def verify_exchange(code, dim, seed=0):
+    """The exchange of ``code`` run through the coded scheme's parts, every rank in this
+    process (what ``plan --verify`` runs: :mod:`hmtl_mpi.job.verify`)."""
+    return _verify_scheme(Coded(code.G, code), dim, seed)
 
 HYP = settings(max_examples=8, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -119,7 +125,8 @@ def escape_count(buf: np.ndarray, payload_symbols: int) -> int:
 
 
 def check_loads(plan, code: Code, res: dict) -> None:
-    """Bytes on the wire = planned load x padded unit size + 4 bytes per escape, exactly."""
+    """Bytes on the wire = planned load x padded unit size + 4 bytes per escape, exactly,
+    plus, in the broadcast, each block's 8-byte escape count (docs/wire.md)."""
     dim = res["dim"]
     up_payload = down_payload = 0
     for rnd, rc in zip(plan.rounds, code.blocks):
@@ -129,8 +136,10 @@ def check_loads(plan, code: Code, res: dict) -> None:
         assert up.denominator == 1 and down.denominator == 1
         up_payload += 2 * int(up)
         down_payload += 2 * int(down)
+    header = 8 * len(code.blocks)          # the broadcast's escape count per block
     for got, payload, planned in ((res["uplink_bytes"], up_payload, plan.uplink_load),
-                                  (res["downlink_bytes"], down_payload, plan.downlink_load)):
+                                  (res["downlink_bytes"] - header, down_payload,
+                                   plan.downlink_load)):
         extra = got - payload
         assert extra >= 0 and extra % 4 == 0, (got, payload)
         assert extra // 4 <= 8 + payload // 2 // 1000        # escapes: ~1 / 65537 of symbols

@@ -7,8 +7,11 @@ import sys
 
 import pytest
 
-from hmtl_mpi.job.failures import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED, PhaseTimeout, RankState, Terminated, decode_record, encode_record, classify, compose)
-from hmtl_mpi.schemes.base import role_names
+from hmtl_mpi.job.failures import (RankState, Terminated, classify, compose, decode_record,
+                                   encode_record)
+from hmtl_mpi.vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED,
+                                 role_names)
+from hmtl_mpi.wire.interfaces import PhaseTimeout
 from mpi_util import REPO
 
 

@@ -429,7 +429,14 @@ def test_cli_json_is_clean():
 
 # --- the code: the exchange runs bit-exactly and moves the planned bytes -----------------
 
-from hmtl_mpi.codes.coding import verify_exchange  # noqa: E402
+from hmtl_mpi.job.verify import verify_exchange as _verify_scheme  # noqa: E402
+from hmtl_mpi.schemes.coded import Coded  # noqa: E402
+
+def verify_exchange(code, dim, seed=0):
+    """The exchange of ``code`` run through the coded scheme's parts, every rank in this
+    process (what ``plan --verify`` runs: :mod:`hmtl_mpi.job.verify`)."""
+    return _verify_scheme(Coded(code.G, code), dim, seed)
+
 from hmtl_mpi.schemes import get  # noqa: E402
 from hmtl_mpi.planning.topology import cyclic, example_a  # noqa: E402
 

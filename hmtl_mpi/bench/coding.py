@@ -43,6 +43,10 @@ import time
 import numpy as np
 
 from ..cli import positive_int
+from ..codes import coding
+from ..planning.topology import paper_fig2, symmetric
+from ..schemes.coded import Coded
+from ..schemes.joint import Joint
 
 MB = 1e6
 
@@ -106,6 +110,7 @@ def first_use_costs() -> dict:
 
 def _blas_info() -> dict:
     try:
+        # local: only the coding benchmark and kernel need it, at first use
         from threadpoolctl import threadpool_info
         info = [d for d in threadpool_info() if d.get("user_api") == "blas"]
     except Exception:  # threadpoolctl missing
@@ -123,10 +128,6 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     The JSON keys ``*_MBps`` are wall-clock input MB/s; ``*_cpu_MBps`` the same per
     CPU second of this process (close to wall on an idle machine).
     """
-    from ..codes import coding
-    from ..schemes.coded import Coded
-    from ..schemes.joint import Joint
-    from ..planning.topology import paper_fig2, symmetric
 
     rng = np.random.default_rng(0)
     res: dict = {"dim": dim, "repeats": repeats}
@@ -235,7 +236,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     del up_s, down_s, got
 
     # galois reference on a smaller slice of the encode's input
-    import galois
+    import galois  # local: galois costs seconds to import; only the comparison needs it
     GF = galois.GF(coding.P)
     width = 65536
     Cg, Sg = GF(C), GF(segments[:, :width].astype(np.int64))

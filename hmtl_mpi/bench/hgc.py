@@ -30,6 +30,7 @@ import numpy as np
 from ..cli import positive_int
 from . import mpiexec
 from .network import REPO, write_csv
+from ..planning.topology import tree
 
 OUT_DIR = REPO / "benchmarks" / "hgc"
 MODELS = ("fixed:5=0.3",                        # one persistently slow worker (rank 5 = user 2)
@@ -88,8 +89,9 @@ def markdown(rows: list) -> str:
 
 
 def plot(rows: list, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # local: plots only; matplotlib is optional (the [plots] extra)
     matplotlib.use("Agg")
+    # local: plots only; matplotlib is optional (the [plots] extra)
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["straggle"] for r in rows))
@@ -131,7 +133,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT_DIR / "hgc.csv"), help="CSV path")
     args = parser.parse_args(argv)
-    from ..planning.topology import tree
 
     sizes = [int(x) for x in args.tree.split(",")]
     n = 1 + len(sizes) + sum(sizes)

@@ -24,13 +24,14 @@ import time
 import numpy as np
 
 from ..learning import mocha
+from ..learning.datasets import load_tasks
+import subprocess
 
 FRAC = 0.5
 K_GLOBAL = 20
 
 
 def _problems():
-    from ..learning.datasets import load_tasks
 
     digits = load_tasks("digits", 10, seed=0)[0]
     yield "digits", digits.X_train, digits.y_train
@@ -67,9 +68,8 @@ print(time.perf_counter() - t0)
 def _first_call_times():
     """(compile from scratch, numba's cost to a fresh process: import numba and the first
     call with numba's on-disk cache, the cost ``--local-kernel auto`` weighs) in seconds."""
-    import subprocess
 
-    from numba import njit
+    from numba import njit  # local: numba costs ~1 s to import; only where it pays
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(8, 3))

@@ -78,7 +78,10 @@ from pathlib import Path
 
 from ..cli import float_list, positive_float, positive_int, positive_int_list
 from ..learning.learners import DATASETS
-from ..job.report import PHASES
+from ..vocabulary import PHASES
+from ..planning import topology as T
+from ..planning.hierarchical import make_plan
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 NETNS_RUN = REPO / "launch" / "netns-run"
@@ -284,9 +287,6 @@ RANDOM_TOPOLOGIES = ("random", "heterogeneous", "heterogeneous-random")
 
 def make_topology(s: dict, path: str):
     """Write G of setting s to path; returns (G as list of lists, how it was drawn)."""
-    import numpy as np
-
-    from ..planning import topology as T
 
     kind = s["topology"]
     seed = s.get("topology_seed", s["seed"])
@@ -310,11 +310,9 @@ def make_topology(s: dict, path: str):
         G = T.heterogeneous(s["K"], s["r"], s["d"], seed=seed)
     elif kind == "heterogeneous-random":
         # the Fig. 4/7 degrees, G uniform among the graphs that have them
-        from .loads import random_with_degrees
-
         K, r, d = s["K"], s["r"], s["d"]
         degrees = [round((r / 4 + d) * K)] * 2 + [round((r / 4 - d) * K)] * 2
-        G = random_with_degrees(K, degrees, r, np.random.default_rng([seed, 7]))
+        G = T.random_with_degrees(K, degrees, r, np.random.default_rng([seed, 7]))
     else:
         raise ValueError(kind)
     G = T.validate(np.asarray(G, dtype=np.uint8), source=kind)
@@ -325,7 +323,6 @@ def make_topology(s: dict, path: str):
 def balanced_random(K: int, H: int, r: int, seed: int = 0):
     """Every user joins the r relays with the fewest users so far (ties at random),
     users taken in a random order: relay degrees differ by at most one."""
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     G = np.zeros((H, K), dtype=np.uint8)
@@ -340,8 +337,6 @@ def balanced_random(K: int, H: int, r: int, seed: int = 0):
 def print_plans(settings, n_seeds):
     """Planned (L_up, L_down) per setting: the setting's own G, and for random
     placements also seeds 1..n_seeds and the symmetric design where it exists."""
-    from ..planning import topology as T
-    from ..planning.hierarchical import make_plan
 
     def loads(G):
         p = make_plan(G)
@@ -355,7 +350,6 @@ def print_plans(settings, n_seeds):
         seen.add(key)
         with tempfile.TemporaryDirectory() as tmp:
             G, kind = make_topology(s, os.path.join(tmp, "g.npy"))
-        import numpy as np
         line = f"K={s['K']} H={s['H']} r={s['r']} d={s['d']} {kind}: {loads(np.array(G))}"
         if s["r"] != "" and s["topology"] in ("random", "symmetric"):
             rnd = []
@@ -708,8 +702,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path, title: str):
     """Rows of one experiment -> PNG: per rate setting, total and relay<->server time."""
-    import matplotlib
+    import matplotlib  # local: plots only; matplotlib is optional (the [plots] extra)
     matplotlib.use("Agg")
+    # local: plots only; matplotlib is optional (the [plots] extra)
     import matplotlib.pyplot as plt
 
     def f(v):

@@ -17,6 +17,8 @@ import tempfile
 
 from ..cli import positive_int, positive_int_list
 from . import mpiexec
+from ..planning.topology import load_topology
+from ..vocabulary import PHASES
 
 
 def run(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",
@@ -27,8 +29,6 @@ def run(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",
     the first. On one machine with more ranks than cores the ranks share CPUs and
     the links are memory copies: these are not network figures.
     """
-    from ..planning.topology import load_topology
-    from ..job.report import PHASES
 
     H, K = load_topology(topology).shape
     launcher = mpiexec()

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..cli import positive_int, positive_int_list, scheme_list
 from .network import REPO, _parse_rates, run_one, write_csv
+from ..planning.topology import heterogeneous, load_topology
 
 OUT_DIR = REPO / "benchmarks" / "schemes"
 # name -> None (built in) or (K, r, d) of topology.heterogeneous (H = 4)
@@ -35,7 +36,6 @@ TOPOLOGIES = {"paper-fig2": None, "heterogeneous-16": (16, 2, 0.125)}
 
 def _topology(name: str, tmp: str) -> tuple:
     """(--topology argument, G) for a named setting."""
-    from ..planning.topology import heterogeneous, load_topology
 
     if TOPOLOGIES[name] is None:
         return name, load_topology(name)

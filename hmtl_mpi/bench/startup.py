@@ -47,8 +47,8 @@ def old_wait(req):
         time.sleep(pause)
         pause = min(pause * 2, 1e-3)
 
-links = transport.Links(comm, 60.0)
-ways = {"runtime": lambda: links.barrier(comm), "doubling to 1 ms": lambda: old_wait(comm.Ibarrier()),
+endpoint = transport.MpiEndpoint(comm, 60.0)
+ways = {"runtime": lambda: endpoint.barrier("world", "barrier"), "doubling to 1 ms": lambda: old_wait(comm.Ibarrier()),
         "blocking MPI_Barrier": comm.Barrier}
 out = {}
 for name, fn in ways.items():

@@ -97,6 +97,7 @@ def _blas_limit():
         return contextlib.nullcontext()
     if _blas_controller is None:
         try:
+            # local: only the coding benchmark and kernel need it, at first use
             from threadpoolctl import ThreadpoolController
             _blas_controller = ThreadpoolController()
         except Exception:  # threadpoolctl missing or broken: run as configured
@@ -445,7 +446,7 @@ def _gauss_jordan(A: np.ndarray) -> tuple:
     rows, cols = A.shape
     if rows * cols * min(rows, cols) >= NUMBA_MIN_ELIMINATION:
         if _compiled_rref is None:
-            from numba import njit
+            from numba import njit  # local: numba costs ~1 s to import; only where it pays
             _compiled_rref = njit(cache=True, boundscheck=False)(_rref_steps)
         pivots = _compiled_rref(A)
         return A, [int(c) for c in pivots]
@@ -709,7 +710,7 @@ def relay_decode(code: Code, i: int, ivs: dict, downlinks: list, dim: int) -> di
     return out
 
 
-# --- in-process verification -----------------------------------------------------------
+# --- test inputs -------------------------------------------------------------------------
 
 def special_ivs(K: int, dim: int, seed: int) -> np.ndarray:
     """K random IVs of ``dim`` float64 values salted with NaN, +-inf, -0.0, subnormals."""
@@ -723,45 +724,3 @@ def special_ivs(K: int, dim: int, seed: int) -> np.ndarray:
     flat[pos] = specials[np.arange(pos.size) % specials.size]
     bits.reshape(-1)[pos[: K]] = 0x7FF8DEADBEEF0001  # a NaN with a payload
     return ivs
-
-
-def verify_exchange(code: Code, dim: int, seed: int = 0) -> dict:
-    """Run the whole coded exchange in one process and check it bit for bit.
-
-    Returns ``bit_exact`` and the measured loads (bytes on the wire / bytes of one
-    IV): every relay's uplink, and each block's broadcast counted once.
-    """
-    G = code.G
-    ivs = special_ivs(code.K, dim, seed)
-    iv_bytes = 8 * dim
-    uplink_bytes = 0
-    downlink_bytes = 0
-    uplinks = {}
-    for i in range(code.H):
-        known = {int(k): ivs[k] for k in np.flatnonzero(G[i])}
-        uplinks[i] = relay_encode(code, i, known)
-        uplink_bytes += sum(m.nbytes for m in uplinks[i] if m is not None)
-    downlinks = []
-    for b in range(len(code.blocks)):
-        msg = server_combine(code, b, {i: uplinks[i][b] for i in range(code.H)}, dim)
-        downlink_bytes += msg.nbytes           # a broadcast: counted once
-        downlinks.append(msg)
-    exact = True
-    in_blocks = set(int(k) for blk in code.blocks for k in blk.users)
-    for i in range(code.H):
-        known = {int(k): ivs[k] for k in np.flatnonzero(G[i])}
-        got = relay_decode(code, i, known, downlinks, dim)
-        for k in in_blocks:
-            if k not in got or got[k].view(np.uint64).tobytes() != ivs[k].view(np.uint64).tobytes():
-                exact = False
-    return {
-        "bit_exact": exact,
-        "dim": dim,
-        "iv_bytes": iv_bytes,
-        "seed": code.seed,
-        "attempts": code.attempts,
-        "uplink_bytes": int(uplink_bytes),
-        "downlink_bytes": int(downlink_bytes),
-        "measured_uplink_load": uplink_bytes / iv_bytes,
-        "measured_downlink_load": downlink_bytes / iv_bytes,
-    }

@@ -13,6 +13,8 @@ import hashlib
 
 import numpy as np
 
+from ..vocabulary import WORLD
+
 DIGEST = 32
 
 
@@ -21,12 +23,9 @@ def sha(buf) -> np.ndarray:
     return np.frombuffer(hashlib.sha256(np.ascontiguousarray(buf).tobytes()).digest(), np.uint8)
 
 
-def gather_to_root(world, links, arrays, what):
+def gather_to_root(endpoint, arrays, what):
     """Gather same-shaped arrays from every rank to rank 0 (stacked by rank; None elsewhere)."""
-    root = world.Get_rank() == 0
-    out = [np.empty((world.Get_size(),) + a.shape, dtype=a.dtype) if root else None for a in arrays]
-    links.wait([world.Igather(a, o, root=0) for a, o in zip(arrays, out)], what)
-    return out
+    return [endpoint.gather(WORLD, a, 0, what) for a in arrays]
 
 
 def _table(items: dict, K: int):
@@ -50,7 +49,7 @@ def _consistent(tables, masks, K):
     return agreed
 
 
-def check_ivs(world, links, part, K) -> bool:
+def check_ivs(endpoint, part, K) -> bool:
     """Every IV, wherever it was computed and wherever it is held, is the same bit for bit."""
     computed, cmask = _table(part.computed_ivs(), K)
     held_ivs = part.held_ivs()
@@ -59,8 +58,8 @@ def check_ivs(world, links, part, K) -> bool:
     if held_ivs is not None:
         held[:] = [sha(v) for v in held_ivs]
         flag[0] = 1
-    tables = gather_to_root(world, links, (computed, cmask, held, flag), "IV digests")
-    if world.Get_rank() != 0:
+    tables = gather_to_root(endpoint, (computed, cmask, held, flag), "IV digests")
+    if endpoint.rank != 0:
         return True
     computed, cmask, held, flag = tables
     sent = _consistent(computed, cmask, K)
@@ -68,7 +67,7 @@ def check_ivs(world, links, part, K) -> bool:
     return sent is not None and len(holders) > 0 and all((held[r] == sent).all() for r in holders)
 
 
-def model_digests(world, links, part, K):
+def model_digests(endpoint, part, K):
     """SHA-256 of the final models in user order, and whether every model in use is intact."""
     final = np.zeros((K + 1, DIGEST), dtype=np.uint8)
     flag = np.zeros(1, dtype=np.uint8)
@@ -78,8 +77,8 @@ def model_digests(world, links, part, K):
         final[K] = sha(models)
         flag[0] = 1
     used, umask = _table(part.models_in_use(), K)
-    tables = gather_to_root(world, links, (final, flag, used, umask), "model digests")
-    if world.Get_rank() != 0:
+    tables = gather_to_root(endpoint, (final, flag, used, umask), "model digests")
+    if endpoint.rank != 0:
         return None, None
     final, flag, used, umask = tables
     holders = np.flatnonzero(flag[:, 0])
@@ -90,15 +89,15 @@ def model_digests(world, links, part, K):
     return reference[K].tobytes().hex(), bool(agree and intact)
 
 
-def gather_accuracy(world, links, part, K):
+def gather_accuracy(endpoint, part, K):
     """Test errors of the models in use, gathered to rank 0 (outside the timed phases)."""
     errs = np.full(K, np.nan)
     learner = part.job.learner
     for k, model in part.models_in_use().items():
         value = learner.test_error(k, model)
         errs[k] = np.nan if value is None else value
-    (table,) = gather_to_root(world, links, (errs,), "test errors")
-    if world.Get_rank() != 0:
+    (table,) = gather_to_root(endpoint, (errs,), "test errors")
+    if endpoint.rank != 0:
         return None
     per_task = [float(table[np.flatnonzero(~np.isnan(table[:, k]))[0], k])
                 if (~np.isnan(table[:, k])).any() else float("nan") for k in range(K)]

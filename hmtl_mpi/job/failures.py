@@ -21,7 +21,7 @@ killed      a rank killed by a signal (``kill -9``, OOM) is named by its watcher
 ==========  =====================================================================
 
 How the culprit is found. Rank 0 speaks for the job. Every wait of every rank
-is a polling loop (:meth:`hmtl_mpi.wire.transport.Links.wait`) that also calls
+is a polling loop (:meth:`hmtl_mpi.wire.transport.MpiEndpoint.wait`) that also calls
 :meth:`Control.poll` on a communicator of its own (a duplicate of the world),
 which answers status requests and, on rank 0, picks up failure reports.
 
@@ -50,27 +50,14 @@ import traceback
 
 import numpy as np
 
-from .supervisor import drain_stderr
+from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED, TAG_REPORT, TAG_STATUS_REPLY,
+                          TAG_STATUS_REQUEST)
+from ..wire.interfaces import PhaseTimeout
+from .supervisor import drain_stderr, host_key, read_page_of
 
-EXIT_CHECK_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_FAULT = 3
-EXIT_HANG = 4
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-
-TAG_REPORT, TAG_STATUS_REQUEST, TAG_STATUS_REPLY = 1, 2, 3
 RECORD_BYTES = 2048          # one report or status record: JSON text in a uint8 buffer
 REPORT_WINDOW = 0.3          # s rank 0 waits for further reports after the first
 MAX_GRACE = 1.0              # s a status request may take before the rank counts as silent
-
-
-class PhaseTimeout(RuntimeError):
-    """A wait passed its deadline (``--timeout``)."""
-
-    def __init__(self, what: str, limit: float):
-        super().__init__(f"waited more than {limit:g} s for {what}")
-        self.what, self.limit = what, limit
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,16 +124,12 @@ class RankState:
 
     def locator(self) -> np.ndarray:
         """(host key, pid, page fd): what rank 0 needs to read this rank's page."""
-        from .supervisor import host_key
-
         fd = self.page.fd if self.page is not None else -1
         return np.array([host_key(), os.getpid(), fd], dtype=np.int64)
 
     def positions(self, ranks) -> dict:
         """Rank 0: where each of ``ranks`` says it is, from its own page, for those it
         can read (same host: ranks started by one mpiexec on this machine)."""
-        from .supervisor import host_key, read_page_of
-
         me, out = host_key(), {}
         for r in ranks:
             key, pid, fd = self.pages.get(r, (-1, 0, -1))
@@ -196,6 +179,7 @@ class Control:
     """Failure reports and status requests, on a communicator of their own."""
 
     def __init__(self, world, state: RankState):
+        # local: the in-process transport and the pure layers never load MPI
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -365,7 +349,7 @@ def _say(text: str) -> None:
 
 def end_job(exc: BaseException, state: RankState, control: Control | None, timeout: float):
     """The one way a failed job ends, on every rank (never returns)."""
-    from mpi4py import MPI
+    from mpi4py import MPI  # local: the in-process transport and the pure layers never load MPI
 
     mine = None if isinstance(exc, RemoteFailure) else classify(exc)
     if os.environ.get("HMTL_TRACEBACK") and mine and mine["kind"] == "exception":

@@ -1,7 +1,7 @@
 """What rank 0 prints and writes: progress lines, the summary, the JSON report.
 
 Every figure comes from the run: seconds between barriers and bytes counted at
-the senders (:mod:`hmtl_mpi.wire.transport`), digests compared (:mod:`hmtl_mpi.job.checks`).
+the senders (:mod:`hmtl_mpi.wire.interfaces`), digests compared (:mod:`hmtl_mpi.job.checks`).
 The report's keys are documented in README.md, "The report".
 """
 
@@ -12,15 +12,7 @@ import os
 
 import numpy as np
 
-# Link classes whose bytes are counted at the senders (SCHEME.md: bytes on the wire are
-# the truth); relay_to_relay is the relays' allgather of the broadcast; user_to_server
-# the messages users send straight to the server (flat gradient coding).
-LINK_CLASSES = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user",
-                "relay_to_relay", "user_to_server")
-# Phases timed per iteration: the keys of Scheme.steps, and the whole iteration.
-PHASES = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_to_relay",
-          "decode", "global_update", "relay_to_user", "total")
-
+from ..vocabulary import PHASES
 
 def progress_line(scheme, it, n, record, iv_bytes) -> str:
     s, b = record["seconds"], record["bytes"]
@@ -31,16 +23,18 @@ def progress_line(scheme, it, n, record, iv_bytes) -> str:
             f"IVs {'bit-exact' if record['ivs_bit_exact'] else 'MISMATCH'}")
 
 
-def run_report(scheme, args, learner, K, H, iterations, checks, flat) -> dict:
-    """The report of one scheme's run (README, "The report")."""
+def run_report(scheme, config, learner, K, H, iterations, checks) -> dict:
+    """The report of one scheme's run (README, "The report"); ``config`` the job's
+    :class:`~hmtl_mpi.job.config.JobConfig`."""
+    flat = config.flat
     iv_bytes = 8 * learner.dim
     up, down = scheme.planned_loads
     report = {
         "scheme": scheme.name, "K": K, "H": H, "layout": "flat" if flat else "hierarchical",
-        "dataset": args.dataset, "dim": learner.dim,
+        "dataset": config.dataset, "dim": learner.dim,
         "iv_bytes": iv_bytes, "model_bytes": 8 * (learner.model_len - learner.extra_len),
         "model_extra_bytes": 8 * learner.extra_len, "workload": scheme.workload,
-        "downlink_method": scheme.downlink_method(args.downlink, flat),
+        "downlink_method": scheme.downlink_method(config.downlink, flat),
         "iterations": iterations,
         "measured_loads": {        # what reaches the server: from relays, or straight from users
             "uplink": float(np.mean([r["bytes"]["relay_to_server"] + r["bytes"]["user_to_server"]

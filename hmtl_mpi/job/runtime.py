@@ -1,20 +1,25 @@
-"""The MPI job: ``mpirun -n 1+H+K python -m hmtl_mpi [options]`` (:mod:`hmtl_mpi.cli`).
+"""The job: ``mpirun -n 1+H+K python -m hmtl_mpi [options]`` (:mod:`hmtl_mpi.cli`), or
+``python -m hmtl_mpi --transport inprocess [options]``: set-up, then every scheme's loop.
 
-Setup: rank 0 reads the topology, plans every scheme of ``--scheme`` and builds
-their codes (:mod:`hmtl_mpi.schemes`), then broadcasts G and each scheme as one
-byte buffer; all ranks build the communicators that mirror G
-(:mod:`hmtl_mpi.wire.roles`) and, per scheme, the same learner. A setup error (bad
+The job is written once, for one rank, against an endpoint
+(:class:`hmtl_mpi.wire.interfaces.Endpoint`): :func:`main` runs it on an MPI rank
+(:class:`~hmtl_mpi.wire.transport.MpiEndpoint`), :func:`run_inprocess` runs it for
+every rank of the job in one process (:class:`~hmtl_mpi.wire.inprocess.Fabric`).
+
+Set-up (:func:`set_up`): rank 0 reads the topology, plans every scheme of
+``--scheme`` and builds their codes (:mod:`hmtl_mpi.schemes`), then broadcasts G,
+what it decided (lambda, the local kernel, the data's dimension: a new frozen
+:class:`~hmtl_mpi.job.config.JobConfig`) and each scheme as one byte buffer; every
+rank gets its data and connects the groups that mirror G. A set-up error (bad
 topology, wrong number of ranks, bad data, a plan the scheme refuses) is printed
 once by rank 0 and every rank exits with status 2.
 
-Per iteration, every step of the scheme (:attr:`hmtl_mpi.schemes.base.Scheme.steps`)
-is delimited by a barrier on all ranks before and after it, and its time is the
-server's ``MPI.Wtime`` between the two barrier exits, so each phase's figure is
-the time until its slowest rank finished. ``total`` is the whole iteration,
-barriers included. After the timed part, outside every figure: bytes sent per
-link class are summed over ranks, and every IV's copies are compared by SHA-256
-digest (:mod:`hmtl_mpi.job.checks`). Every failure ends the job through
-:func:`hmtl_mpi.job.failures.end_job`.
+The loop (:func:`run_steps`): every iteration is delimited by barriers and each
+step of the scheme (:attr:`hmtl_mpi.schemes.base.Scheme.steps`) is timed from the
+ranks' own clocks (see its doc); barrier-free schemes (:func:`run_free`) call each
+part's ``iterate``. After the timed part, outside every figure: bytes sent per link
+class are summed over ranks, and every IV's copies are compared by SHA-256 digest
+(:mod:`hmtl_mpi.job.checks`). Then the summary and the report (:mod:`hmtl_mpi.job.report`).
 """
 
 from __future__ import annotations
@@ -23,183 +28,133 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..cli import parse_job_args
-from .failures import EXIT_BAD_INPUT, EXIT_CHECK_FAILED
+from ..learning.datasets import load_tasks, pack_tasks, unpack_tasks
+from ..learning.gd import GradientLearner
+from ..learning.learners import make_learner
+from ..learning.mocha import KERNELS, choose_kernel, cross_validate_lambda
+from ..planning.topology import TopologyError, load_topology
+from ..schemes import get
+from ..schemes.base import Job
+from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HANG,
+                          EXIT_INTERRUPTED, LINK_CLASSES, PHASES, USER_STEPS, WORLD,
+                          ranks_needed, role_names, role_of, tasks_of_rank)
+from ..wire.interconnect import describe_links, local_facts
+from ..wire.probe import coding_speed, measure_links
+from ..wire.roles import make_net
+from . import checks
+from .config import JobConfig
+from .failures import RankState, Terminated, classify, decode_record, encode_record
+from .predict import phase_seconds, verdict
+from .report import job_payload, progress_line, run_report, summary, write_report
+from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
+from ..wire.transport import MpiEndpoint
+from .failures import Control, end_job
+from .supervisor import launcher_rank
+import traceback
 
 SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plans and codes
 REPORT_BYTES_PER_ITERATION = 2048     # generous: a report's iteration record is ~700 bytes
+NO_LINKS = "none: every rank runs in this one process (--transport inprocess)"
 
 
 class SetupError(Exception):
     """A problem found before training; printed once, exit status 2."""
 
 
-def learner_for(args, K, tasks=None):
+def learner_for(config: JobConfig, K: int, tasks=None):
     """This rank's learner; ``tasks`` the MOCHA tasks it holds (see :func:`share_tasks`),
-    None to read the data set here (rank 0, once, in the setup)."""
-    if args.workload == "gd":
-        from ..learning.gd import GradientLearner
-        return GradientLearner(args.dataset, P=args.partitions or K, seed=args.seed)
-    from ..learning.learners import make_learner
-    return make_learner(args.dataset, K, args.dim, seed=args.seed, tasks=tasks,
-                        data_dir=args.data_dir, har_tasks=args.har_tasks, lam=args.lam,
-                        inner=args.inner,
-                        kernel=None if args.local_kernel == "auto" else args.local_kernel)
+    None to read the data set here (rank 0, once, in the set-up)."""
+    if config.workload == "gd":
+        return GradientLearner(config.dataset, P=config.partitions or K, seed=config.seed)
+    return make_learner(config.dataset, K, config.dim, seed=config.seed, tasks=tasks,
+                        data_dir=config.data_dir, har_tasks=config.har_tasks, lam=config.lam,
+                        inner=config.inner,
+                        kernel=None if config.local_kernel == "auto" else config.local_kernel)
 
 
-def reads_data(args) -> bool:
-    """Whether the job's learner has data that rank 0 reads and sends (MOCHA's tasks)."""
-    return args.workload == "mtl" and args.dataset != "synthetic"
-
-
-def tasks_of_rank(rank: int, G: np.ndarray, flat: bool) -> list:
-    """The users whose data a rank needs: a user its own, a worker of the flat layout
-    the tasks of its row of G, the server all of them (the SVM baselines), a relay none."""
-    from ..schemes.base import role_of
-
-    H, K = G.shape
-    role, index = role_of(rank, H)
-    if role == "server":
-        return list(range(K))
-    if role == "user":
-        return [index]
-    return [int(k) for k in np.flatnonzero(G[index])] if flat else []
-
-
-def read_tasks(args, learner, rank, G, flat) -> dict:
+def read_tasks(config: JobConfig, learner, rank: int, G) -> dict:
     """``--data local``: this rank reads the data set itself and keeps the tasks it needs
-    (rank 0 already holds them in its setup ``learner``). Returns user -> task."""
-    mine = tasks_of_rank(rank, G, flat)
+    (rank 0 already holds them in its set-up ``learner``). Returns user -> task."""
+    mine = tasks_of_rank(rank, G, config.flat)
     if learner is not None:
         return {k: learner.task(k) for k in mine}
     if not mine:
         return {}
-    from ..learning.datasets import load_tasks
-
-    every = load_tasks(args.dataset, G.shape[1], seed=args.seed, data_dir=args.data_dir,
-                       har_tasks=args.har_tasks)
+    every = load_tasks(config.dataset, G.shape[1], seed=config.seed, data_dir=config.data_dir,
+                       har_tasks=config.har_tasks)
     return {k: every[k] for k in mine}
 
 
-def share_tasks(world, links, learner, G, flat, timeout) -> dict:
+def share_tasks(endpoint, learner, G, flat: bool, timeout: float) -> dict:
     """Rank 0 read the data once (its ``learner`` holds every task); every other rank gets
-    only the tasks it needs (:func:`tasks_of_rank`), by one scatter, which may take
-    ``timeout`` seconds (it crosses the server's link). Returns user -> task."""
-    from mpi4py import MPI
-
-    from ..learning.datasets import pack_tasks, unpack_tasks
-
-    rank, size = world.Get_rank(), world.Get_size()
-    if rank == 0:
+    only the tasks it needs (:func:`~hmtl_mpi.vocabulary.tasks_of_rank`), by one scatter,
+    which may take ``timeout`` seconds (it crosses the server's link). Returns user -> task."""
+    chunks = None
+    if endpoint.rank == 0:
         # rank 0 keeps its learner's own: it is sent an empty share
-        bufs = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat)} if r else {})
-                for r in range(size)]
-        counts = np.array([b.size for b in bufs], dtype=np.int64)
-        send = [np.concatenate(bufs), [int(c) for c in counts], None, MPI.DOUBLE]
-    else:
-        counts, send = None, None
-    count = np.zeros(1, dtype=np.int64)
-    links.wait(world.Iscatter(counts, count, root=0), "the size of this rank's data", timeout)
-    mine = np.empty(int(count[0]))
-    links.wait(world.Iscatterv(send, mine, root=0), "this rank's data from rank 0", timeout)
-    if rank == 0:
+        chunks = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat)} if r else {})
+                  for r in range(endpoint.size)]
+    mine = endpoint.scatter_arrays(WORLD, chunks, 0, "this rank's data from rank 0", timeout)
+    if endpoint.rank == 0:
         return {k: learner.task(k) for k in tasks_of_rank(0, G, flat)}
     return unpack_tasks(mine)
 
 
-def ranks_needed(H: int, K: int, flat: bool) -> int:
-    return 1 + H + (0 if flat else K)
+# --- set-up --------------------------------------------------------------------------------
 
-
-# --- setup on rank 0 -------------------------------------------------------------------
-
-def setup_on_server(args, world_size):
-    """Rank 0: topology, checks, and every scheme planned; raises SetupError."""
-    from ..schemes import get
-    from ..planning.topology import TopologyError, load_topology
-
+def plan_on_server(config: JobConfig, world_size: int):
+    """Rank 0: topology, checks, and every scheme planned; raises SetupError.
+    Returns (G, schemes, learner, config with what rank 0 decided)."""
     try:
-        G = load_topology(args.topology)
+        G = load_topology(config.topology)
     except TopologyError as exc:
         raise SetupError(str(exc)) from None
     H, K = G.shape
-    if args.report:
-        check_report_path(args.report, args.iterations * len(args.scheme))
-    flat = args.layout == "flat"
-    need = ranks_needed(H, K, flat)
+    if config.report:
+        check_report_path(config.report, config.iterations * len(config.schemes))
+    need = ranks_needed(H, K, config.flat)
     if world_size != need:
-        who = f"1 server and {H} workers" if flat else f"1 server, {H} relays, {K} users"
-        formula = "1 + H" if flat else "1 + H + K"
+        who = f"1 server and {H} workers" if config.flat else f"1 server, {H} relays, {K} users"
+        formula = "1 + H" if config.flat else "1 + H + K"
         raise SetupError(
-            f"topology {args.topology} has H = {H} relays and K = {K} users, so the job needs "
-            f"{formula} = {need} ranks ({who}{', --layout flat' if flat else ''}); "
+            f"topology {config.topology} has H = {H} relays and K = {K} users, so the job needs "
+            f"{formula} = {need} ranks ({who}{', --layout flat' if config.flat else ''}); "
             f"{world_size} were started. Run: mpirun -n {need} python -m hmtl_mpi "
-            f"--topology {args.topology} ...")
+            f"--topology {config.topology} ...")
+    if config.inject_fault and config.inject_fault[0] >= need:
+        raise SetupError(f"--inject-fault: rank {config.inject_fault[0]} does not exist; the job "
+                         f"has ranks 0 .. {need - 1}")
     try:
-        learner = learner_for(args, K)           # the data are read here, once, on rank 0
+        learner = learner_for(config, K)           # the data are read here, once, on rank 0
     except (ValueError, OSError) as exc:
-        raise SetupError(f"dataset {args.dataset}: {exc}") from None
-    if reads_data(args):
-        from ..learning.mocha import choose_kernel, cross_validate_lambda
-        if args.cv:
-            args.lam = cross_validate_lambda([learner.task(k) for k in range(K)],
-                                             seed=args.seed, inner=learner.inner)
-            print(f"hmtl_mpi: lambda = {args.lam:g} chosen by 5-fold cross-validation",
-                  flush=True)
-        args.local_kernel = choose_kernel(args.local_kernel, args.iterations,
-                                          max(learner.n_steps.values()), learner.dim)
+        raise SetupError(f"dataset {config.dataset}: {exc}") from None
+    if config.reads_data:
+        lam = config.lam
+        if config.cv:
+            lam = cross_validate_lambda([learner.task(k) for k in range(K)],
+                                        seed=config.seed, inner=learner.inner)
+            print(f"hmtl_mpi: lambda = {lam:g} chosen by 5-fold cross-validation", flush=True)
+        kernel = choose_kernel(config.local_kernel, config.iterations,
+                               max(learner.n_steps.values()), learner.dim)
+        config = config.decided(lam=lam, local_kernel=kernel)
     try:
-        args.straggle.check_ranks(H, world_size)
+        config.straggle.check_ranks(H, world_size)
     except ValueError as exc:
         raise SetupError(str(exc)) from None
     schemes = []
-    for name in args.scheme:
+    for name in config.schemes:
         try:
-            schemes.append(get(name, args.workload).plan(
-                G, seed=args.seed, stragglers=args.stragglers, partitions=args.partitions or K,
-                straggle=args.straggle))
+            schemes.append(get(name, config.workload).plan(
+                G, seed=config.seed, stragglers=config.stragglers,
+                partitions=config.partitions or K, straggle=config.straggle))
         except ValueError as exc:
             raise SetupError(f"--scheme {name}: {exc}") from None
-    return G, schemes, learner
-
-
-def predict_times(args, world, links, comms, G, flat, schemes, dim):
-    """Measure the links and the coding kernel, and print on rank 0 what each scheme with
-    steps should take per iteration (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
-    report keys per scheme; None elsewhere or when no scheme has steps."""
-    from .predict import phase_seconds, verdict
-    from ..wire.probe import coding_speed, measure_links
-
-    timed = [s for s in schemes if not s.barrier_free]
-    if not timed:
-        return None
-    rates = measure_links(world, links, comms, G, flat, 8 * dim)
-    if world.Get_rank() != 0:
-        return None
-    speed = coding_speed(dim)
-    runs = {}
-    for s in timed:
-        runs[s.name] = {"predicted_seconds": phase_seconds(s.link_loads(), 8 * dim, rates,
-                                                         s.coding_work(dim), speed)}
-    probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
-             "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
-             "coding_bytes_per_s": speed}
-    for r in runs.values():
-        r["probe"] = probe
-    def rate(b):
-        if b == float("inf"):
-            return "none"
-        return f"{8 * b / 1e9:.1f} Gbit/s" if b >= 1.25e8 else f"{8 * b / 1e6:.1f} Mbit/s"
-    print(f"hmtl_mpi: measured links W1 {rate(rates['w1'][1])} + "
-          f"{1e6 * rates['w1'][0]:.0f} us, W2 {rate(rates['w2'][1])} + "
-          f"{1e6 * rates['w2'][0]:.0f} us per round; coding {speed / 1e6:.0f} MB/s.\n"
-          f"hmtl_mpi: predicted per iteration (eq. 13 + latency; learning not included): "
-          + "; ".join(verdict({n: r["predicted_seconds"] for n, r in runs.items()},
-                              timed[0].name)), flush=True)
-    return {"runs": runs}
+    return G, schemes, learner, config
 
 
 def check_report_path(path, iterations) -> None:
@@ -234,47 +189,161 @@ def check_report_path(path, iterations) -> None:
                          f"needs up to {need}")
 
 
-# --- one scheme ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobSetup:
+    """What every rank knows after the set-up (rank 0 also its learner and the hosts)."""
 
-def run_scheme(scheme, args, world, links, state, G, comms, tasks):
-    """Run ``args.iterations`` iterations of one scheme; rank 0 returns its report.
-    ``tasks``: the MOCHA tasks this rank holds (None for learners without data)."""
-    from . import checks
-    from .report import run_report
-    from ..wire.roles import make_net
-    from ..schemes.base import Job, role_of
+    config: JobConfig
+    G: np.ndarray
+    schemes: list
+    tasks: dict | None            # the MOCHA tasks this rank holds (None without data)
+    learner: object = None        # rank 0: the set-up learner (the SVM baselines)
+    link_kind: str = ""           # rank 0: what carried the messages
+    rank_hosts: tuple = ()        # rank 0: the host name of every rank
+    setup_seconds: float = 0.0
 
-    rank = world.Get_rank()
+
+def set_up(config: JobConfig, endpoint, state):
+    """Plan on rank 0, tell every rank, give each its data, connect the groups.
+    Returns a :class:`JobSetup`, or None after a set-up error (printed by rank 0)."""
+    rank = endpoint.rank
+    # rank 0 may spend a while planning (cvxpy) and building codes: the others wait longer
+    setup_timeout = max(config.timeout, SETUP_TIMEOUT)
+    state.step("setup")
+    planned, error, setup_seconds = None, b"", 0.0
+    if rank == 0:
+        t0 = time.perf_counter()
+        try:
+            planned = plan_on_server(config, endpoint.size)
+        except SetupError as exc:
+            error = str(exc).encode()
+        setup_seconds = time.perf_counter() - t0
+    status = endpoint.bcast_bytes(WORLD, np.frombuffer(error, dtype=np.uint8), 0,
+                                  "rank 0's setup (plans and codes)", setup_timeout)
+    if status.size:
+        if rank == 0:
+            sys.stderr.write(f"hmtl_mpi: error: {error.decode()}\n")
+        return None
+    G = planned[0] if rank == 0 else None
+    gbuf = endpoint.bcast_bytes(WORLD, np.ascontiguousarray(G).reshape(-1) if rank == 0 else None,
+                                0, "topology")
+    shape = np.array(G.shape if rank == 0 else (0, 0), dtype=np.int64)
+    endpoint.bcast(WORLD, shape, 0, "topology shape")
+    G = gbuf.reshape(int(shape[0]), int(shape[1]))
     H, K = G.shape
-    flat = args.layout == "flat"
+    state.set_roles(role_names(H, config.flat))
+    where = endpoint.gather(WORLD, state.locator(), 0, "where the ranks' state pages are")
+    hosts = endpoint.gather(WORLD, encode_record(local_facts()), 0,
+                            "what carries the messages (host, namespace, MPI transport)")
+    link_kind, rank_hosts = "", ()
+    if rank == 0:
+        state.pages = {r: tuple(int(x) for x in where[r]) for r in range(endpoint.size)}
+        facts = [decode_record(h) for h in hosts]
+        link_kind = describe_links(facts) if endpoint.has_links else NO_LINKS
+        rank_hosts = tuple(f.get("hostname") for f in facts)
+    # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
+    # knows the data's number of features
+    facts = np.array([np.nan, 0.0, 0.0])
+    if rank == 0:
+        decided, learner = planned[3], planned[2]
+        facts[:] = (decided.lam if decided.lam is not None else np.nan,
+                    KERNELS.index(decided.local_kernel) if config.reads_data else 0,
+                    learner.dim)
+    endpoint.bcast(WORLD, facts, 0, "lambda, kernel and data size")
+    config = config.decided(lam=None if np.isnan(facts[0]) else float(facts[0]),
+                            local_kernel=KERNELS[int(facts[1])] if config.reads_data
+                            else config.local_kernel,
+                            dim=int(facts[2]))
+    schemes = []
+    for b, name in enumerate(config.schemes):
+        mine = planned[1][b] if rank == 0 else None
+        buf = endpoint.bcast_bytes(WORLD, mine.to_buffer() if rank == 0 else None, 0,
+                                   f"the {name} scheme's plan")
+        schemes.append(mine if rank == 0 else get(name, config.workload).from_buffer(G, buf))
+    tasks = None
+    if config.reads_data and config.data == "scatter":
+        state.step("setup (each rank receives its data)")
+        tasks = share_tasks(endpoint, planned[2] if rank == 0 else None, G, config.flat,
+                            setup_timeout)
+    elif config.reads_data:
+        state.step("setup (each rank reads its data)")
+        tasks = read_tasks(config, planned[2] if rank == 0 else None, rank, G)
+    endpoint.barrier(WORLD, "every rank before building the communicators")
+    endpoint.connect(G, config.flat)
+    return JobSetup(config=config, G=G, schemes=schemes, tasks=tasks,
+                    learner=planned[2] if rank == 0 else None, link_kind=link_kind,
+                    rank_hosts=rank_hosts, setup_seconds=setup_seconds)
+
+
+def predict_times(config: JobConfig, endpoint, G, schemes, dim):
+    """Measure the links and the coding kernel, and print on rank 0 what each scheme with
+    steps should take per iteration (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
+    report keys per scheme; None elsewhere, when no scheme has steps, or without links."""
+    timed = [s for s in schemes if not s.barrier_free]
+    if not timed or not endpoint.has_links:
+        return None
+    rates = measure_links(endpoint, G, config.flat, 8 * dim)
+    if endpoint.rank != 0:
+        return None
+    speed = coding_speed(dim)
+    runs = {}
+    for s in timed:
+        runs[s.name] = {"predicted_seconds": phase_seconds(s.link_loads(), 8 * dim, rates,
+                                                         s.coding_work(dim), speed)}
+    probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
+             "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
+             "coding_bytes_per_s": speed}
+    for r in runs.values():
+        r["probe"] = probe
+
+    def rate(b):
+        if b == float("inf"):
+            return "none"
+        return f"{8 * b / 1e9:.1f} Gbit/s" if b >= 1.25e8 else f"{8 * b / 1e6:.1f} Mbit/s"
+    print(f"hmtl_mpi: measured links W1 {rate(rates['w1'][1])} + "
+          f"{1e6 * rates['w1'][0]:.0f} us, W2 {rate(rates['w2'][1])} + "
+          f"{1e6 * rates['w2'][0]:.0f} us per round; coding {speed / 1e6:.0f} MB/s.\n"
+          f"hmtl_mpi: predicted per iteration (eq. 13 + latency; learning not included): "
+          + "; ".join(verdict({n: r["predicted_seconds"] for n, r in runs.items()},
+                              timed[0].name)), flush=True)
+    return runs
+
+
+# --- one scheme -------------------------------------------------------------------------------
+
+def run_scheme(scheme, setup: JobSetup, endpoint, state):
+    """Run the iterations of one scheme; rank 0 returns its report."""
+    config, G = setup.config, setup.G
+    rank = endpoint.rank
+    H, K = G.shape
     state.step("building the learner", scheme=scheme.name, iteration=None)
-    learner = learner_for(args, K, tasks)
-    job = Job(G, learner, flat=flat)
+    learner = learner_for(config, K, setup.tasks)
+    job = Job(G, learner, flat=config.flat)
     role, index = role_of(rank, H)
-    me = scheme.part(role, job, make_net(rank, links, comms, G, args.downlink), index)
+    me = scheme.part(role, job, make_net(endpoint, G, config.downlink), index)
     state.step("warm-up (JIT compilation)")
     learner.warm_up()                  # JIT compilation stays out of every timed phase
     run = run_free if scheme.barrier_free else run_steps
-    iterations = run(scheme, args, world, links, state, me, K, flat, 8 * learner.dim)
+    iterations = run(scheme, me, endpoint, state, config)
     state.step("final checks (model digests, test errors)", iteration=None)
-    digest, delivered = checks.model_digests(world, links, me, K)
-    accuracy = checks.gather_accuracy(world, links, me, K) if learner.evaluates else None
+    digest, delivered = checks.model_digests(endpoint, me, K)
+    accuracy = checks.gather_accuracy(endpoint, me, K) if learner.evaluates else None
     if rank != 0:
         return None
-    report = run_report(scheme, args, learner, K, H, iterations,
-                        {"digest": digest, "delivered": delivered, "accuracy": accuracy}, flat)
+    report = run_report(scheme, config, learner, K, H, iterations,
+                        {"digest": digest, "delivered": delivered, "accuracy": accuracy})
     report.update(me.results())
     return report
 
 
-def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
+def run_steps(scheme, me, endpoint, state, config: JobConfig):
     """The iterations of a scheme with steps; bytes and IV digests checked after each.
     Rank 0 returns the records.
 
     ``--sync iteration`` (default): a barrier starts and ends every iteration, and the
     steps in between run back to back, each rank going on as soon as its own part of
     a step is done (a relay encodes while another still receives). Every rank stamps
-    the end of each of its steps (``MPI.Wtime`` since it left the start barrier); a
+    the end of each of its steps (its clock since it left the start barrier); a
     phase's time is the latest end of its step minus the latest end of the step
     before, so the phases add up to the time the last rank finished, and a phase
     hidden behind another one costs what it delayed the last rank. Stamps are
@@ -286,46 +355,39 @@ def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
     measured alone (the paper's model, eq. 13, adds phases that do not overlap), at
     the price of one barrier per phase.
     """
-    from mpi4py import MPI
-
-    from . import checks
-    from .report import LINK_CLASSES, PHASES, progress_line
-
-    rank = world.Get_rank()
+    rank, K = endpoint.rank, me.job.K
     learner = me.job.learner
     # the flat layout has no users: the steps that reach them do not run
     steps = [(key, step) for key, step in scheme.steps
-             if not (flat and step in ("user_to_relay", "relay_to_user"))]
-    by_phase = args.sync == "phase"
+             if not (config.flat and step in USER_STEPS)]
+    by_phase = config.sync == "phase"
     iterations = []
-    for it in range(args.iterations):
+    for it in range(config.iterations):
         state.step("start of the iteration", iteration=it)
-        links.reset_counters()
+        endpoint.reset_counters()
         ends = np.zeros(len(steps) + 1)          # each step's end, then the iteration's
-        links.barrier(world, "start of iteration")
-        start = MPI.Wtime()
+        endpoint.barrier(WORLD, "start of iteration")
+        start = endpoint.clock()
         for n, (key, step) in enumerate(steps):
             state.step(f"phase {step}")
-            if args.inject_fault and args.inject_fault[:2] == (rank, it) \
+            if config.inject_fault and config.inject_fault[:2] == (rank, it) \
                     and step == "relay_to_server":
-                inject_fault(args.inject_fault[2], rank, it)
+                inject_fault(endpoint, config.inject_fault[2], rank, it)
             method = getattr(me, step, None)
             if method is not None:
                 method(it)
             if by_phase:
                 state.step(f"phase {step}", note="at the barrier after it")
-                links.barrier(world, f"after {step}")
-            ends[n] = MPI.Wtime() - start
+                endpoint.barrier(WORLD, f"after {step}")
+            ends[n] = endpoint.clock() - start
         state.step("end of the iteration", note="at the barrier after its last phase")
-        links.barrier(world, "end of iteration")
-        ends[-1] = MPI.Wtime() - start
+        endpoint.barrier(WORLD, "end of iteration")
+        ends[-1] = endpoint.clock() - start
         state.step("checks (byte counts, phase times, IV digests)")
-        sent = np.array([links.sent[c] for c in LINK_CLASSES], dtype=np.int64)
-        sums = np.zeros_like(sent)
-        latest = np.zeros_like(ends)
-        links.wait([world.Ireduce(sent, sums, op=MPI.SUM, root=0),
-                    world.Ireduce(ends, latest, op=MPI.MAX, root=0)], "byte counters and phase ends")
-        ivs_ok = checks.check_ivs(world, links, me, K)
+        sent = np.array([endpoint.sent[c] for c in LINK_CLASSES], dtype=np.int64)
+        sums = endpoint.reduce(WORLD, sent, "sum", 0, "byte counters")
+        latest = endpoint.reduce(WORLD, ends, "max", 0, "phase ends")
+        ivs_ok = checks.check_ivs(endpoint, me, K)
         if rank == 0:
             seconds = dict.fromkeys(PHASES, 0.0)
             for (key, _), took in zip(steps, np.diff(latest[:-1], prepend=0.0)):
@@ -335,55 +397,49 @@ def run_steps(scheme, args, world, links, state, me, K, flat, iv_bytes):
                       "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, sums)},
                       "ivs_bit_exact": ivs_ok}
             iterations.append(record)
-            if not args.quiet:
-                print(progress_line(scheme.name, it, args.iterations, record, iv_bytes), flush=True)
-        if learner.evaluates and args.eval_every and (it + 1) % args.eval_every == 0 \
-                and it + 1 < args.iterations:
+            if not config.quiet:
+                print(progress_line(scheme.name, it, config.iterations, record, 8 * learner.dim),
+                      flush=True)
+        if learner.evaluates and config.eval_every and (it + 1) % config.eval_every == 0 \
+                and it + 1 < config.iterations:
             state.step("test errors")
-            acc = checks.gather_accuracy(world, links, me, K)
-            if rank == 0 and not args.quiet:
+            acc = checks.gather_accuracy(endpoint, me, K)
+            if rank == 0 and not config.quiet:
                 print(f"[{scheme.name}] iteration {it + 1}: mean test error "
                       f"{acc['mean_test_error']:.4f}", flush=True)
     return iterations
 
 
-def run_free(scheme, args, world, links, state, me, K, flat, iv_bytes):
+def run_free(scheme, me, endpoint, state, config: JobConfig):
     """The iterations of a barrier-free scheme (stragglers must not hold anybody up): every
     rank calls its part's ``iterate(it)`` and moves on as soon as it can. Times come from
     the server's clock (the part's own records) and, for the users' local work, from the
     users'; bytes are logged per iteration on every rank and summed after the last one,
     once every late message has been drained. Rank 0 returns the records."""
-    from mpi4py import MPI
-
-    from .checks import gather_to_root
-    from .report import LINK_CLASSES, PHASES
-
-    rank = world.Get_rank()
-    n = args.iterations
-    links.reset_counters()
-    links.barrier(world, "start of the run")
+    rank, n = endpoint.rank, config.iterations
+    endpoint.reset_counters()
+    endpoint.barrier(WORLD, "start of the run")
     me.start()
     for it in range(n):
         state.step("its iteration (no barriers)", iteration=it)
-        links.iteration = it
-        if args.inject_fault and args.inject_fault[:2] == (rank, it):
-            inject_fault(args.inject_fault[2], rank, it)
+        endpoint.iteration = it
+        if config.inject_fault and config.inject_fault[:2] == (rank, it):
+            inject_fault(endpoint, config.inject_fault[2], rank, it)
         me.iterate(it)
-        if rank == 0 and not args.quiet:
+        if rank == 0 and not config.quiet:
             print(f"[{scheme.name:>7}] iteration {it + 1}/{n}: {me.progress(it)}", flush=True)
-    links.iteration = None
+    endpoint.iteration = None
     state.step("draining late messages", iteration=None)
     me.net.drain("late messages and pending sends")
-    links.barrier(world, "end of the run (every late message drained)")
+    endpoint.barrier(WORLD, "end of the run (every late message drained)")
     state.step("checks (byte counts, timings)")
     log = np.zeros((n, len(LINK_CLASSES)), dtype=np.int64)
-    for it, counts in links.sent_by_iteration.items():
+    for it, counts in endpoint.sent_by_iteration.items():
         log[it] = [counts[c] for c in LINK_CLASSES]
-    total = np.zeros_like(log)
-    links.wait(world.Ireduce(log, total, op=MPI.SUM, root=0), "byte counters")
+    total = endpoint.reduce(WORLD, log, "sum", 0, "byte counters")
     work = np.full(n, np.nan)
     work[: len(me.compute_s)] = me.compute_s
-    (works,) = gather_to_root(world, links, (work,), "the users' compute times")
+    works = endpoint.gather(WORLD, work, 0, "the users' compute times")
     if rank != 0:
         return None
     records = []
@@ -398,29 +454,101 @@ def run_free(scheme, args, world, links, state, me, K, flat, iv_bytes):
     return records
 
 
-def inject_fault(kind, rank, it):
+def inject_fault(endpoint, kind, rank, it):
     """--inject-fault: fail, hang or die here, to show that the job still ends naming us."""
-    if kind == "hang":
-        while True:
-            time.sleep(1)
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if kind in ("hang", "kill"):
+        endpoint.inject(kind)
     raise RuntimeError(f"fault injected on rank {rank} in iteration {it} (--inject-fault)")
 
 
+# --- the job on one rank ----------------------------------------------------------------------
+
+def run_job(config: JobConfig, endpoint, state) -> int:
+    """Set-up, every scheme's iterations, the summary and the report; the exit code."""
+    setup = set_up(config, endpoint, state)
+    if setup is None:
+        return EXIT_BAD_INPUT
+    config, G, schemes = setup.config, setup.G, setup.schemes
+    rank = endpoint.rank
+    H, K = G.shape
+    oversubscribed = endpoint.has_links and endpoint.size > (os.cpu_count() or 1)
+    if rank == 0:
+        who = f"{H} workers" if config.flat else f"{H} relays, {K} users"
+        loads = ", ".join(f"{s.name} ({float(s.planned_loads[0]):.4g}, "
+                          f"{float(s.planned_loads[1]):.4g})" for s in schemes)
+        where = (f"on {os.cpu_count()} cores{' (oversubscribed)' if oversubscribed else ''}"
+                 if endpoint.has_links else "in one process (--transport inprocess)")
+        print(f"hmtl_mpi: {endpoint.size} ranks (1 server, {who}) {where}; topology "
+              f"{config.topology}{' (flat layout, ' + str(K) + ' tasks)' if config.flat else ''}; "
+              f"dataset {config.dataset}; setup {setup.setup_seconds:.2f} s; planned loads "
+              f"{loads}", flush=True)
+    predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
+    reports = []
+    for scheme in schemes:
+        state.step("start of the run", scheme=scheme.name, iteration=None)
+        endpoint.barrier(WORLD, f"start of {scheme.name}")
+        reports.append(run_scheme(scheme, setup, endpoint, state))
+    state.step("summary and report", scheme=None, iteration=None)
+    if rank == 0:
+        finish(config, setup, reports, predicted, oversubscribed, endpoint, state)
+    state.step("end of the job")
+    endpoint.barrier(WORLD, "end of job (rank 0 computing baselines, writing the report)",
+                     max(config.timeout, SETUP_TIMEOUT))
+    if rank == 0 and len({r["model_digest"] for r in reports}) > 1:
+        sys.stderr.write(f"hmtl_mpi: the runs of {', '.join(r['scheme'] for r in reports)} "
+                         f"ended with different models (lossless check failed)\n")
+        return EXIT_CHECK_FAILED
+    return 0
+
+
+def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -> None:
+    """Rank 0: baselines, the summary, the report."""
+    for r in reports:
+        r["transport"] = endpoint.kind
+        if predicted:
+            r.update(predicted.get(r["scheme"], {}))
+    if "accuracy" in reports[0]:
+        state.step("summary and report (SVM baselines)")
+        baselines = setup.learner.baselines()
+        for r in reports:
+            r["accuracy"].update(baselines)
+            r["accuracy"]["lambda"] = config.lam if config.lam is not None else "default"
+    print(summary(reports, oversubscribed, setup.link_kind), flush=True)
+    if config.report:
+        state.step("writing the report")
+        H, K = setup.G.shape
+        payload = job_payload(reports, config.scheme_arg, K, H)
+        payload["ranks"] = endpoint.size
+        payload["cores"] = os.cpu_count()
+        payload["topology"] = str(config.topology)
+        payload["transport"] = endpoint.kind
+        payload["links"] = setup.link_kind
+        payload["rank_hosts"] = list(setup.rank_hosts)
+        write_report(config.report, payload)
+        print(f"report written to {config.report}", flush=True)
+
+
+# --- entry points -----------------------------------------------------------------------------
+
 def _terminate(signum, frame):
-    from .failures import Terminated
     raise Terminated()
 
 
-# --- entry point ----------------------------------------------------------------------
+def _launcher_rank() -> int:
+
+    value = launcher_rank()
+    return int(value) if value.isdigit() else 0
+
 
 def main(argv=None, page=None) -> int:
-    """The job on one rank. ``page``: the supervisor's shared page (:mod:`hmtl_mpi.job.supervisor`)."""
+    """The job on one rank. ``page``: the supervisor's shared page (:mod:`hmtl_mpi.job.supervisor`).
+    With ``--transport inprocess``: the whole job in this process (:func:`run_inprocess`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # one BLAS thread per rank
-    from mpi4py import MPI
-
-    from .failures import Control, RankState, end_job
+    early, _ = parse_job_args(argv, -1, None)            # silent: which transport?
+    if early is not None and early.transport == "inprocess":
+        return run_inprocess(early)
+    from mpi4py import MPI   # local: the in-process transport never loads MPI
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
@@ -430,134 +558,80 @@ def main(argv=None, page=None) -> int:
     timeout = 60.0
     try:
         control = Control(world, state)
-        args, exit_code = parse_job_args(sys.argv[1:] if argv is None else argv, rank,
-                                         world.Get_size())
-        if args is None:
+        config, exit_code = parse_job_args(argv, rank, world.Get_size())
+        if config is None:
             return exit_code
-        timeout = args.timeout
-        return run_job(args, world, state, control)
+        timeout = config.timeout
+        return run_job(config, MpiEndpoint(world, config.timeout, control, state), state)
     except BaseException as exc:   # noqa: BLE001 - any failure on any rank ends the whole job
         end_job(exc, state, control, timeout)
         return 1
 
 
-def run_job(args, world, state, control) -> int:
-    """Setup, every scheme's iterations, the summary and the report."""
-    from .failures import RECORD_BYTES, decode_record, encode_record
-    from ..wire.interconnect import describe_links, local_facts
-    from .report import job_payload, summary, write_report
-    from ..wire.roles import make_comms
-    from ..schemes import get
-    from ..schemes.base import role_names
-    from ..wire.transport import Links
+def run_inprocess(config: JobConfig) -> int:
+    """``--transport inprocess``: every rank of the job as a thread of this process
+    (:class:`hmtl_mpi.wire.inprocess.Fabric`), each running :func:`run_job`. A failure is
+    printed once, naming its rank, with the exit codes of ``--help``."""
 
-    rank = world.Get_rank()
-    flat = args.layout == "flat"
-    links = Links(world, args.timeout, control, state)
-    # rank 0 may spend a while planning (cvxpy) and building codes: the others wait longer
-    setup_timeout = max(args.timeout, SETUP_TIMEOUT)
-    state.step("setup")
-    setup = None
-    error = b""
-    if rank == 0:
-        t0 = time.perf_counter()
-        try:
-            setup = setup_on_server(args, world.Get_size())
-        except SetupError as exc:
-            error = str(exc).encode()
-        setup_seconds = time.perf_counter() - t0
-    status = links.bcast_bytes(world, np.frombuffer(error, dtype=np.uint8), 0,
-                               "rank 0's setup (plans and codes)", setup_timeout)
-    if status.size:
-        if rank == 0:
-            sys.stderr.write(f"hmtl_mpi: error: {error.decode()}\n")
+    if _launcher_rank() or os.environ.get("PMI_SIZE", "1") not in ("", "1"):
+        sys.stderr.write("hmtl_mpi: error: --transport inprocess runs the whole job in one "
+                         "process: start it without mpirun/srun (python -m hmtl_mpi ...)\n")
         return EXIT_BAD_INPUT
-    G = setup[0] if rank == 0 else None
-    gbuf = links.bcast_bytes(world, np.ascontiguousarray(G).reshape(-1) if rank == 0 else None,
-                             0, "topology")
-    shape = np.array(G.shape if rank == 0 else (0, 0), dtype=np.int64)
-    links.bcast(world, shape, 0, "topology shape")
-    G = gbuf.reshape(int(shape[0]), int(shape[1]))
-    H, K = G.shape
-    state.set_roles(role_names(H, flat))
-    where = np.zeros((world.Get_size(), 3), dtype=np.int64) if rank == 0 else None
-    links.wait(world.Igather(state.locator(), where, root=0), "where the ranks' state pages are")
-    hosts = np.zeros((world.Get_size(), RECORD_BYTES), dtype=np.uint8) if rank == 0 else None
-    links.wait(world.Igather(encode_record(local_facts()), hosts, root=0),
-               "what carries the messages (host, namespace, MPI transport)")
-    if rank == 0:
-        state.pages = {r: tuple(int(x) for x in where[r]) for r in range(world.Get_size())}
-        link_kind = describe_links([decode_record(h) for h in hosts])
-    # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
-    # knows the data's number of features
-    from ..learning.mocha import KERNELS
-    facts = np.array([np.nan, 0.0, 0.0])
-    if rank == 0:
-        learner = setup[2]
-        facts[:] = (args.lam if args.lam is not None else np.nan,
-                    KERNELS.index(args.local_kernel) if reads_data(args) else 0, learner.dim)
-    links.bcast(world, facts, 0, "lambda, kernel and data size")
-    args.lam = None if np.isnan(facts[0]) else float(facts[0])
-    args.local_kernel = KERNELS[int(facts[1])]
-    schemes = []
-    for b, name in enumerate(args.scheme):
-        planned = setup[1][b] if rank == 0 else None
-        buf = links.bcast_bytes(world, planned.to_buffer() if rank == 0 else None, 0,
-                                f"the {name} scheme's plan")
-        schemes.append(planned if rank == 0 else get(name, args.workload).from_buffer(G, buf))
-    tasks = None
-    if reads_data(args) and args.data == "scatter":
-        state.step("setup (each rank receives its data)")
-        tasks = share_tasks(world, links, setup[2] if rank == 0 else None, G, flat,
-                            setup_timeout)
-    elif reads_data(args):
-        state.step("setup (each rank reads its data)")
-        tasks = read_tasks(args, setup[2] if rank == 0 else None, rank, G, flat)
-    if reads_data(args):
-        args.dim = int(facts[2])
-    links.barrier(world, "every rank before building the communicators")
-    comms = make_comms(world, G, flat)
-    if rank == 0:
-        oversubscribed = world.Get_size() > (os.cpu_count() or 1)
-        who = f"{H} workers" if flat else f"{H} relays, {K} users"
-        loads = ", ".join(f"{s.name} ({float(s.planned_loads[0]):.4g}, "
-                          f"{float(s.planned_loads[1]):.4g})" for s in schemes)
-        print(f"hmtl_mpi: {world.Get_size()} ranks (1 server, {who}) on {os.cpu_count()} cores"
-              f"{' (oversubscribed)' if oversubscribed else ''}; topology {args.topology}"
-              f"{' (flat layout, ' + str(K) + ' tasks)' if flat else ''}; dataset {args.dataset}; "
-              f"setup {setup_seconds:.2f} s; planned loads {loads}", flush=True)
-    predicted = predict_times(args, world, links, comms, G, flat, schemes, int(facts[2]))
-    reports = []
-    for scheme in schemes:
-        state.step("start of the run", scheme=scheme.name, iteration=None)
-        links.barrier(world, f"start of {scheme.name}")
-        reports.append(run_scheme(scheme, args, world, links, state, G, comms, tasks))
-    state.step("summary and report", scheme=None, iteration=None)
-    if rank == 0 and predicted:
-        for r in reports:
-            r.update(predicted["runs"].get(r["scheme"], {}))
-    if rank == 0 and "accuracy" in reports[0]:
-        state.step("summary and report (SVM baselines)")
-        baselines = setup[2].baselines()
-        for r in reports:
-            r["accuracy"].update(baselines)
-            r["accuracy"]["lambda"] = args.lam if args.lam is not None else "default"
-    if rank == 0:
-        print(summary(reports, oversubscribed, link_kind), flush=True)
-        if args.report:
-            state.step("writing the report")
-            payload = job_payload(reports, args.scheme_arg, K, H)
-            payload["ranks"] = world.Get_size()
-            payload["cores"] = os.cpu_count()
-            payload["topology"] = str(args.topology)
-            payload["links"] = link_kind
-            write_report(args.report, payload)
-            print(f"report written to {args.report}", flush=True)
-    state.step("end of the job")
-    links.wait(world.Ibarrier(), "end of job (rank 0 computing baselines, writing the report)",
-               setup_timeout)
-    if rank == 0 and len({r["model_digest"] for r in reports}) > 1:
-        sys.stderr.write(f"hmtl_mpi: the runs of {', '.join(r['scheme'] for r in reports)} "
-                         f"ended with different models (lossless check failed)\n")
-        return EXIT_CHECK_FAILED
-    return 0
+    try:
+        G = load_topology(config.topology)
+    except TopologyError as exc:
+        sys.stderr.write(f"hmtl_mpi: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    size = ranks_needed(*G.shape, config.flat)
+    fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT))
+    states = [RankState(r) for r in range(size)]
+
+    def rank_job(r):
+        return run_job(config, InProcessEndpoint(fabric, r, config.timeout, states[r]), states[r])
+    try:
+        codes = fabric.run(rank_job)
+    except KeyboardInterrupt:
+        sys.stderr.write("hmtl_mpi: interrupted (Ctrl-C)\n")
+        _cleanup(states)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:   # noqa: BLE001 - named with its rank, once
+        r = getattr(exc, "rank", 0)
+        state = states[r]
+        if isinstance(exc, Deadlock):
+            text, code = deadlock_message(exc.waiting, states), EXIT_HANG
+        elif isinstance(exc, TimeoutError):
+            text, code = f"{state.who()} stopped answering {state.where()}: {exc}", EXIT_HANG
+        else:
+            mine = classify(exc)
+            if os.environ.get("HMTL_TRACEBACK"):
+                traceback.print_exception(exc)
+            text, code = f"{state.who()} failed {state.where()}: {mine['detail']}", mine["code"]
+        sys.stderr.write(f"hmtl_mpi: {text}\n")
+        _cleanup(states)
+        return code if code else EXIT_FAULT
+    return codes[0] if codes[0] is not None else EXIT_FAULT
+
+
+def deadlock_message(waiting: dict, states) -> str:
+    """Who stopped the job when no rank can go on: a rank that waits for nothing (it
+    hangs) before one that waits for a message, before those waiting in a collective."""
+    def rank_of(item):
+        q, what = item
+        return (0 if what.startswith("nothing") else 2 if "(collective on" in what else 1, q)
+    ordered = sorted(waiting.items(), key=rank_of)
+    first = rank_of(ordered[0])[0]
+    culprits = [(q, what) for q, what in ordered if rank_of((q, what))[0] == first]
+    named = "; ".join(f"{states[q].who()} stopped answering {states[q].where()} (it waits for "
+                      f"{what})" for q, what in culprits[:3])
+    others = len(waiting) - len(culprits)
+    return named + (f"; {len(culprits) - 3} more like it" if len(culprits) > 3 else "") + (
+        f"; {others} other rank{'s' if others != 1 else ''} wait for it" if others else "")
+
+
+def _cleanup(states) -> None:
+    for state in states:
+        for fn in state.cleanup:
+            try:
+                fn()
+            except Exception:        # noqa: BLE001 - cleaning up must not hide the failure
+                pass

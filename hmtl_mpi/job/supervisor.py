@@ -25,6 +25,11 @@ import os
 import signal
 import sys
 import time
+import array
+import fcntl
+import stat
+import termios
+import zlib
 
 PAGE_BYTES = 1024
 
@@ -67,7 +72,6 @@ def read_page_of(pid: int, fd: int) -> str | None:
 def host_key() -> int:
     """Equal for two processes that see the same /proc: the kernel's boot id and the
     PID namespace (ranks in network namespaces share both, containers do not)."""
-    import zlib
 
     try:
         boot = open("/proc/sys/kernel/random/boot_id", "rb").read().strip()
@@ -98,10 +102,6 @@ def drain_stderr(limit: float = 1.0) -> None:
     except (OSError, ValueError):
         return
     try:
-        import array
-        import fcntl
-        import stat
-        import termios
 
         if not stat.S_ISFIFO(os.fstat(2).st_mode):
             return

@@ -18,6 +18,8 @@ timed phase), ``test_error(k, model)`` (float or None) and ``baselines()``
 from __future__ import annotations
 
 import numpy as np
+from .datasets import load_tasks
+from .mocha import MochaLearner
 
 DATASETS = ("digits", "mnist", "har", "synthetic")
 
@@ -70,6 +72,39 @@ class SyntheticLearner:
         return {}
 
 
+class FixedIVLearner:
+    """Given IVs, unchanged every iteration, and a global update that keeps them: what
+    ``plan --verify`` runs the exchange on (:mod:`hmtl_mpi.job.verify`), so that the IVs
+    can be chosen for their awkward bit patterns (:func:`hmtl_mpi.codes.coding.special_ivs`)."""
+
+    def __init__(self, ivs: np.ndarray):
+        self.ivs = np.ascontiguousarray(ivs, dtype=np.float64)
+        self.K, self.dim = self.ivs.shape
+        self.model_len, self.extra_len = self.dim, 0
+        self.evaluates = False
+
+    def initial_model(self, k: int) -> np.ndarray:
+        return np.zeros(self.dim)
+
+    def local_update(self, k: int, iteration: int, model: np.ndarray) -> np.ndarray:
+        return self.ivs[k].copy()
+
+    def global_update(self, iteration: int, ivs: np.ndarray) -> np.ndarray:
+        return np.array(ivs, copy=True)
+
+    def extras_changed(self, iteration: int) -> bool:
+        return False
+
+    def warm_up(self) -> None:
+        """Nothing to compile."""
+
+    def test_error(self, k: int, model: np.ndarray):
+        return None
+
+    def baselines(self) -> dict:
+        return {}
+
+
 def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, tasks=None,
                  **options):
     """Build the learner for ``--dataset``.
@@ -82,12 +117,10 @@ def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, tasks=Non
     """
     if dataset == "synthetic":
         return SyntheticLearner(K, dim if dim is not None else 1000, seed)
-    from .mocha import MochaLearner
 
     kwargs = {k: options[k] for k in ("lam", "inner", "kernel") if options.get(k) is not None}
     if tasks is not None:
         return MochaLearner(tasks, seed=seed, K=K, dim=dim, **kwargs)
-    from .datasets import load_tasks
 
     tasks = load_tasks(dataset, K, seed=seed, data_dir=options.get("data_dir"),
                        har_tasks=options.get("har_tasks", "sitting"))

@@ -96,6 +96,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from .datasets import Task
+import hashlib
+import json
+import os
+import warnings
 
 __all__ = [
     "LAMBDA_GRID",
@@ -230,7 +235,7 @@ def compiled_kernel():
     on disk by numba, in ``__pycache__`` or its user-wide cache when that is read-only)."""
     global _COMPILED
     if _COMPILED is None:
-        from numba import njit
+        from numba import njit  # local: numba costs ~1 s to import; only where it pays
         _COMPILED = njit(cache=True)(_sdca_steps)
     return _COMPILED
 
@@ -472,7 +477,6 @@ class MochaLearner:
 
     def task(self, k):
         """User k's data as a :class:`hmtl_mpi.learning.datasets.Task`, if this learner holds it."""
-        from .datasets import Task
 
         return Task(*self._data[self._check_k(k)])
 
@@ -568,9 +572,10 @@ def _fit_svm(X, y, lam):
     A training set holding a single class (possible only for tiny tasks) gets
     w = y_0 * mean(x), which predicts that class, as the hinge minimiser would.
     """
-    import warnings
 
+    # local: scikit-learn costs ~0.9 s to import, only for the baselines
     from sklearn.exceptions import ConvergenceWarning
+    # local: scikit-learn costs ~0.9 s to import, only for the baselines
     from sklearn.svm import LinearSVC
 
     if len(y) == 0:
@@ -618,10 +623,8 @@ def baseline_cache_path(data) -> Path | None:
     ``$XDG_CACHE_HOME/hmtl_mpi`` (default ``~/.cache/hmtl_mpi``), one JSON file named by a
     SHA-256 of the data, the lambda grid and scikit-learn's version; None when
     ``HMTL_CACHE`` is empty (no cache)."""
-    import hashlib
-    import os
 
-    import sklearn
+    import sklearn  # local: scikit-learn costs ~0.9 s to import, only for the baselines
 
     root = os.environ.get("HMTL_CACHE")
     if root == "":
@@ -640,8 +643,6 @@ def cached_baselines(data) -> dict:
     """:func:`_svm_baselines`, computed once per data set and kept on disk (they take
     seconds: 7 lambdas x 5 folds x (K + 1) SVM fits). An unreadable or unwritable cache
     is ignored; the file is written atomically."""
-    import json
-    import os
 
     path = baseline_cache_path(data)
     if path is not None and path.is_file():

@@ -161,7 +161,7 @@ def solve_round_lp(n: np.ndarray, A: np.ndarray) -> np.ndarray:
     Users with the same relay set give the same constraint, so only the distinct
     columns of A are kept.
     """
-    import cvxpy as cp
+    import cvxpy as cp  # local: cvxpy costs ~0.7 s to import, only when planning
 
     cols = np.unique(A.T, axis=0)               # distinct relay sets, m x H
     a = cp.Variable(A.shape[0])
@@ -182,7 +182,7 @@ class RoundLP:
     """
 
     def __init__(self, H: int, rows: int):
-        import cvxpy as cp
+        import cvxpy as cp  # local: cvxpy costs ~0.7 s to import, only when planning
 
         self.rows = rows
         self.c = cp.Parameter(H)

@@ -227,7 +227,7 @@ def _solve_lps(A: np.ndarray, rhs: np.ndarray, H: int, tie_break: bool = True):
     second LP was not asked for or did not solve. Raises RuntimeError if the first one
     did not.
     """
-    import cvxpy as cp
+    import cvxpy as cp  # local: cvxpy costs ~0.7 s to import, only when planning
 
     solver = lp_solver()
     L = cp.Variable(H, nonneg=True)

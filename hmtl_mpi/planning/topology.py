@@ -12,8 +12,9 @@ Its command line is :mod:`hmtl_mpi.topology`.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
-import sys
 from itertools import combinations
 
 import numpy as np
@@ -267,6 +268,79 @@ def heterogeneous(K: int, r: int, d: float, seed: int = 0) -> np.ndarray:
             G[i, k] = 1
             remaining[i] -= 1
     return validate(G, source="heterogeneous")
+
+
+# --- a given degree sequence (the paper's Fig. 4) -----------------------------------------
+
+@functools.lru_cache(maxsize=64)
+def degree_count_vectors(degrees: tuple, r: int):
+    """Every way to give K = sum(degrees) / r users r relays each with these relay degrees,
+    up to the order of the users: the r-subsets of relays and the count vectors x (how
+    many users take each subset; one row per vector) with sum_{S ∋ i} x_S = degrees[i],
+    and log(1 / prod_S x_S!), the log of the number of graphs per vector up to K!.
+    Enumerated once per (degrees, r); feasible for small C(H, r) (Fig. 4: 6 subsets)."""
+    H = len(degrees)
+    subsets = list(combinations(range(H), r))
+    if len(subsets) > 12:
+        raise TopologyError(f"random_with_degrees: C(H, r) = C({H}, {r}) = {len(subsets)} "
+                            f"relay sets are too many to enumerate (at most 12)")
+    last = {i: max(j for j, s in enumerate(subsets) if i in s) for i in range(H)}
+    found = []
+
+    def walk(j, rem, xs):
+        if j == len(subsets):
+            if not any(rem):
+                found.append(list(xs))
+            return
+        s = subsets[j]
+        forced = {rem[i] for i in s if last[i] == j}   # the last set of relay i fills it
+        if len(forced) > 1:
+            return
+        choices = forced if forced else range(min(rem[i] for i in s) + 1)
+        for x in choices:
+            if x < 0 or any(rem[i] < x for i in s):
+                continue
+            for i in s:
+                rem[i] -= x
+            xs.append(x)
+            walk(j + 1, rem, xs)
+            xs.pop()
+            for i in s:
+                rem[i] += x
+
+    walk(0, list(degrees), [])
+    X = np.array(found, dtype=np.int64).reshape(-1, len(subsets))
+    logw = -np.array([sum(math.lgamma(int(v) + 1) for v in row) for row in X])
+    return subsets, X, logw
+
+
+def random_with_degrees(K: int, degrees, r: int, rng) -> np.ndarray:
+    """A uniformly random H x K bipartite graph (rows relays) in which relay i has
+    ``degrees[i]`` users and every user exactly r relays (Fig. 4 with r = 2).
+
+    Exact: a count vector x is drawn with probability proportional to the number of
+    graphs that have it, K! / prod_S x_S!, then the multiset of relay sets is dealt
+    to the users in a uniformly random order; every graph has the same probability.
+    """
+    degrees = tuple(int(v) for v in degrees)
+    if sum(degrees) != r * K:
+        raise TopologyError(f"random_with_degrees: relay degrees {list(degrees)} add up to "
+                            f"{sum(degrees)} links, not r K = {r * K}")
+    if min(degrees) < 0 or max(degrees) > K:
+        raise TopologyError(f"random_with_degrees: relay degrees {list(degrees)} must lie "
+                            f"in 0..K = {K}")
+    subsets, X, logw = degree_count_vectors(degrees, r)
+    if len(X) == 0:
+        raise TopologyError(f"random_with_degrees: no graph has relay degrees "
+                            f"{list(degrees)} with every user on {r} relays")
+    p = np.exp(logw - logw.max())
+    x = X[rng.choice(len(X), p=p / p.sum())]
+    labels = np.repeat(np.arange(len(subsets)), x)[rng.permutation(K)]
+    G = np.zeros((len(degrees), K), dtype=np.uint8)
+    for k, label in enumerate(labels):
+        G[list(subsets[label]), k] = 1
+    return G
+
 
 
 # --- for people ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ job on rank 0 (:meth:`Scheme.plan`), reaches the other ranks as one byte buffer
 the role a *part* (:meth:`Scheme.part`): an object with one method per step of
 :attr:`Scheme.steps`, called in that order by the job, with a barrier on both
 sides of each step. A part computes on NumPy arrays and moves buffers only
-through ``net``, its role's links (:mod:`hmtl_mpi.wire.roles`); it never touches MPI.
+through ``net``, its role's links (:class:`hmtl_mpi.wire.interfaces.UserLinks`,
+``RelayLinks``, ``ServerLinks``); it never touches an endpoint, a communicator or MPI.
 A part simply has no method for a step in which it does nothing.
 
 The parts here hold what all schemes share: a user's local update (eq. 2), its IV
@@ -25,33 +26,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..codes import coding
-
-TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100      # uplink: TAG_UPLINK + block index
-
-
-def role_of(rank: int, H: int) -> tuple:
-    """(role, index) of a world rank: ("server", 0), ("relay", i) or ("user", k)."""
-    if rank == 0:
-        return "server", 0
-    if rank <= H:
-        return "relay", rank - 1
-    return "user", rank - 1 - H
-
-
-def role_names(H: int, flat: bool = False):
-    """World rank -> role, as messages name it (relays, workers and users numbered from 1)."""
-    relay = "worker" if flat else "relay"
-
-    def name(rank):
-        role, index = role_of(rank, H)
-        return role if role == "server" else f"{relay if role == 'relay' else role} {index + 1}"
-    return name
-
-
-def home_relays(G: np.ndarray) -> np.ndarray:
-    """The relay each user gets its model from: its lowest-numbered relay."""
-    return np.argmax(G != 0, axis=0)
-
+from ..vocabulary import home_relays, uplink_tag
 
 class Job:
     """What every part knows: topology, layout, learner and the model schedule."""
@@ -76,7 +51,8 @@ class Job:
 # --- parts: the shared behaviour -----------------------------------------------------
 
 class Part:
-    """One rank's side of a scheme. ``net`` moves its buffers (see :mod:`hmtl_mpi.wire.roles`).
+    """One rank's side of a scheme. ``net`` moves its buffers: the declared links of its
+    role (:mod:`hmtl_mpi.wire.interfaces`), nothing else.
 
     A scheme with steps gives its parts one method per step. A barrier-free scheme
     gives them ``iterate(it)`` instead; its server part keeps ``seconds`` (one dict
@@ -262,8 +238,9 @@ class Scheme:
         return (f"{self.name}: H = {self.H} relays, K = {self.K} users; loads: uplink {up}, "
                 f"downlink {down} IVs per iteration")
 
-    def verify(self, dim: int, seed: int = 0) -> dict:
-        """Run the exchange in one process on awkward bit patterns; ``bit_exact`` and loads."""
+    def verify_code(self, seed: int = 0) -> dict:
+        """Barrier-free schemes: check the code itself (``plan --verify``); a scheme with
+        steps is verified by running its exchange instead (:mod:`hmtl_mpi.job.verify`)."""
         raise NotImplementedError
 
     def report_fields(self) -> dict:
@@ -303,7 +280,7 @@ class CodedRelay(RelayPart):
         self.uplink = coding.relay_encode(self.scheme.code, self.i, self.own)
 
     def relay_to_server(self, it):
-        self.net.send_to_server([(TAG_UPLINK + b, msg) for b, msg in enumerate(self.uplink)
+        self.net.send_to_server([(uplink_tag(b), msg) for b, msg in enumerate(self.uplink)
                                  if msg is not None])
 
     def server_to_relay(self, it):
@@ -337,14 +314,14 @@ class CodedServer(ServerPart):
 
     def relay_to_server(self, it):
         code, dim = self.scheme.code, self.job.dim
-        expected = [(i, TAG_UPLINK + b) for b in range(len(code.blocks)) for i in range(code.H)
+        expected = [(i, uplink_tag(b)) for b in range(len(code.blocks)) for i in range(code.H)
                     if coding.uplink_symbols(code, b, i, dim) > 0]
         self.uplinks = self.net.recv_coded_from_relays(expected)
 
     def combine(self, it):
         code = self.scheme.code
         self.downlink = [
-            coding.server_combine(code, b, {i: self.uplinks.get((i, TAG_UPLINK + b))
+            coding.server_combine(code, b, {i: self.uplinks.get((i, uplink_tag(b)))
                                             for i in range(code.H)}, self.job.dim)
             for b in range(len(code.blocks))]
 
@@ -409,13 +386,6 @@ class CodedExchange(Scheme):
     @classmethod
     def from_buffer(cls, G, buf):
         return cls(G, coding.Code.from_buffer(buf))
-
-    def verify(self, dim, seed=0):
-        out = coding.verify_exchange(self.code, dim, seed)
-        up, down = self.planned_loads
-        out["planned_uplink_load"] = float(up)
-        out["planned_downlink_load"] = float(down)
-        return out
 
     def report_fields(self):
         return {"code_seed": self.code.seed, "code_attempts": self.code.attempts}

@@ -12,9 +12,8 @@ The server receives M messages per iteration, against n for hgc.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..codes import gradcode
+from ..vocabulary import home_relays
 from .gradient import GradientScheme
 
 
@@ -27,7 +26,7 @@ class Gc(GradientScheme):
     @classmethod
     def select(cls, G, per_relay, P, stragglers, straggle, seed):
         s_e, s_w = stragglers
-        home = np.argmax(np.asarray(G) != 0, axis=0)
+        home = home_relays(G)
         users = [k for ks in per_relay for k in ks]
         return [int(home[k]) for k in users], [[k] for k in users], (s_e + 1) * (s_w + 1) - 1, 0
 

@@ -30,25 +30,16 @@ time is the server's clock from one model sent to the next.
 from __future__ import annotations
 
 import hashlib
-import time
 from fractions import Fraction
 
 import numpy as np
 
 from ..codes import gradcode
 from ..learning.straggle import Straggle, parse
+from ..vocabulary import down_tag, up_tag
 from .base import Part, Scheme
 
-TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000     # + iteration mod TAG_SPAN
 GAVE_UP = np.zeros(0, dtype=np.int64)               # the empty message of a late sender
-
-
-def up_tag(it: int) -> int:
-    return TAG_UP + it % TAG_SPAN
-
-
-def down_tag(it: int) -> int:
-    return TAG_DOWN + it % TAG_SPAN
 
 
 def tree_users(G: np.ndarray) -> list:
@@ -77,25 +68,23 @@ class GradWorker(Part):
 
     def iterate(self, it):
         scheme, learner = self.scheme, self.job.learner
-        t0 = time.perf_counter()
+        t0 = self.net.clock()
         if self.position is not None:
             e, j = self.position
             parts = scheme.code.worker_parts[e][j]
-            ended = lambda: self.net.model_arrived(down_tag(it))    # noqa: E731
             z = GAVE_UP
-            if not ended():                  # else the iteration ended without this worker
+            if not self.net.model_arrived(down_tag(it)):   # else it ended without this worker
                 grads = np.stack([gradcode.to_field(learner.partition_gradient(int(p), self.model))
                                   for p in parts])
                 z = gradcode.field_combine(scheme.code.worker_coeffs[e][j], grads)
-                delay = scheme.straggle.worker_delay(self.net.links.rank, it, len(parts),
-                                                     scheme.seed)
-                if self.net.links.sleep_unless(delay, ended):
+                delay = scheme.straggle.worker_delay(self.net.rank, it, len(parts), scheme.seed)
+                if self.net.delay_unless_model(delay, down_tag(it)):
                     z = GAVE_UP
             if scheme.direct:
                 self.net.isend_to_server(z, up_tag(it))
             else:
                 self.net.isend_to_relay(z, up_tag(it))
-        self.compute_s.append(time.perf_counter() - t0)
+        self.compute_s.append(self.net.clock() - t0)
         self.model = self.net.recv_model(self.job.dim, down_tag(it))
 
     def models_in_use(self):
@@ -126,8 +115,8 @@ class GradEdge(Part):
                                  f"{', '.join(str(k + 1) for k in workers)}")
             y = gradcode.field_combine(code.edge_decoder(e, [j for j, _ in got]),
                                        np.stack([buf for _, buf in got]))
-            delay = scheme.straggle.relay_delay(self.net.links.rank)
-            if self.net.links.sleep_unless(delay, lambda: self.net.model_arrived(down_tag(it))):
+            delay = scheme.straggle.relay_delay(self.net.rank)
+            if self.net.delay_unless_model(delay, down_tag(it)):
                 y = GAVE_UP                  # the server finished the iteration without us
             self.net.isend_to_server(y, up_tag(it))
         self.model = self.net.recv_from_server((self.job.dim,), down_tag(it))
@@ -149,11 +138,11 @@ class GradMaster(Part):
         self.last = None
 
     def start(self):
-        self.last = time.perf_counter()
+        self.last = self.net.clock()
 
     def iterate(self, it):
         scheme, code, job = self.scheme, self.scheme.code, self.job
-        t0 = time.perf_counter()
+        t0 = self.net.clock()
         if scheme.direct:
             senders = [k for users in scheme.layout_users for k in users]
             posted = self.net.post_from_users(senders, (job.dim,), np.int64, up_tag(it))
@@ -162,15 +151,15 @@ class GradMaster(Part):
                                                up_tag(it))
         n = len(scheme.layout_relays) if not scheme.direct else len(scheme.layout_users)
         got = self.net.first(posted, n - code.s_e, f"coded gradients of iteration {it}")
-        t1 = time.perf_counter()
+        t1 = self.net.clock()
         total = gradcode.from_field(gradcode.field_combine(
             code.master_decoder([e for e, _ in got]), np.stack([buf for _, buf in got])))
         self.digest.update(total.tobytes())
-        t2 = time.perf_counter()
+        t2 = self.net.clock()
         self.model = job.learner.update(it, total)
-        t3 = time.perf_counter()
+        t3 = self.net.clock()
         self.net.isend_to_relays(self.model, range(job.H), down_tag(it))
-        t4 = time.perf_counter()
+        t4 = self.net.clock()
         self.seconds.append({"relay_to_server": t1 - t0, "decode": t2 - t1,
                              "global_update": t3 - t2, "server_to_relay": t4 - t3,
                              "total": t4 - (self.last if self.last is not None else t0)})
@@ -296,7 +285,7 @@ class GradientScheme(Scheme):
                  f"{d['master_messages_sent']} messages per iteration"]
         return "\n".join(lines)
 
-    def verify(self, dim, seed=0):
+    def verify_code(self, seed=0):
         return gradcode.verify(self.code, seed=seed)
 
     def report_fields(self):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codes import gradcode
+from ..vocabulary import relay_rank, user_rank
 from .hgc import Hgc
 
 SAMPLES = 1000           # Monte Carlo draws per candidate (common random numbers)
@@ -26,17 +27,17 @@ NO_RANDOM_RATE = 1e12    # mu for a model without a random part (its term vanish
 
 def delay_model(G: np.ndarray, per_relay: list, straggle) -> gradcode.DelayModel:
     """The job's ``--straggle`` as HGC.md's delay model over the tree (world ranks:
-    relay i is 1 + i, user k is H + 1 + k)."""
+    :func:`hmtl_mpi.vocabulary.relay_rank`, :func:`~hmtl_mpi.vocabulary.user_rank`)."""
     H = G.shape[0]
     rate = straggle.rate if straggle.rate > 0 else NO_RANDOM_RATE
     model = gradcode.DelayModel.uniform([len(ks) for ks in per_relay], straggle.shift, rate)
     if straggle.spike_prob:
         model = model.with_spikes(straggle.spike_prob, straggle.spike)
     for i, ks in enumerate(per_relay):
-        if straggle.relay_delay(1 + i):
-            model = model.with_edge_delay(i, straggle.relay_delay(1 + i))
+        if straggle.relay_delay(relay_rank(i)):
+            model = model.with_edge_delay(i, straggle.relay_delay(relay_rank(i)))
         for j, k in enumerate(ks):
-            extra = straggle.fixed.get(H + 1 + k, 0.0)
+            extra = straggle.fixed.get(user_rank(k, H), 0.0)
             if extra:
                 model = model.with_worker_delay(i, j, extra)
     return model

@@ -15,7 +15,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .base import TAG_IV, TAG_MODEL, RelayPart, Scheme, ServerPart, UserPart
+from ..vocabulary import TAG_IV, TAG_MODEL
+from .base import RelayPart, Scheme, ServerPart, UserPart
 
 
 class User(UserPart):

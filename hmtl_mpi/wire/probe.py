@@ -1,7 +1,8 @@
 """Measure the links and the coding kernel before the runs, for :mod:`hmtl_mpi.job.predict`.
 
-MPI layer only: ping-pongs between the server and relay 1 (the W2 link class) and
-between relay 1 and its first user (W1), timed with ``MPI.Wtime``; every other
+Over the endpoint (:class:`hmtl_mpi.wire.interfaces.Endpoint`): ping-pongs between the
+server and relay 1 (the W2 link class) and between relay 1 and its first user (W1),
+timed with the endpoint's clock; every other
 rank waits at the next barrier. Per link: the latency is half the median round
 trip of an 8-byte message, the rate a message of ``size`` bytes over half its
 median round trip minus that latency (at least half of it: on memory-copy links the
@@ -16,33 +17,35 @@ import time
 
 import numpy as np
 
-PROBE_TAG = 31
+from ..codes import coding
+from ..vocabulary import TAG_PROBE, WORLD, relay_rank, user_rank
+
 REPEATS = 5
 
 
-def _ping_pong(links, comm, me: int, peer: int, size: int, repeats: int) -> float:
-    """Median round trip of ``size`` bytes between ranks ``me`` (starts) and ``peer``."""
-    from mpi4py import MPI
-
+def _ping_pong(endpoint, me: int, peer: int, size: int, repeats: int) -> float:
+    """Median round trip of ``size`` bytes between world ranks ``me`` (starts) and ``peer``."""
+    ep = endpoint
     buf = np.zeros(max(size, 1), dtype=np.uint8)
-    starts = comm.Get_rank() == me
+    starts = ep.rank == me
+    other = peer if starts else me
     times = []
     for _ in range(repeats + 1):                      # the first is a warm-up
-        t0 = MPI.Wtime()
+        t0 = ep.clock()
         if starts:
-            links.wait(comm.Isend(buf, dest=peer, tag=PROBE_TAG), "link probe (send)")
-            links.wait(comm.Irecv(buf, source=peer, tag=PROBE_TAG), "link probe (reply)")
+            ep.wait(ep.isend(other, buf, TAG_PROBE, None), "link probe (send)")
+            ep.wait(ep.irecv(other, buf, TAG_PROBE), "link probe (reply)")
         else:
-            links.wait(comm.Irecv(buf, source=me, tag=PROBE_TAG), "link probe (receive)")
-            links.wait(comm.Isend(buf, dest=me, tag=PROBE_TAG), "link probe (reply)")
-        times.append(MPI.Wtime() - t0)
+            ep.wait(ep.irecv(other, buf, TAG_PROBE), "link probe (receive)")
+            ep.wait(ep.isend(other, buf, TAG_PROBE, None), "link probe (reply)")
+        times.append(ep.clock() - t0)
     return float(np.median(times[1:]))
 
 
-def _link(links, comm, size: int) -> tuple:
-    """(latency s, bytes/s) between ranks 0 and 1 of ``comm``; on rank 0 of it."""
-    latency = _ping_pong(links, comm, 0, 1, 8, REPEATS) / 2
-    one_way = _ping_pong(links, comm, 0, 1, size, 3) / 2
+def _link(endpoint, me: int, peer: int, size: int) -> tuple:
+    """(latency s, bytes/s) between world ranks ``me`` and ``peer``; meaningful on ``me``."""
+    latency = _ping_pong(endpoint, me, peer, 8, REPEATS) / 2
+    one_way = _ping_pong(endpoint, me, peer, size, 3) / 2
     # on fast links the transfer hides in the latency's noise: then the rate is only
     # known to be at least size / one_way, and that bound is what we use
     return latency, size / max(one_way - latency, 0.5 * one_way)
@@ -53,26 +56,28 @@ def probe_size(iv_bytes: int) -> int:
     return int(min(4 << 20, max(64 << 10, 4 * iv_bytes)))
 
 
-def measure_links(world, links, comms, G, flat: bool, iv_bytes: int):
+def measure_links(endpoint, G, flat: bool, iv_bytes: int):
     """On rank 0: {"w2": (latency, rate), "w1": (latency, rate)}; None elsewhere.
     Collective over the world (every rank calls it)."""
-    rank = world.Get_rank()
+    ep = endpoint
+    rank = ep.rank
     size = probe_size(iv_bytes)
     w2 = w1 = None
-    if rank <= 1 and comms["uplink"] is not None:
-        w2 = _link(links, comms["uplink"], size)
-    first_user = 1 + G.shape[0] + int(np.flatnonzero(G[0])[0]) if not flat else None
-    if not flat and rank in (1, first_user):
-        w1 = _link(links, comms["group"][0], size)
+    relay1 = relay_rank(0)
+    if rank in (0, relay1):                          # W2: the server and relay 1
+        w2 = _link(ep, 0, relay1, size)
+    first_user = user_rank(int(np.flatnonzero(G[0])[0]), G.shape[0]) if not flat else None
+    if not flat and rank in (relay1, first_user):   # W1: relay 1 and its first user
+        w1 = _link(ep, relay1, first_user, size)
     # relay 1 tells the server what it measured on W1
-    if not flat and rank in (0, 1):
-        buf = np.array(w1 if rank == 1 else (0.0, 0.0))
-        if rank == 1:
-            links.wait(world.Isend(buf, dest=0, tag=PROBE_TAG), "link probe result")
+    if not flat and rank in (0, relay1):
+        buf = np.array(w1 if rank == relay1 else (0.0, 0.0))
+        if rank == relay1:
+            ep.wait(ep.isend(0, buf, TAG_PROBE, None), "link probe result")
         else:
-            links.wait(world.Irecv(buf, source=1, tag=PROBE_TAG), "link probe result")
+            ep.wait(ep.irecv(relay1, buf, TAG_PROBE), "link probe result")
             w1 = tuple(float(x) for x in buf)
-    links.barrier(world, "after the link probe")
+    ep.barrier(WORLD, "after the link probe")
     if rank != 0:
         return None
     return {"w2": w2, "w1": w1 if w1 is not None else (0.0, float("inf"))}
@@ -81,8 +86,6 @@ def measure_links(world, links, comms, G, flat: bool, iv_bytes: int):
 def coding_speed(dim: int, repeats: int = 3) -> float:
     """Input bytes per second of :func:`hmtl_mpi.codes.coding.combine_mod_p` on 8 combinations of
     10 rows of one IV's symbols each (the uplink's shape, eq. 26), median of ``repeats``."""
-    from ..codes import coding
-
     L = max(4096, coding.SYMBOLS_PER_VALUE * dim)
     rng = np.random.default_rng(0)
     coeffs = rng.integers(1, coding.P, size=(8, 10))

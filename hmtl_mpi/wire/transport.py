@@ -1,17 +1,29 @@
-"""The MPI layer: moves NumPy buffers, counts their bytes, times phases, never hangs.
+"""The MPI transport: :class:`MpiEndpoint` moves NumPy buffers, counts their bytes, never hangs.
 
-Everything here is byte moving and bookkeeping; what is sent is decided by the
-role code in :mod:`hmtl_mpi.wire.roles`. All messages are NumPy buffers sent with the
-uppercase mpi4py calls, so ``buf.nbytes`` is exactly what goes on the wire as
-payload.
+It implements :class:`hmtl_mpi.wire.interfaces.Endpoint` over MPI. Everything here
+is byte moving and bookkeeping; what is sent is decided by the role links
+(:mod:`hmtl_mpi.wire.roles`) and the schemes above them. All messages are NumPy
+buffers sent with the uppercase mpi4py calls, so ``buf.nbytes`` is exactly what
+goes on the wire as payload.
+
+Communicators mirror G (built by :meth:`MpiEndpoint.connect`, collective):
+
+* ``group[i]``: relay i (rank 0 in it) and its users N_i (ranks 1.. in user order);
+* ``uplink``: the server (rank 0) and the relays (relay i is rank 1 + i);
+* ``relays``: the relays only (relay i is rank i), for the downlink's allgather.
+
+A message is addressed by the peer's world rank; the endpoint picks the
+communicator by the two ends' roles (user <-> relay in the relay's group, relay <->
+server on ``uplink``, relay <-> relay on ``relays``, anything else on the world), so
+both ends always agree.
 
 Never hang: every wait is a ``Test`` loop with a deadline (``--timeout``); when
-it passes, :class:`~hmtl_mpi.job.failures.PhaseTimeout` says what the rank waited
+it passes, :class:`~hmtl_mpi.wire.interfaces.PhaseTimeout` says what the rank waited
 for. Each turn of the loop also answers the failure layer's status requests
-(:meth:`hmtl_mpi.job.failures.Control.poll`), which is how a rank that stopped
+(``control.poll()``, :class:`hmtl_mpi.job.failures.Control`), which is how a rank that stopped
 answering is found, and how rank 0 hears of a failure elsewhere. Every
 exception ends the job through :func:`hmtl_mpi.job.failures.end_job` (a plain
-uncaught Python exception would leave the other ranks blocked: NETWORK.md).
+uncaught Python exception would leave the other ranks blocked: docs/network.md).
 """
 
 from __future__ import annotations
@@ -21,8 +33,11 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ..job.failures import PhaseTimeout
-from ..job.report import LINK_CLASSES
+from ..vocabulary import (RELAY, RELAYS, SERVER, UPLINK, USER, WORLD, position_in_group,
+                          relay_rank, role_of, user_rank)
+from .interfaces import Endpoint, PhaseTimeout
+import os
+import signal
 
 # Polling: between two tests a waiting rank sleeps a fraction of the time it has
 # already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
@@ -30,41 +45,96 @@ from ..job.report import LINK_CLASSES
 # microseconds, while a long one (a transfer on a shaped link) costs at most
 # 1/POLL_FRACTION of its time in extra latency and wakes its rank at most 1,000
 # times a second. Sleeping instead of spinning matters with many ranks per core
-# (NETWORK.md: Testall + a short sleep lifted the reached link rate from 82-90%
+# (docs/network.md: Testall + a short sleep lifted the reached link rate from 82-90%
 # to 89-95% on shaped links); sleeping long on short waits made every barrier of
 # 16 ranks on 2 cores cost ~9 ms (a fixed backoff to 1 ms; BENCHMARKS.md).
 POLL_MIN = 1e-5
 POLL_MAX = 1e-3
 POLL_FRACTION = 64
 
-class Links:
-    """One rank's view of the job: byte counters and the deadline of every wait.
+_OPS = {"sum": MPI.SUM, "max": MPI.MAX}
+
+
+class MpiEndpoint(Endpoint):
+    """One rank's MPI transport (see the module doc and :class:`Endpoint`).
 
     ``control`` (:class:`hmtl_mpi.job.failures.Control`) is polled while waiting;
     ``state`` (:class:`hmtl_mpi.job.failures.RankState`) learns what is awaited.
     """
 
+    kind = "mpi"
+    has_links = True
+
     def __init__(self, world, timeout: float, control=None, state=None):
+        super().__init__(world.Get_rank(), world.Get_size(), timeout)
         self.world = world
-        self.rank = world.Get_rank()
-        self.timeout = float(timeout)
         self.control = control
         self.state = state
-        self.sent = dict.fromkeys(LINK_CLASSES, 0)
-        self.iteration = None          # set in barrier-free runs: bytes are logged per iteration
-        self.sent_by_iteration = {}
+        self.G = None
+        self.flat = False
+        self.group = {}                      # relay index -> communicator (on members)
+        self.comms = {WORLD: world, UPLINK: None, RELAYS: None}
+        self._channels = {}                  # peer world rank -> (communicator, rank in it)
 
-    def reset_counters(self) -> None:
-        self.sent = dict.fromkeys(LINK_CLASSES, 0)
-        self.sent_by_iteration = {}
+    # --- the communicators that mirror G --------------------------------------------------
+    def connect(self, G: np.ndarray, flat: bool) -> None:
+        """Communicators mirroring G (collective over the world: every rank calls it)."""
+        world, rank = self.world, self.rank
+        H, K = G.shape
+        self.G, self.flat = G, flat
+        if not flat:
+            world_group = world.Get_group()
+            for i in range(H):           # increasing i on every member: deadlock-free
+                members = [relay_rank(i)] + [user_rank(k, H) for k in np.flatnonzero(G[i])]
+                if rank in members:
+                    sub = world_group.Incl(members)
+                    self.group[i] = world.Create_group(sub, tag=i)
+                    sub.Free()
+            world_group.Free()
+        uplink = world.Split(0 if rank <= H else MPI.UNDEFINED, rank)
+        relays = world.Split(0 if 1 <= rank <= H else MPI.UNDEFINED, rank)
+        self.comms[UPLINK] = None if uplink == MPI.COMM_NULL else uplink
+        self.comms[RELAYS] = None if relays == MPI.COMM_NULL else relays
+        self._channels = {}
 
-    def count(self, link: str, nbytes: int) -> None:
-        self.sent[link] += int(nbytes)
-        if self.iteration is not None:
-            log = self.sent_by_iteration.setdefault(self.iteration, dict.fromkeys(LINK_CLASSES, 0))
-            log[link] += int(nbytes)
+    def close(self) -> None:
+        for comm in list(self.group.values()) + [self.comms[UPLINK], self.comms[RELAYS]]:
+            if comm is not None:
+                comm.Free()
+        self.group, self._channels = {}, {}
+        self.comms[UPLINK] = self.comms[RELAYS] = None
 
-    # --- waiting -------------------------------------------------------------------
+    def _channel(self, peer: int) -> tuple:
+        """(communicator, peer's rank in it) for messages between this rank and ``peer``."""
+        got = self._channels.get(peer)
+        if got is not None:
+            return got
+        got = (self.world, peer)
+        if self.G is not None:
+            H = self.G.shape[0]
+            (mine, i_me), (theirs, i_peer) = role_of(self.rank, H), role_of(peer, H)
+            roles = {mine, theirs}
+            if roles == {RELAY, USER} and not self.flat:
+                i, k = (i_me, i_peer) if mine == RELAY else (i_peer, i_me)
+                if self.G[i, k] and i in self.group:
+                    got = (self.group[i], 0 if theirs == RELAY else position_in_group(self.G, i, k))
+            elif roles == {SERVER, RELAY} and self.comms[UPLINK] is not None:
+                got = (self.comms[UPLINK], peer)              # uplink rank = world rank
+            elif mine == theirs == RELAY and self.comms[RELAYS] is not None:
+                got = (self.comms[RELAYS], peer - 1)
+        self._channels[peer] = got
+        return got
+
+    def _comm(self, group: str):
+        comm = self.comms[group]
+        if comm is None:
+            raise RuntimeError(f"rank {self.rank} is not in the {group} group")
+        return comm
+
+    def _root(self, group: str, root: int) -> int:
+        return root - 1 if group == RELAYS else root
+
+    # --- waiting ----------------------------------------------------------------------------
     def wait(self, requests, what: str, timeout: float | None = None) -> None:
         """Wait for all requests with the deadline, polling (see POLL_FRACTION)."""
         requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
@@ -80,7 +150,7 @@ class Links:
     def wait_first(self, requests: list, need: int, what: str, usable=None) -> list:
         """Wait until ``need`` usable receives of ``requests`` completed (straggler tolerance).
 
-        ``usable(status)`` says whether a completed receive counts (default: all do;
+        ``usable(nbytes)`` says whether a completed receive counts (default: all do;
         the gradient schemes skip empty messages, a late sender's "I gave up").
         Returns the indices of the usable ones completed so far, in completion order
         (ties by index), at least ``need`` of them; the others stay pending, to be
@@ -99,7 +169,7 @@ class Links:
                 raise RuntimeError(f"{what}: {need} awaited, only {len(order)} can arrive")
             if done:                      # statuses[k] belongs to done[k] (MPI_Testsome)
                 order += sorted(i for k, i in enumerate(done)
-                                if usable is None or usable(statuses[k]))
+                                if usable is None or usable(statuses[k].Get_count(MPI.BYTE)))
                 if len(order) >= need:
                     break
                 continue
@@ -107,12 +177,12 @@ class Links:
         self._waiting("")
         return order
 
-    def sleep_unless(self, seconds: float, arrived) -> bool:
-        """Sleep ``seconds`` (an injected delay), answering the failure layer, unless
-        ``arrived()`` becomes true first; returns whether it did."""
+    def delay(self, seconds: float, source: int, tag: int) -> bool:
+        """Sleep ``seconds`` (an injected delay), answering the failure layer, unless a
+        message from ``source`` with ``tag`` arrives first; returns whether it did."""
         end = time.monotonic() + seconds
         while True:
-            if arrived():
+            if self.probe(source, tag):
                 return True
             left = end - time.monotonic()
             if left <= 0:
@@ -120,6 +190,9 @@ class Links:
             if self.control is not None:
                 self.control.poll()
             time.sleep(min(left, 0.002))
+
+    def clock(self) -> float:
+        return MPI.Wtime()
 
     def _waiting(self, what: str) -> None:
         if self.state is not None:
@@ -135,21 +208,29 @@ class Links:
             raise PhaseTimeout(what, limit)
         time.sleep(min(POLL_MAX, max(POLL_MIN, waited / POLL_FRACTION)))
 
-    # --- point to point ------------------------------------------------------------
-    def isend(self, comm, buf: np.ndarray, dest: int, tag: int, link: str):
-        self.count(link, buf.nbytes)
-        return comm.Isend(buf, dest=dest, tag=tag)
+    # --- point to point ---------------------------------------------------------------------
+    def isend(self, dest: int, buf: np.ndarray, tag: int, link: str | None):
+        if link is not None:
+            self.count(link, buf.nbytes)
+        comm, peer = self._channel(dest)
+        return comm.Isend(buf, dest=peer, tag=tag)
 
-    def irecv(self, comm, buf: np.ndarray, source: int, tag: int):
-        return comm.Irecv(buf, source=source, tag=tag)
+    def irecv(self, source: int, buf: np.ndarray, tag: int):
+        comm, peer = self._channel(source)
+        return comm.Irecv(buf, source=peer, tag=tag)
 
-    def recv_variable_many(self, comm, expected, what: str) -> dict:
-        """Receive uint16 messages whose lengths only their senders know (coded + escapes).
+    def probe(self, source: int, tag: int) -> bool:
+        comm, peer = self._channel(source)
+        return comm.Iprobe(source=peer, tag=tag)
+
+    def recv_variable(self, expected: list, dtype, what: str) -> dict:
+        """Receive messages whose lengths only their senders know (coded + escapes).
 
         ``expected`` lists (source, tag) pairs; each is matched with a nonblocking
         matched probe as soon as it arrives and received into a buffer of its exact
         size. Returns {(source, tag): buffer}.
         """
+        dtype = np.dtype(dtype)
         pending, got, requests = list(expected), {}, []
         status = MPI.Status()
         started = time.monotonic()
@@ -157,9 +238,10 @@ class Links:
         while pending:
             matched = False
             for key in list(pending):
-                msg = comm.Improbe(source=key[0], tag=key[1], status=status)
+                comm, peer = self._channel(key[0])
+                msg = comm.Improbe(source=peer, tag=key[1], status=status)
                 if msg is not None:
-                    buf = np.empty(status.Get_count(MPI.UINT16_T), dtype=np.uint16)
+                    buf = np.empty(status.Get_count(MPI.BYTE) // dtype.itemsize, dtype=dtype)
                     requests.append(msg.Irecv(buf))
                     got[key] = buf
                     pending.remove(key)
@@ -170,18 +252,44 @@ class Links:
         self.wait(requests, what)
         return got
 
-    # --- collectives ---------------------------------------------------------------
-    def barrier(self, comm, what: str = "barrier") -> None:
-        self.wait(comm.Ibarrier(), f"{what} (barrier)")
+    def inject(self, kind: str) -> None:
 
-    def bcast(self, comm, buf: np.ndarray, root: int, what: str, timeout: float | None = None) -> None:
-        self.wait(comm.Ibcast(buf, root=root), what, timeout)
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while True:                               # hang: stop answering anybody
+            time.sleep(1)
 
-    def bcast_bytes(self, comm, payload: np.ndarray | None, root: int, what: str,
-                    timeout: float | None = None) -> np.ndarray:
-        """Broadcast a uint8 buffer of a length only the root knows (setup only)."""
-        size = np.array([payload.size if payload is not None else 0], dtype=np.int64)
-        self.bcast(comm, size, root, what, timeout)
-        buf = payload if comm.Get_rank() == root else np.empty(int(size[0]), dtype=np.uint8)
-        self.bcast(comm, buf, root, what, timeout)
-        return buf
+    # --- collectives ------------------------------------------------------------------------
+    def barrier(self, group: str, what: str, timeout: float | None = None) -> None:
+        self.wait(self._comm(group).Ibarrier(), f"{what} (barrier)", timeout)
+
+    def bcast(self, group, buf, root, what, timeout=None) -> None:
+        self.wait(self._comm(group).Ibcast(buf, root=self._root(group, root)), what, timeout)
+
+    def gather(self, group, array, root, what, timeout=None):
+        comm = self._comm(group)
+        out = (np.empty((comm.Get_size(),) + array.shape, dtype=array.dtype)
+               if self.rank == root else None)
+        self.wait(comm.Igather(np.ascontiguousarray(array), out, root=self._root(group, root)),
+                  what, timeout)
+        return out
+
+    def reduce(self, group, array, op, root, what):
+        out = np.zeros_like(array) if self.rank == root else None
+        self.wait(self._comm(group).Ireduce(np.ascontiguousarray(array), out, op=_OPS[op],
+                                            root=self._root(group, root)), what)
+        return out
+
+    def scatterv(self, group, sendbuf, counts, displs, recvbuf, root, what, timeout=None):
+        comm = self._comm(group)
+        send = None
+        if self.rank == root:
+            send = [sendbuf, [int(c) for c in counts], [int(d) for d in displs],
+                    MPI._typedict[np.asarray(sendbuf).dtype.char]]
+        recv = MPI.IN_PLACE if recvbuf is None else recvbuf
+        self.wait(comm.Iscatterv(send, recv, root=self._root(group, root)), what, timeout)
+
+    def allgatherv(self, group, mine, out, counts, displs, what) -> None:
+        self.wait(self._comm(group).Iallgatherv(
+            mine, [out, [int(c) for c in counts], [int(d) for d in displs],
+                   MPI._typedict[out.dtype.char]]), what)

@@ -1,0 +1,498 @@
+"""The in-process transport: every rank of the job in one process, on a virtual clock.
+
+:class:`Fabric` runs the job's ranks as threads of one process, one at a time (a
+baton passes between them, so nothing runs concurrently and nothing needs a
+lock), and :class:`InProcessEndpoint` is one rank's
+:class:`~hmtl_mpi.wire.interfaces.Endpoint` on it. The job above (the runtime, the
+role links, every scheme's parts, the checks and the report) is the very code that
+runs over MPI; only the bytes move differently: a send copies the buffer into the
+destination's mailbox, a receive takes it out, with MPI's matching rules (by
+source and tag, in order). Byte counts are the senders', as over MPI.
+
+Time is virtual, and only computing costs it: a rank's clock advances by the CPU
+time of its own thread while it runs (``time.thread_time``), a message carries the
+sender's clock, and a receiver's clock becomes at least the time its messages were
+sent. Links cost nothing, so a phase's time is the parts' own compute time on its
+critical path. An injected delay (``--straggle``) advances the clock instead of
+sleeping. The scheduler always runs the rank whose next event is earliest (a
+conservative discrete-event simulation), so whatever depends on the order of
+arrivals (the first ``m`` of ``n`` messages under gradient coding, a probe for a
+message, a delay cut short by one) sees them in the order of their virtual times.
+
+Faults: an exception on a rank ends every rank (they get :class:`Aborted` at their
+next wait) and is reported with the rank that raised it; when no rank can move
+(every one waits for a message nobody will send), that is a deadlock, reported
+with what each rank waits for. Nothing here ever waits on a wall clock, except the
+watchdog: a rank that runs for ``watchdog`` seconds without reaching a wait has
+stopped answering.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import defaultdict, deque
+
+import numpy as np
+
+from ..vocabulary import RELAYS, UPLINK, WORLD
+from .interfaces import Endpoint
+
+
+class Aborted(BaseException):
+    """The job is ending (another rank failed); raised at a rank's next wait."""
+
+
+class Deadlock(RuntimeError):
+    """No rank can move: each waits for something no other rank will do."""
+
+    def __init__(self, waiting: dict):
+        self.waiting = waiting            # rank -> what it waits for
+        super().__init__("no rank can go on: " + "; ".join(
+            f"rank {r} waits for {w}" for r, w in sorted(waiting.items())[:6]))
+
+
+class _Message:
+    __slots__ = ("data", "ts", "seq")
+
+    def __init__(self, data, ts, seq):
+        self.data, self.ts, self.seq = data, ts, seq
+
+
+class _Send:
+    """A send: complete at once (the bytes were copied)."""
+
+    __slots__ = ()
+    done = True
+    ts = 0.0
+
+
+class _Recv:
+    __slots__ = ("buf", "done", "ts", "seq", "nbytes")
+
+    def __init__(self, buf):
+        self.buf, self.done, self.ts, self.seq, self.nbytes = buf, False, 0.0, 0, 0
+
+    def fill(self, msg: _Message) -> None:
+        target = self.buf.reshape(-1).view(np.uint8)
+        n = msg.data.size
+        if n > target.size:
+            raise RuntimeError(f"a message of {n} bytes for a receive buffer of {target.size}")
+        target[:n] = msg.data
+        self.done, self.ts, self.seq, self.nbytes = True, msg.ts, msg.seq, n
+
+
+class _Collective:
+    __slots__ = ("members", "arrivals", "done", "ts")
+
+    def __init__(self, members):
+        self.members, self.arrivals, self.done, self.ts = members, {}, False, 0.0
+
+
+def _bytes_of(buf) -> np.ndarray:
+    return np.frombuffer(np.ascontiguousarray(buf).tobytes(), dtype=np.uint8)
+
+
+class Fabric:
+    """The ranks of one job in one process (see the module doc)."""
+
+    def __init__(self, size: int, watchdog: float = 600.0):
+        self.size = int(size)
+        self.watchdog = float(watchdog)
+        self.groups = {WORLD: list(range(self.size))}
+        self.mail = [defaultdict(deque) for _ in range(self.size)]     # (source, tag) -> messages
+        self.posted = [defaultdict(deque) for _ in range(self.size)]   # (source, tag) -> receives
+        self.collectives = {}                                          # (group, n) -> _Collective
+        self.calls = [defaultdict(int) for _ in range(self.size)]      # group -> collectives so far
+        self.base = [0.0] * self.size          # virtual clock when the rank last paused
+        self.resumed = [0.0] * self.size       # its thread's CPU time when it last resumed
+        self.heap = []                         # (time, rank, version): who may run, from when
+        self.version = [0] * self.size
+        self.parked = {}                       # rank -> (when, what)
+        self.go = [threading.Event() for _ in range(self.size)]
+        self.wake_at = [0.0] * self.size
+        self.done = [False] * self.size
+        self.aborting = False
+        self.failure = None                    # (rank, exception): the first one
+        self.results = [None] * self.size
+        self.seq = itertools.count()
+        self.switched = time.monotonic()       # when the baton last moved (the watchdog)
+        self.running = None
+        self.all_done = threading.Event()
+
+    # --- groups ----------------------------------------------------------------------------
+    def connect(self, H: int) -> None:
+        self.groups[UPLINK] = list(range(H + 1))
+        self.groups[RELAYS] = list(range(1, H + 1))
+
+    # --- clocks ----------------------------------------------------------------------------
+    def clock(self, r: int) -> float:
+        if self.running == r:
+            return self.base[r] + (time.thread_time() - self.resumed[r])
+        return self.base[r]
+
+    def _advance(self, r: int, t: float) -> None:
+        """The running rank's clock becomes at least ``t``."""
+        now = self.clock(r)
+        if t > now:
+            self.base[r] += t - now
+
+    # --- scheduling ------------------------------------------------------------------------
+    def _push(self, r: int, t: float) -> None:
+        self.version[r] += 1
+        heapq.heappush(self.heap, (t, r, self.version[r]))
+
+    def _recheck(self, r: int) -> None:
+        """Something arrived for rank ``r``: if it is parked and can now go on, schedule it."""
+        parked = self.parked.get(r)
+        if parked is None:
+            return
+        t = parked[0]()
+        if t is not None:
+            self._push(r, max(self.base[r], t))
+
+    def _hand_over(self) -> None:
+        """Give the baton to the rank with the earliest event (called by the rank that has it)."""
+        while self.heap:
+            t, r, v = heapq.heappop(self.heap)
+            if v == self.version[r] and not self.done[r]:
+                self.wake_at[r] = t
+                self.running = r
+                self.switched = time.monotonic()
+                self.go[r].set()
+                return
+        self.running = None
+        if all(self.done):
+            self.all_done.set()
+        elif not self.aborting:
+            waiting = {r: what for r, (_, what) in self.parked.items()}
+            self._fail(min(waiting) if waiting else 0, Deadlock(waiting))
+
+    def _pause(self, r: int) -> None:
+        """The running rank ``r`` stops its clock (its CPU time so far is counted)."""
+        self.base[r] = self.clock(r)
+        self.running = None
+
+    def _yield(self, r: int) -> float:
+        """Rank ``r`` (paused) waits until the scheduler resumes it; returns the time it
+        resumes at."""
+        self.go[r].clear()
+        self._hand_over()
+        self.go[r].wait()
+        if self.aborting:
+            raise Aborted()
+        self.resumed[r] = time.thread_time()
+        self.base[r] = max(self.base[r], self.wake_at[r])
+        return self.wake_at[r]
+
+    def block(self, r: int, when, what: str, ordered: bool = False) -> float:
+        """Rank ``r`` waits until ``when()`` (the virtual time at which what it waits for is
+        there, None while it is not) is defined. An ``ordered`` wait also waits until no
+        rank can produce anything earlier (its result depends on what arrived first)."""
+        if self.aborting:
+            raise Aborted()
+        t = when()
+        if t is not None and not ordered:
+            self._advance(r, t)
+            return self.clock(r)
+        self.parked[r] = (when, what)
+        self._pause(r)
+        if t is not None:
+            self._push(r, max(self.base[r], t))
+        else:
+            self.version[r] += 1
+        try:
+            return self._yield(r)
+        finally:
+            self.parked.pop(r, None)
+
+    # --- running the job -------------------------------------------------------------------
+    def _body(self, r: int, target) -> None:
+        self.go[r].wait()
+        if self.aborting:
+            self.done[r] = True
+            return
+        self.resumed[r] = time.thread_time()
+        try:
+            self.results[r] = target(r)
+        except Aborted:
+            pass
+        except BaseException as exc:        # noqa: BLE001 - reported with its rank
+            self._fail(r, exc)
+        finally:
+            self.done[r] = True
+            if not self.aborting and self.running == r:
+                self._pause(r)
+                self._hand_over()
+            if all(self.done):
+                self.all_done.set()
+
+    def _fail(self, r: int, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = (r, exc)
+        self.aborting = True
+        for event in self.go:
+            event.set()
+        if all(self.done):
+            self.all_done.set()
+
+    def run(self, target, stack_mib: int = 16) -> list:
+        """Run ``target(rank)`` for every rank; returns their results. Raises the first
+        failure, with ``.rank`` set (:class:`Deadlock` when none can move), and
+        ``KeyboardInterrupt`` on Ctrl-C (every rank is ended first)."""
+        old = threading.stack_size()
+        threading.stack_size(stack_mib << 20)
+        try:
+            threads = [threading.Thread(target=self._body, args=(r, target), daemon=True,
+                                        name=f"rank {r}") for r in range(self.size)]
+            for t in threads:
+                t.start()
+        finally:
+            threading.stack_size(old)
+        for r in range(self.size):
+            self._push(r, 0.0)
+        self._hand_over()
+        try:
+            while not self.all_done.wait(0.2):
+                if self.aborting and all(not t.is_alive() for t in threads):
+                    break
+                if not self.aborting and self.running is not None \
+                        and time.monotonic() - self.switched > self.watchdog:
+                    self._fail(self.running, TimeoutError(
+                        f"ran {self.watchdog:g} s without reaching a wait"))
+                    break
+        except KeyboardInterrupt:
+            self._fail(self.running if self.running is not None else 0, KeyboardInterrupt())
+            raise
+        for t in threads:
+            t.join(timeout=2.0)
+        if self.failure is not None:
+            r, exc = self.failure
+            exc.rank = r
+            raise exc
+        return self.results
+
+    # --- point to point --------------------------------------------------------------------
+    def send(self, r: int, dest: int, buf, tag: int) -> None:
+        msg = _Message(_bytes_of(buf), self.clock(r), next(self.seq))
+        key = (r, tag)
+        waiting = self.posted[dest].get(key)
+        if waiting:
+            waiting.popleft().fill(msg)
+        else:
+            self.mail[dest][key].append(msg)
+        self._recheck(dest)
+
+    def recv(self, r: int, source: int, buf, tag: int) -> _Recv:
+        req = _Recv(buf)
+        box = self.mail[r].get((source, tag))
+        if box:
+            req.fill(box.popleft())
+        else:
+            self.posted[r][(source, tag)].append(req)
+        return req
+
+    def first_message(self, r: int, source: int, tag: int):
+        box = self.mail[r].get((source, tag))
+        return box[0] if box else None
+
+    # --- collectives -----------------------------------------------------------------------
+    def collective(self, r: int, group: str, payload, finish, what: str):
+        """Rank ``r``'s part in the next collective on ``group``; ``finish(arrivals)`` runs
+        once, when the last member arrives (arrivals: member -> payload, in group order)."""
+        members = self.groups.get(group)
+        if members is None or r not in members:
+            raise RuntimeError(f"rank {r} is not in the {group} group")
+        n = self.calls[r][group]
+        self.calls[r][group] += 1
+        key = (group, n)
+        c = self.collectives.get(key)
+        if c is None:
+            c = self.collectives[key] = _Collective(members)
+        c.arrivals[r] = (self.clock(r), payload)
+        if len(c.arrivals) == len(c.members):
+            del self.collectives[key]
+            c.ts = max(ts for ts, _ in c.arrivals.values())
+            finish({m: c.arrivals[m][1] for m in c.members})
+            c.done = True
+            for m in c.members:
+                if m != r:
+                    self._recheck(m)
+        self.block(r, lambda: c.ts if c.done else None, f"{what} (collective on {group})")
+
+
+class InProcessEndpoint(Endpoint):
+    """One rank's :class:`~hmtl_mpi.wire.interfaces.Endpoint` on a :class:`Fabric`."""
+
+    kind = "inprocess"
+    has_links = False
+
+    def __init__(self, fabric: Fabric, rank: int, timeout: float = 60.0, state=None):
+        super().__init__(rank, fabric.size, timeout)
+        self.fabric = fabric
+        self.state = state
+
+    def connect(self, G, flat) -> None:
+        if self.rank == 0:
+            self.fabric.connect(G.shape[0])
+        self.barrier(WORLD, "the groups mirroring G")
+
+    def _waiting(self, what: str) -> None:
+        if self.state is not None:
+            self.state.waiting = what
+
+    def _block(self, when, what, ordered=False) -> float:
+        self._waiting(what)
+        t = self.fabric.block(self.rank, when, what, ordered)
+        self._waiting("")
+        return t
+
+    # --- point to point --------------------------------------------------------------------
+    def isend(self, dest, buf, tag, link):
+        if link is not None:
+            self.count(link, buf.nbytes)
+        self.fabric.send(self.rank, dest, buf, tag)
+        return _Send()
+
+    def irecv(self, source, buf, tag):
+        return self.fabric.recv(self.rank, source, buf, tag)
+
+    def wait(self, requests, what, timeout=None) -> None:
+        requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
+        recvs = [q for q in requests if isinstance(q, _Recv)]
+        if not recvs:
+            return
+
+        def when():
+            if all(q.done for q in recvs):
+                return max(q.ts for q in recvs)
+            return None
+        self._block(when, what)
+
+    def wait_first(self, requests, need, what, usable=None) -> list:
+        if need <= 0:
+            return []
+
+        def arrived():
+            got = [(q.ts, q.seq, i) for i, q in enumerate(requests)
+                   if q.done and (usable is None or usable(q.nbytes))]
+            return sorted(got)
+
+        def when():
+            got = arrived()
+            if len(got) >= need:
+                return got[need - 1][0]
+            if all(q.done for q in requests):
+                return 0.0                     # never enough: found out at once
+            return None
+        t = self._block(when, f"{what} (first {need})", ordered=True)
+        got = arrived()
+        if len(got) < need:
+            raise RuntimeError(f"{what}: {need} awaited, only {len(got)} can arrive")
+        return [i for ts, _, i in got if ts <= t] or [i for _, _, i in got[:need]]
+
+    def probe(self, source, tag) -> bool:
+        fabric, r = self.fabric, self.rank
+        now = fabric.clock(r)
+        t = self._block(lambda: now, f"a look for a message from rank {source}", ordered=True)
+        msg = fabric.first_message(r, source, tag)
+        return msg is not None and msg.ts <= t
+
+    def delay(self, seconds, source, tag) -> bool:
+        fabric, r = self.fabric, self.rank
+        if seconds <= 0:
+            return self.probe(source, tag)
+        wake = fabric.clock(r) + seconds
+
+        def when():
+            msg = fabric.first_message(r, source, tag)
+            return min(wake, msg.ts) if msg is not None else wake
+        t = self._block(when, f"an injected delay of {seconds:g} s", ordered=True)
+        msg = fabric.first_message(r, source, tag)
+        return msg is not None and msg.ts <= t
+
+    def recv_variable(self, expected, dtype, what) -> dict:
+        fabric, r = self.fabric, self.rank
+
+        def when():
+            firsts = [fabric.first_message(r, s, t) for s, t in expected]
+            if all(m is not None for m in firsts):
+                return max((m.ts for m in firsts), default=0.0)
+            return None
+        self._block(when, what)
+        out = {}
+        for source, tag in expected:
+            msg = fabric.mail[r][(source, tag)].popleft()
+            out[(source, tag)] = msg.data.view(np.dtype(dtype)).copy()
+        return out
+
+    def clock(self) -> float:
+        return self.fabric.clock(self.rank)
+
+    def inject(self, kind) -> None:
+        if kind == "kill":                    # refused by the command line: one process
+            raise RuntimeError("--inject-fault ...:kill needs separate processes (mpirun)")
+        self._block(lambda: None, "nothing: it hangs (--inject-fault)")
+
+    # --- collectives -----------------------------------------------------------------------
+    def barrier(self, group, what, timeout=None) -> None:
+        self.fabric.collective(self.rank, group, None, lambda arrivals: None, what)
+
+    def bcast(self, group, buf, root, what, timeout=None) -> None:
+        def finish(arrivals):
+            data = _bytes_of(arrivals[root])
+            for m, b in arrivals.items():
+                if m != root:
+                    b.reshape(-1).view(np.uint8)[:] = data
+        self.fabric.collective(self.rank, group, buf, finish, what)
+
+    def gather(self, group, array, root, what, timeout=None):
+        box = {}
+        self.fabric.collective(self.rank, group, (array, box), lambda a: finish_gather(a, root),
+                               what)
+        return box.get("out") if self.rank == root else None
+
+    def reduce(self, group, array, op, root, what):
+        box = {}
+        fn = {"sum": np.add, "max": np.maximum}[op]
+
+        def finish(arrivals):
+            values = [a for a, _ in arrivals.values()]
+            out = np.array(values[0], copy=True)
+            for v in values[1:]:
+                out = fn(out, v)
+            arrivals[root][1]["out"] = out
+        self.fabric.collective(self.rank, group, (array, box), finish, what)
+        return box.get("out") if self.rank == root else None
+
+    def scatterv(self, group, sendbuf, counts, displs, recvbuf, root, what, timeout=None):
+        members = self.fabric.groups.get(group, [])
+
+        def finish(arrivals):
+            send, cnt, dsp, _ = arrivals[root]
+            send = np.asarray(send).reshape(-1)
+            for pos, m in enumerate(members):
+                out = arrivals[m][3]
+                if out is not None:
+                    c, d = int(cnt[pos]), int(dsp[pos])
+                    out.reshape(-1)[:c] = send[d:d + c]
+        self.fabric.collective(self.rank, group, (sendbuf, counts, displs, recvbuf), finish, what)
+
+    def allgatherv(self, group, mine, out, counts, displs, what) -> None:
+        members = self.fabric.groups.get(group, [])
+
+        def finish(arrivals):
+            for _, target in arrivals.values():
+                flat = target.reshape(-1)
+                for pos, m in enumerate(members):
+                    c, d = int(counts[pos]), int(displs[pos])
+                    flat[d:d + c] = np.asarray(arrivals[m][0]).reshape(-1)[:c]
+        self.fabric.collective(self.rank, group, (mine, out), finish, what)
+
+
+def finish_gather(arrivals: dict, root: int) -> None:
+    """A gather's completion: every member's array stacked (group order) for the root."""
+    arrays = [a for a, _ in arrivals.values()]
+    arrivals[root][1]["out"] = np.stack([np.array(a, copy=True) for a in arrays])
