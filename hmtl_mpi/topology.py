@@ -19,7 +19,7 @@ from .planning.topology import (BUILTIN, TopologyError, cyclic, describe, hetero
 KIND_HELP = """\
 kinds:
   paper-fig2     the paper's Fig. 2 example (K = 10, H = 5); no options
-  example-a      Example A of seed 001 (CODED_DMTL.md): H = 3, K = 4; no options
+  example-a      Example A of seed 001 (docs/joint.md): H = 3, K = 4; no options
   cyclic         K = H users, relay i holds users i .. i+r-1 (mod H): --relays H --r r
   tree           every user on one relay, relay i with M_i users (gradient coding):
                  tree M1,M2,... (e.g. tree 4,4,4: H = 3, K = 12)

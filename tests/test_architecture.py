@@ -217,3 +217,10 @@ def test_every_registered_scheme_is_a_complete_module():
         keys = {key for key, _ in cls.steps}
         assert keys <= {"local_update", "user_to_relay", "encode", "relay_to_server",
                         "server_to_relay", "decode", "global_update", "relay_to_user"}
+
+
+def test_every_layer_folder_is_a_package():
+    """A folder without __init__.py would be left out of a wheel (and of the docker image,
+    which installs one): every folder holding modules is a regular package."""
+    for folder in {p.parent for p in PKG.rglob("*.py")}:
+        assert (folder / "__init__.py").exists(), folder

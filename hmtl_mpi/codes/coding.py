@@ -10,7 +10,7 @@ no size overhead. Decoded symbols are the original ones and come back < 65536.
 
 Why not GF(2^8) / GF(2^16): they are lossless too, but their multiplication is
 a table lookup, measured at 18-40 MB/s in galois and ~200 MB/s with a custom
-numba kernel on this machine (see ../shared/notes/CODING.md). In GF(65537) a
+numba kernel on this machine (see docs/codes.md). In GF(65537) a
 linear combination is a float64 BLAS matrix product followed by one floor
 reduction, exact while ``terms * (p-1)^2 < 2^53`` (about 2 million terms; our
 matrices have at most a few thousand columns), which runs at several hundred
@@ -27,7 +27,7 @@ Code construction (at plan time, once per topology)
 ---------------------------------------------------
 A code is a list of independent blocks (:class:`BlockLayout`). A block exchanges
 the IVs of some users, each cut into F units of u = ceil(4d / F) symbols
-(zero-padded; units past F are padding too, as SCHEME.md says for pieces that
+(zero-padded; units past F are padding too, as docs/scheme.md says for pieces that
 add up to more than V). The schemes make the blocks: the paper's round z is one
 (F = D_z; relay i's input rows are its a_i D_z-unit segments of the v_k it
 knows, :mod:`hmtl_mpi.schemes.coded`), the joint exchange is one block in all
@@ -269,9 +269,9 @@ class BlockLayout:
     ``F (|users| - min_i |users ∩ N_i|)`` unit-sized combinations of all message
     units, enough for the relay that knows the fewest IVs of the block.
 
-    * The paper's round z (SCHEME.md): F = D_z, one row per user of N_i ∩ I_z (its
+    * The paper's round z (docs/scheme.md): F = D_z, one row per user of N_i ∩ I_z (its
       segment, ``a_i D_z`` units wide), ``n_i^z`` messages (eq. 26).
-    * The joint exchange (CODED_DMTL.md section 3): one block, one row per
+    * The joint exchange (docs/joint.md section 3): one block, one row per
       (user, unit) of N_i, width 1, ``F L_i`` messages.
     """
 
@@ -538,7 +538,7 @@ def _block(G, layout: BlockLayout, rng, draw) -> Block | None:
 
 def build_code(G: np.ndarray, layouts: list, seed: int = 0, max_attempts: int = 50,
                draw=_draw) -> Code:
-    """Draw and verify the code for a list of block layouts (SCHEME.md: coefficients
+    """Draw and verify the code for a list of block layouts (docs/scheme.md: coefficients
     chosen once, verified).
 
     Tries seeds ``seed, seed + 1, ...`` until every relay decodes every block;

@@ -1,13 +1,13 @@
 """Hierarchical gradient coding (HGC) over GF(2^31 - 1), its two baselines, and JNCSS.
 
-Pure module (no MPI). The spec is ``HGC.md`` (Tang, Li, Chen, Chen, arXiv
-2406.10831, as reconstructed there). Naming: the spec's K (data partitions) is
+Pure module (no MPI). The construction is docs/gradient-coding.md's (Tang, Li, Chen, Chen, arXiv
+2406.10831, as reconstructed there). Naming: docs/gradient-coding.md's K (data partitions) is
 ``P`` here, because the project's K counts users. Edges are the relays (``n`` of
 them, edge i with ``m_i`` workers, ``M = sum_i m_i``), workers are the users, the
 master is the server. Edges, workers and partitions are 0-based in code; error
 messages number edges from 1.
 
-Field and representability (HGC.md section 3, last paragraph; section 6)
+Field and representability (docs/gradient-coding.md section 3, last paragraph; section 6)
 -------------------------------------------------------------------------
 Partial gradients are fixed-point int64 vectors and every scheme must end with
 the bit-identical integer sum, so all coding is exact arithmetic in GF(p),
@@ -25,28 +25,28 @@ anything (they are residues). A sum of exactly +-2^30 or more wraps around and
 comes back wrong (by a multiple of p), silently: the bound is the caller's to
 keep (:mod:`hmtl_mpi.learning.gd` picks its fixed-point scale from it).
 
-Signed rational coefficients (the spec's ``b_i[k]``, ``W_ij[k]`` and the decoders'
+Signed rational coefficients (docs/gradient-coding.md's ``b_i[k]``, ``W_ij[k]`` and the decoders'
 ``1 / prod (alpha_i - alpha_i')``) are mapped exactly: numerator times the inverse
 of the denominator, mod p (:func:`field_from_rational`). Every difference of two
 evaluation points is a nonzero integer of magnitude < n < p (or < m_i < p), so no
 product of them is divisible by the prime p: every coefficient and every decoder
-exists and every spec coefficient stays nonzero in the field.
+exists and every coefficient of docs/gradient-coding.md stays nonzero in the field.
 
 Arithmetic: :func:`field_combine` multiplies int64 residues (< 2^31 each, product
 < 2^62), reduces every product at once and reduces the accumulated sum at the end
 (fewer than 2^32 reduced terms fit in int64), vectorised over the vector length.
 
-The codes (HGC.md section 3)
+The codes (docs/gradient-coding.md section 3)
 ----------------------------
 One data structure, :class:`TreeCode`, for the three schemes; each worker sends ONE
 combination ``z_ij = sum_{k in S_ij} W_ij[k] g_k`` of its D partitions, edge i ONE
 combination of its first ``m_i - s_w`` workers' messages, the master adds its
 first ``n - s_e`` edges' messages with field coefficients.
 
-* :func:`hgc_code`: the spec's construction, steps 1-6 (cyclic slots at both
+* :func:`hgc_code`: docs/gradient-coding.md's construction, steps 1-6 (cyclic slots at both
   layers, polynomial coefficients with ``alpha_i = i`` and ``beta_j = j``,
   leading-coefficient decoders). Meets the bound ``D / P = (s_e+1)(s_w+1) / M``
-  (HGC.md section 2).
+  (docs/gradient-coding.md section 2).
 * :func:`flat_code`: flat gradient coding (Tandon et al.'s cyclic placement,
   workers straight to the master, tolerance s) as the one-layer special case:
   ``n = M`` edges of one worker each, ``s_e = s``, ``s_w = 0``.
@@ -56,12 +56,12 @@ first ``n - s_e`` edges' messages with field coefficients.
 :func:`verify` checks a code by decoding every straggler pattern (or a seeded
 sample) on random fixed-point gradients.
 
-JNCSS (HGC.md section 4, ours)
+JNCSS (docs/gradient-coding.md section 4, ours)
 ------------------------------
 Joint node and coding-scheme selection: choose the edges, the workers of every
 chosen edge and ``(s_e, s_w)`` to minimise the expected iteration time under the
 shifted-exponential delay model of :class:`DelayModel`. :func:`expected_time`
-(Monte Carlo with common random numbers), :func:`jncss_greedy` (the spec's greedy
+(Monte Carlo with common random numbers), :func:`jncss_greedy` (docs/gradient-coding.md's greedy
 rule) and :func:`jncss_brute_force` (exhaustive, small instances only).
 """
 
@@ -82,7 +82,7 @@ SUM_BOUND = 2 ** 30         # decoding is exact iff |sum_k g_k| < SUM_BOUND (= p
 
 
 class GradCodeError(ValueError):
-    """A configuration no code of HGC.md section 3 exists for; the message names the
+    """A configuration no code of docs/gradient-coding.md section 3 exists for; the message names the
     edge (numbered from 1) or the parameter and the violated condition."""
 
 
@@ -166,7 +166,7 @@ def field_combine(coeffs, rows) -> np.ndarray:
 
 
 def _leading_coeff_decoder(points, chosen) -> dict:
-    """Leading-coefficient interpolation weights (HGC.md section 3, steps 3 and 6).
+    """Leading-coefficient interpolation weights (docs/gradient-coding.md section 3, steps 3 and 6).
 
     For the polynomial of degree ``|chosen| - 1`` through the values at
     ``points[j]``, j in ``chosen``, the leading coefficient is
@@ -183,7 +183,7 @@ def _leading_coeff_decoder(points, chosen) -> dict:
     return out
 
 
-# --- conditions (HGC.md sections 2 and 6) ----------------------------------------------
+# --- conditions (docs/gradient-coding.md sections 2 and 6) ----------------------------------------------
 
 def _fmt(x: Fraction) -> str:
     """A Fraction as a decimal when it has a finite one (7.5), else as a/b."""
@@ -223,7 +223,7 @@ def _check_m(m) -> tuple:
 def feasibility_error(m, P, s_e, s_w):
     """The first violated condition of :func:`hgc_code` as a message, or None.
 
-    Conditions (HGC.md sections 2, 3 and 6), in this order: ``s_e < n``;
+    Conditions (docs/gradient-coding.md sections 2, 3 and 6), in this order: ``s_e < n``;
     ``s_w < m_i`` for every edge (worker placement needs D <= K_i);
     ``m_i (s_e+1) <= M`` (else edge i would need ``K_i > P`` distinct partitions);
     ``K_i = P (s_e+1) m_i / M`` an integer; ``D = P (s_e+1)(s_w+1) / M`` an integer.
@@ -265,7 +265,7 @@ def feasibility_error(m, P, s_e, s_w):
 
 @dataclass
 class TreeCode:
-    """A two-layer gradient code: worker -> edge -> master (HGC.md sections 1 and 3).
+    """A two-layer gradient code: worker -> edge -> master (docs/gradient-coding.md sections 1 and 3).
 
     Worker (i, j) holds the partitions ``worker_parts[i][j]`` (D of them) and sends
     ``z_ij = sum_t worker_coeffs[i][j][t] g_{worker_parts[i][j][t]}``. Edge i holds
@@ -303,17 +303,17 @@ class TreeCode:
 
     @property
     def master_messages(self) -> int:
-        """Messages the master waits for per iteration: ``n - s_e`` (HGC.md section 1)."""
+        """Messages the master waits for per iteration: ``n - s_e`` (docs/gradient-coding.md section 1)."""
         return self.n - self.s_e
 
     @property
     def load_lower_bound(self) -> Fraction:
-        """HGC.md section 2: ``D >= P (s_e+1)(s_w+1) / M`` for any scheme with this tolerance."""
+        """docs/gradient-coding.md section 2: ``D >= P (s_e+1)(s_w+1) / M`` for any scheme with this tolerance."""
         return Fraction(self.P * (self.s_e + 1) * (self.s_w + 1), self.M)
 
     @property
     def partitions_per_edge(self) -> list:
-        """``|P_i|`` (the spec's K_i) per edge."""
+        """``|P_i|`` (docs/gradient-coding.md's K_i) per edge."""
         return [len(p) for p in self.edge_parts]
 
     # --- dense views (tests, reports)
@@ -354,7 +354,7 @@ class TreeCode:
 
     def edge_decoder(self, i: int, arrived) -> np.ndarray:
         """Field coefficients ``c_j`` for the workers ``arrived`` (in that order) of edge i
-        with ``sum_j c_j z_ij = b_i . g`` (HGC.md section 3 step 6).
+        with ``sum_j c_j z_ij = b_i . g`` (docs/gradient-coding.md section 3 step 6).
 
         ``arrived`` holds at least ``m_i - s_w`` distinct workers of edge i; the first
         ``m_i - s_w`` of them are used and any later ones get coefficient 0.
@@ -375,7 +375,7 @@ class TreeCode:
 
     def master_decoder(self, arrived_edges) -> np.ndarray:
         """Field coefficients ``c_i`` for the edges ``arrived_edges`` (in that order) with
-        ``sum_i c_i y_i = sum_k g_k`` (HGC.md section 3 step 3).
+        ``sum_i c_i y_i = sum_k g_k`` (docs/gradient-coding.md section 3 step 3).
 
         At least ``n - s_e`` distinct edges; the first ``n - s_e`` are used, later
         ones get coefficient 0.
@@ -410,7 +410,7 @@ class TreeCode:
 
 
 def _polynomial_code(m, P, s_e, s_w, D, edge_parts, worker_parts) -> TreeCode:
-    """Coefficients of HGC.md section 3 steps 2 and 5 for given placements.
+    """Coefficients of docs/gradient-coding.md section 3 steps 2 and 5 for given placements.
 
     Valid for any placement in which every partition lies on exactly ``s_e + 1``
     edges and, inside each of them, on exactly ``s_w + 1`` workers (checked here):
@@ -461,7 +461,7 @@ def _polynomial_code(m, P, s_e, s_w, D, edge_parts, worker_parts) -> TreeCode:
 
 
 def hgc_code(m, P, s_e, s_w) -> TreeCode:
-    """The HGC code of HGC.md section 3, steps 1-6, for ``m`` workers per edge.
+    """The HGC code of docs/gradient-coding.md section 3, steps 1-6, for ``m`` workers per edge.
 
     1. ``(s_e+1) P`` slots, slot t holds partition ``t mod P``; edge i takes the next
        ``K_i = P (s_e+1) m_i / M`` consecutive slots (its ``edge_parts``, slot order).
@@ -499,7 +499,7 @@ def flat_code(M, P, s) -> TreeCode:
     Placement: Tandon et al.'s cyclic one, generalised to ``P = q M`` partitions:
     worker i holds the ``D = q (s+1)`` consecutive partitions ``i q, ..., i q + D - 1``
     (mod P), i.e. blocks i..i+s of q partitions (q = 1 is Tandon's k = n case).
-    Coefficients and decoders: the spec's polynomial rule (HGC.md section 3 step 2),
+    Coefficients and decoders: docs/gradient-coding.md's polynomial rule (docs/gradient-coding.md section 3 step 2),
     valid for any placement with s + 1 holders per partition (Tandon's own B comes
     from a random H; this one needs no draw and no solve). The master decodes from
     any ``M - s`` workers.
@@ -563,7 +563,7 @@ uncoded_code = plain_sum_code
 
 def pattern_count(code: TreeCode) -> int:
     """Straggler patterns: s_e straggling edges, and s_w straggling workers in every
-    other edge: ``sum_{|S| = s_e} prod_{i not in S} C(m_i, s_w)`` (21 for the spec's
+    other edge: ``sum_{|S| = s_e} prod_{i not in S} C(m_i, s_w)`` (21 for docs/gradient-coding.md's
     worked example)."""
     w = [math.comb(mi, code.s_w) for mi in code.m]
     return sum(math.prod(w[i] for i in range(code.n) if i not in S)
@@ -680,15 +680,15 @@ def verify(code: TreeCode, limit: int = 20000, seed: int = 0, d: int = 8) -> dic
             "exact": failures == 0 and checked > 0, "failures": failures, "d": d}
 
 
-# --- JNCSS (HGC.md section 4, ours) ------------------------------------------------------
+# --- JNCSS (docs/gradient-coding.md section 4, ours) ------------------------------------------------------
 
 @dataclass
 class DelayModel:
-    """Shifted-exponential delays (HGC.md section 4), per partition of load.
+    """Shifted-exponential delays (docs/gradient-coding.md section 4), per partition of load.
 
     Worker (i, j) with load D finishes its gradients at ``D a_ij + (D / mu_ij) X_ij``,
     X ~ Exp(1) i.i.d., then uploads in ``c_ij`` seconds; edge i adds ``e_i`` seconds
-    (constant: the spec's random edge part is not modelled) before its message
+    (constant: docs/gradient-coding.md's random edge part is not modelled) before its message
     reaches the master. ``a``, ``mu``, ``c``: per edge, float arrays over its workers;
     ``e``: float array over edges. A "fixed" straggler is an extra constant: see
     :meth:`with_worker_delay` and :meth:`with_edge_delay`. Spikes (``q``, ``b``,
@@ -883,7 +883,7 @@ def _check_selection(model: DelayModel, edges, workers):
 
 def expected_time(model: DelayModel, P: int, edges, workers, s_e: int, s_w: int,
                   samples: int = 2000, seed: int = 0) -> float:
-    """E[T] of one iteration for a selection, by Monte Carlo (HGC.md section 4).
+    """E[T] of one iteration for a selection, by Monte Carlo (docs/gradient-coding.md section 4).
 
     ``T = (n' - s_e)``-th smallest over the chosen edges of ``E_i = e_i + (m'_i -
     s_w)``-th smallest over its chosen workers of ``D a_ij + (D/mu_ij) X_ij + c_ij``,
@@ -906,7 +906,7 @@ def _pairs(m):
 
 
 def jncss_greedy(model: DelayModel, P: int, samples: int = 2000, seed: int = 0) -> Selection:
-    """JNCSS by the greedy rule of HGC.md section 4 (ours).
+    """JNCSS by the greedy rule of docs/gradient-coding.md section 4 (ours).
 
     For every (s_e, s_w) with s_e < n, s_w < max m_i: start from every edge with
     more than s_w workers and all their workers; if that start has no HGC code (a
@@ -970,7 +970,7 @@ def jncss_brute_force(model: DelayModel, P: int, samples: int = 2000, seed: int 
     every subset of workers in each chosen edge; same E[T] (same common random
     numbers) as :func:`jncss_greedy`, so ``greedy >= brute force`` holds exactly.
 
-    For small instances (n <= 4, m_i <= 5 in the spec); raises :class:`GradCodeError`
+    For small instances (n <= 4, m_i <= 5 in docs/gradient-coding.md); raises :class:`GradCodeError`
     when the candidates would exceed ``max_candidates``. Ties: first in the order
     pairs (s_e, s_w increasing), edge subsets, worker subsets (bitmasks increasing).
     """

@@ -1,4 +1,4 @@
-"""Multi-task data sets for MOCHA (seed paper Section V-A, MOCHA.md "Data").
+"""Multi-task data sets for MOCHA (seed paper Section V-A, docs/mocha.md "Data").
 
 ``load_tasks(name, K, seed=0, data_dir=None, har_tasks="sitting")`` returns K
 :class:`Task` objects, task k belonging to user k. Everything is local: no

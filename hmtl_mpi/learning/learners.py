@@ -18,13 +18,37 @@ timed phase), ``test_error(k, model)`` (float or None) and ``baselines()``
 from __future__ import annotations
 
 import numpy as np
+
 from .datasets import load_tasks
 from .mocha import MochaLearner
 
 DATASETS = ("digits", "mnist", "har", "synthetic")
 
 
-class SyntheticLearner:
+class CommunicationLearner:
+    """What the learners for communication work share: K models of ``dim`` values, no
+    extras, nothing to compile, nothing to evaluate."""
+
+    extra_len = 0
+    evaluates = False
+
+    def initial_model(self, k: int) -> np.ndarray:
+        return np.zeros(self.model_len)
+
+    def extras_changed(self, iteration: int) -> bool:
+        return False
+
+    def warm_up(self) -> None:
+        """Nothing to compile."""
+
+    def test_error(self, k: int, model: np.ndarray):
+        return None
+
+    def baselines(self) -> dict:
+        return {}
+
+
+class SyntheticLearner(CommunicationLearner):
     """Random IVs and a fixed mixing global update, for communication work.
 
     User k's IV at iteration t is drawn from ``default_rng([seed, k, t])`` and
@@ -38,12 +62,7 @@ class SyntheticLearner:
         if dim < 1:
             raise ValueError(f"--dim must be at least 1, got {dim}")
         self.K, self.dim, self.model_len, self.seed = int(K), int(dim), int(dim), int(seed)
-        self.extra_len = 0
-        self.evaluates = False
         self.W = None
-
-    def initial_model(self, k: int) -> np.ndarray:
-        return np.zeros(self.model_len)
 
     def local_update(self, k: int, iteration: int, model: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng([self.seed, k, iteration])
@@ -59,20 +78,8 @@ class SyntheticLearner:
         self.W += 0.1 * ivs.mean(axis=0)
         return self.W.copy()
 
-    def extras_changed(self, iteration: int) -> bool:
-        return False
 
-    def warm_up(self) -> None:
-        """Nothing to compile."""
-
-    def test_error(self, k: int, model: np.ndarray):
-        return None
-
-    def baselines(self) -> dict:
-        return {}
-
-
-class FixedIVLearner:
+class FixedIVLearner(CommunicationLearner):
     """Given IVs, unchanged every iteration, and a global update that keeps them: what
     ``plan --verify`` runs the exchange on (:mod:`hmtl_mpi.job.verify`), so that the IVs
     can be chosen for their awkward bit patterns (:func:`hmtl_mpi.codes.coding.special_ivs`)."""
@@ -80,29 +87,13 @@ class FixedIVLearner:
     def __init__(self, ivs: np.ndarray):
         self.ivs = np.ascontiguousarray(ivs, dtype=np.float64)
         self.K, self.dim = self.ivs.shape
-        self.model_len, self.extra_len = self.dim, 0
-        self.evaluates = False
-
-    def initial_model(self, k: int) -> np.ndarray:
-        return np.zeros(self.dim)
+        self.model_len = self.dim
 
     def local_update(self, k: int, iteration: int, model: np.ndarray) -> np.ndarray:
         return self.ivs[k].copy()
 
     def global_update(self, iteration: int, ivs: np.ndarray) -> np.ndarray:
         return np.array(ivs, copy=True)
-
-    def extras_changed(self, iteration: int) -> bool:
-        return False
-
-    def warm_up(self) -> None:
-        """Nothing to compile."""
-
-    def test_error(self, k: int, model: np.ndarray):
-        return None
-
-    def baselines(self) -> dict:
-        return {}
 
 
 def make_learner(dataset: str, K: int, dim: int | None, seed: int = 0, tasks=None,

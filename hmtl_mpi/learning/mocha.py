@@ -3,8 +3,8 @@ as the users' local update (eq. 2 of the seed paper) and the global update (eq. 
 
 Everything here is pure (no MPI): functions over NumPy arrays plus the learner
 adapter :class:`MochaLearner` that the MPI runtime drives. The algorithm follows
-``shared/spec/MOCHA.md`` (the reference MATLAB code ``opt/run_mocha.m``) step by
-step; the notation is the spec's:
+docs/mocha.md (the reference MATLAB code ``opt/run_mocha.m``) step by
+step; the notation is docs/mocha.md's:
 
 * task t = user t, m = K tasks, d features, n_t local training points, labels
   y in {-1, +1}, hinge loss;
@@ -18,7 +18,7 @@ step; the notation is the spec's:
 
 One iteration
 -------------
-Local update of user t (:func:`sdca_local_update`, MOCHA.md "Users"): H_t =
+Local update of user t (:func:`sdca_local_update`, docs/mocha.md "Users"): H_t =
 floor(n_t * frac) SDCA coordinate steps over a fresh random permutation, each
 
     u     = y x^T (w_t + rho dw)
@@ -32,7 +32,7 @@ Global update (:func:`global_update`, eq. 3): W <- W + dB Sigma / lambda with
 dB = [v_1 ... v_K]. Every ``inner`` iterations, after the W update, the task
 relationship is refreshed (:func:`refresh_task_relationship`).
 
-Decisions on the reference code's quirks (MOCHA.md "Known quirks")
+Decisions on the reference code's quirks (docs/mocha.md "Known quirks")
 ------------------------------------------------------------------
 * W is *not* recomputed from the dual after Sigma changes (as the reference):
   the global node only ever sees the IVs, and the paper's scheme is "the same
@@ -50,7 +50,7 @@ Decisions on the reference code's quirks (MOCHA.md "Known quirks")
 * Point s of the local loop is ``perm[s % n_t]`` (the reference visits
   ``tperm(mod(s, n) + 1)``, the same permutation rotated by one).
 * u is evaluated as y (x^T w_t + rho x^T dw), algebraically identical to the
-  spec's y x^T (w_t + rho dw) and free of a temporary d-vector per step.
+  docs/mocha.md's y x^T (w_t + rho dw) and free of a temporary d-vector per step.
 * A point with ||x|| = 0 (never produced by :mod:`hmtl_mpi.learning.datasets`) has no
   effect on w; its exact coordinate maximiser a = 1 is taken instead of the
   reference's division by zero.
@@ -152,11 +152,11 @@ def _check_local_inputs(X, y, alpha, w, perm):
 
 
 def sdca_local_update_reference(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):
-    """User t's local update, MOCHA.md "Users" (eq. 2), in plain NumPy/Python.
+    """User t's local update, docs/mocha.md "Users" (eq. 2), in plain NumPy/Python.
 
     Runs ``n_steps`` (H_t = floor(n_t * frac)) SDCA coordinate steps on points
     ``perm[s % n_t]`` starting from dw = db = 0; each step computes u, g, the
-    clipped alpha and the dw, db increments of the spec. Returns
+    clipped alpha and the dw, db increments of docs/mocha.md. Returns
     ``(db, alpha_new)``: db is the IV v_t (float64 d-vector), alpha_new the
     updated dual variables (the input ``alpha`` is not modified).
     Reference for :func:`sdca_local_update`; same arithmetic, same order.
@@ -241,7 +241,7 @@ def compiled_kernel():
 
 
 def sdca_local_update(X, y, alpha, w, sigma_tt, rho, lam, n_steps, perm):
-    """User t's local update, MOCHA.md "Users" (eq. 2), numba-compiled.
+    """User t's local update, docs/mocha.md "Users" (eq. 2), numba-compiled.
 
     Same contract and same arithmetic as :func:`sdca_local_update_reference`
     (u, g, clip, dw, db per coordinate step, sequential over the points
@@ -278,7 +278,7 @@ def choose_kernel(kernel: str, iterations: int, n_steps: int, dim: int) -> str:
 # --------------------------------------------------------------------------
 
 def global_update(W, dB, Sigma, lam):
-    """Global update, eq. 3 / MOCHA.md: returns ``W + dB @ Sigma / lam``.
+    """Global update, eq. 3 / docs/mocha.md: returns ``W + dB @ Sigma / lam``.
 
     W and dB are d x K (column t of dB is user t's IV v_t), Sigma is K x K.
     """
@@ -291,7 +291,7 @@ def global_update(W, dB, Sigma, lam):
 
 
 def refresh_task_relationship(W):
-    """Task-relationship refresh of MOCHA.md (every ``inner`` iterations).
+    """Task-relationship refresh of docs/mocha.md (every ``inner`` iterations).
 
     A = W^T W with eigenvalues below 1e-7 raised to 1e-7; Sigma =
     sqrtm(A) / trace(sqrtm(A)) (sqrtm via ``eigh``, made exactly symmetric);
@@ -315,7 +315,7 @@ def refresh_task_relationship(W):
 # --------------------------------------------------------------------------
 
 def primal_objective(W, Xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], Sigma, lam):
-    """Primal P(W) of MOCHA.md "Objective" (``util/compute_primal.m``).
+    """Primal P(W) of docs/mocha.md "Objective" (``util/compute_primal.m``).
 
     sum_t mean_i max(0, 1 - y_ti x_ti^T w_t) + (lambda/2) tr(W Omega W^T),
     with Omega = Sigma^{-1} applied through a linear solve.

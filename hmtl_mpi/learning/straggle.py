@@ -9,7 +9,7 @@ what the server's clock measures. Forms, joined by ``+``:
     every worker, every iteration: a worker holding D partitions is late by
     ``D*SHIFT + D*X/RATE`` seconds, X ~ Exp(1) drawn from
     ``default_rng([seed, rank, iteration])``: the shifted-exponential model of
-    gradient coding (HGC.md section 4 with a = SHIFT, mu = RATE), so a worker
+    gradient coding (docs/gradient-coding.md section 4 with a = SHIFT, mu = RATE), so a worker
     with more partitions is slower, as it would be computing them.
 ``bernoulli:PROB:SECONDS``
     every worker, every iteration: with probability PROB, late by SECONDS more,

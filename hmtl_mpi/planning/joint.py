@@ -1,11 +1,11 @@
 """The joint exchange's planner (seed 001): one LP over all relay subsets.
 
-This is the scheme of ``CODED_DMTL.md`` (arXiv 2507.18025, as reconstructed there)
+This is the scheme of ``docs/joint.md`` (arXiv 2507.18025, as reconstructed there)
 applied to our topology: its placement Z (workers x items) is our G (H relays x K
-users, rows relays), so "worker" = relay, "item" = user, the spec's N is our K and
-the spec's K is our H (spec section 4). Pure module: no MPI.
+users, rows relays), so "worker" = relay, "item" = user, docs/joint.md's N is our K and
+docs/joint.md's K is our H (docs/joint.md section 4). Pure module: no MPI.
 
-Steps (spec section 3, steps 1-2):
+Steps (docs/joint.md section 3, steps 1-2):
 
 1. Validate G (0/1, H >= 2, every user held by a relay) and drop the users that
    every relay holds: every relay already knows their IVs, so they are never sent.
@@ -15,7 +15,7 @@ Steps (spec section 3, steps 1-2):
    relay set J, where ``E(J)`` is the set of users whose relays all lie in J. All
    2^H values b(J) come from bitmask counts and a subset-sum (zeta) transform.
 4. Ties broken deterministically by a second LP that minimises ``max_i L_i`` at
-   the optimal total (spec step 2).
+   the optimal total (docs/joint.md step 2).
 5. The loads made exact (Fractions) and T2 re-checked in integers for all 2^H
    sets; if no rationalisation passes, the hierarchical scheme's per-relay loads
    (``plan.make_plan``) are used instead -- they satisfy T2 too, by T5.
@@ -66,7 +66,7 @@ class JointPlanError(ValueError):
 
 @dataclass
 class JointPlan:
-    """The joint scheme's plan for one topology G (spec T1-T3, section 3)."""
+    """The joint scheme's plan for one topology G (docs/joint.md: T1-T3, section 3)."""
 
     G: np.ndarray                  # H x K uint8, rows relays
     loads: list                    # L_i per relay, Fractions (IVs)
@@ -292,9 +292,9 @@ def _check_topology(G) -> np.ndarray:
 
 
 def make_joint_plan(G, max_denominators=MAX_DENOMINATORS, tie_break: bool = True) -> JointPlan:
-    """The joint scheme's plan for a 0/1 H x K topology G (spec section 3 steps 1-2).
+    """The joint scheme's plan for a 0/1 H x K topology G (docs/joint.md section 3 steps 1-2).
 
-    ``tie_break``: pick, among the optimal loads, ones minimising ``max_i L_i`` (spec
+    ``tie_break``: pick, among the optimal loads, ones minimising ``max_i L_i`` (docs/joint.md
     step 2). That evens the relays' loads but often makes them fractional where the
     first LP's vertex was integral (a larger F, i.e. more sub-packets per IV); with
     False the first LP's vertex is used as is (HiGHS is deterministic for a given G).

@@ -42,7 +42,7 @@ def paper_fig2() -> np.ndarray:
     return G
 
 
-# Example A of CODED_DMTL.md (seed 001): 3 relays (its workers), 4 users (its items),
+# Example A of docs/joint.md (seed 001): 3 relays (its workers), 4 users (its items),
 # Z1 = {1,2,3}, Z2 = {2,3,4}, Z3 = {1,4}; joint loads (2, 2), hierarchical (2.5, 2).
 EXAMPLE_A_RELAYS = ((1, 2, 3), (2, 3, 4), (1, 4))
 
@@ -66,7 +66,7 @@ def cyclic(H: int, r: int) -> np.ndarray:
 
 def tree(sizes) -> np.ndarray:
     """A tree: relay i has its own ``sizes[i]`` users, every user one relay (users numbered
-    relay by relay): the master / edge / worker hierarchy of gradient coding (HGC.md)."""
+    relay by relay): the master / edge / worker hierarchy of gradient coding (docs/gradient-coding.md)."""
     sizes = [int(x) for x in sizes]
     if len(sizes) < 2 or min(sizes) < 1:
         raise TopologyError(f"tree: need at least 2 relays with at least 1 user each, got "

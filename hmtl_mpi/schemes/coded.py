@@ -1,4 +1,4 @@
-"""The paper's hierarchical coded scheme (Hu, Li, Cheng, Wu; SCHEME.md), round by round.
+"""The paper's hierarchical coded scheme (Hu, Li, Cheng, Wu; docs/scheme.md), round by round.
 
 One coding block per round z (users I_z linked to exactly z relays, eq. 4),
 planned by :func:`hmtl_mpi.planning.hierarchical.make_plan` (n_i^z of eq. 16, the LP P(z) of eq. 28,

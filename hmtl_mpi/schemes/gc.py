@@ -3,7 +3,7 @@
 No hierarchy: every worker sends its coded gradient directly to the server, past
 the relays, and the server decodes the exact sum from the first M - s of the M
 workers (``hmtl_mpi.codes.gradcode.flat_code``: the cyclic placement with the
-polynomial coefficients of HGC.md, one worker per "edge"). For a like-for-like
+polynomial coefficients of docs/gradient-coding.md, one worker per "edge"). For a like-for-like
 comparison with ``hgc`` at ``--stragglers S_E,S_W`` the tolerance is
 ``s = (S_E + 1)(S_W + 1) - 1``: every worker then holds the same number of
 partitions D as in hgc (ours: the papers' "conventional" scheme is not specified).

@@ -1,6 +1,6 @@
 """What the gradient schemes share: one shared model, coded partial gradients, stragglers.
 
-The gradient workload (``--workload gd``; HGC.md): the server is the master, the
+The gradient workload (``--workload gd``; docs/gradient-coding.md): the server is the master, the
 relays the edges, the users the workers, on a tree (every user on one relay).
 The training set is cut into P partitions; worker (i, j) holds the partitions
 S_ij and, every iteration, sends its edge ONE vector

@@ -1,4 +1,4 @@
-"""Hierarchical gradient coding (seeds 002/003; HGC.md section 3).
+"""Hierarchical gradient coding (seeds 002/003; docs/gradient-coding.md section 3).
 
 Two layers of polynomial codes over the cyclic placement: any ``n - s_e`` edges
 give the server the exact gradient sum, and inside each edge any ``m_i - s_w``

@@ -1,4 +1,4 @@
-"""HGC with node selection (HGC-JNCSS, seeds 002/003; HGC.md section 4, ours).
+"""HGC with node selection (HGC-JNCSS, seeds 002/003; docs/gradient-coding.md section 4, ours).
 
 Before training, rank 0 chooses which edges and which of their workers take part
 and the tolerances (s_e, s_w) that minimise the expected iteration time under the
@@ -26,7 +26,7 @@ NO_RANDOM_RATE = 1e12    # mu for a model without a random part (its term vanish
 
 
 def delay_model(G: np.ndarray, per_relay: list, straggle) -> gradcode.DelayModel:
-    """The job's ``--straggle`` as HGC.md's delay model over the tree (world ranks:
+    """The job's ``--straggle`` as docs/gradient-coding.md's delay model over the tree (world ranks:
     :func:`hmtl_mpi.vocabulary.relay_rank`, :func:`~hmtl_mpi.vocabulary.user_rank`)."""
     H = G.shape[0]
     rate = straggle.rate if straggle.rate > 0 else NO_RANDOM_RATE

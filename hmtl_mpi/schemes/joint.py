@@ -33,7 +33,7 @@ def block_layout(jp: JointPlan) -> coding.BlockLayout:
 class Joint(CodedExchange):
     name = "joint"
     summary = ("seed 001's joint exchange: one LP over all relay subsets, one coded block "
-               "(CODED_DMTL.md)")
+               "(docs/joint.md)")
 
     @classmethod
     def make_plan(cls, G, max_denominator=None):

@@ -12,7 +12,7 @@ were::
     if comm.Get_rank() == 0:
         print("links:", describe_links(facts))
 
-The rules, from what MPICH does (measured, see shared/notes/NETWORK.md):
+The rules, from what MPICH does (measured, see docs/network.md):
 
 * Ranks whose kernels differ (``/proc/sys/kernel/random/boot_id``; the host name where
   that is missing) are on different machines: their messages cross the cluster's
