@@ -168,6 +168,47 @@ def test_kill_9_from_outside_names_that_rank(small):
     _assert_nothing_left(mark)
 
 
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_killing_a_ranks_watcher_ends_the_job_with_no_orphan(small):
+    """The first of a rank's two processes (its watcher) killed: the rank goes with it
+    (parent-death signal), says so, and mpiexec ends instead of waiting for an orphan."""
+    mark = uuid.uuid4().hex
+    proc = _start(6, "--topology", str(small), "--dataset", "synthetic", "--iterations", "100000",
+                  mark=mark)
+    try:
+        _wait_for_iterations(proc)
+        os.kill(_parent(_rank_process(mark, 4)), signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - killed
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert _our_lines(err) == ["hmtl_mpi: rank 4's watcher process was killed; the rank ends too"], err
+    assert took < 10, f"{took:.1f} s"
+    _assert_nothing_left(mark)
+
+
+def test_killing_mpiexec_leaves_nothing_running(small):
+    mark = uuid.uuid4().hex
+    proc = _start(6, "--topology", str(small), "--dataset", "synthetic", "--iterations", "100000",
+                  mark=mark)
+    try:
+        _wait_for_iterations(proc)
+        proc.kill()                                   # SIGKILL to mpiexec itself
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 10
+    while _marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _marked_processes(mark) == [], "ranks or watchers outlived mpiexec by 10 s"
+
+
 def test_ctrl_c_is_one_message_and_exit_130(small):
     mark = uuid.uuid4().hex
     proc = _start(6, "--topology", str(small), "--dataset", "synthetic", "--iterations", "100000",

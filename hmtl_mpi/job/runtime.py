@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,21 +42,19 @@ from ..planning.topology import TopologyError, load_topology
 from ..schemes import get
 from ..schemes.base import Job
 from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HANG,
-                          EXIT_INTERRUPTED, LINK_CLASSES, PHASES, USER_STEPS, WORLD,
-                          ranks_needed, role_names, role_of, tasks_of_rank)
+                          EXIT_INTERRUPTED, EXIT_TERMINATED, LINK_CLASSES, PHASES, USER_STEPS,
+                          WORLD, ranks_needed, role_names, role_of, tasks_of_rank)
+from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links
 from ..wire.roles import make_net
 from . import checks
 from .config import JobConfig
-from .failures import RankState, Terminated, classify, decode_record, encode_record
+from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
+                       end_job)
 from .predict import phase_seconds, verdict
 from .report import job_payload, progress_line, run_report, summary, write_report
-from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
-from ..wire.transport import MpiEndpoint
-from .failures import Control, end_job
-from .supervisor import launcher_rank
-import traceback
+from .supervisor import launcher_rank, orphaned
 
 SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plans and codes
 REPORT_BYTES_PER_ITERATION = 2048     # generous: a report's iteration record is ~700 bytes
@@ -531,6 +530,12 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
 # --- entry points -----------------------------------------------------------------------------
 
 def _terminate(signum, frame):
+    """SIGTERM: Slurm's preemption and time limit, ``kill``, or this rank's watcher gone."""
+    if orphaned():
+        sys.stderr.write(f"hmtl_mpi: rank {_launcher_rank()}'s watcher process was killed; "
+                         f"the rank ends too\n")
+        sys.stderr.flush()
+        os._exit(EXIT_TERMINATED)
     raise Terminated()
 
 
@@ -549,6 +554,8 @@ def main(argv=None, page=None) -> int:
     if early is not None and early.transport == "inprocess":
         return run_inprocess(early)
     from mpi4py import MPI   # local: the in-process transport never loads MPI
+
+    from ..wire.transport import MpiEndpoint  # local: it loads MPI, as above
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()

@@ -16,22 +16,46 @@ unchanged and prints nothing: the rank itself reports everything else (see
 Signals: SIGINT is ignored here (terminals and hydra send Ctrl-C to the whole
 process group, so the rank gets it directly); SIGTERM and SIGHUP are passed on
 to the rank. Set ``HMTL_NO_SUPERVISOR=1`` to run without the watcher.
+
+No orphan: the rank dies with its watcher, and the watcher with the process that
+started it (the launcher's proxy), through the kernel's parent-death signal
+(``prctl(PR_SET_PDEATHSIG)``). A rank whose watcher was killed gets SIGTERM, says
+so in one line and exits at once (:func:`orphaned`); a watcher whose launcher is
+gone is killed. Otherwise a rank left without its watcher would keep the
+launcher's output pipes open, and ``mpirun`` would wait for it forever.
 """
 
 from __future__ import annotations
 
+import array
+import ctypes
+import fcntl
 import mmap
 import os
 import signal
-import sys
-import time
-import array
-import fcntl
 import stat
+import sys
 import termios
+import time
 import zlib
 
 PAGE_BYTES = 1024
+PR_SET_PDEATHSIG = 1
+_watcher = None              # in the rank: its watcher's pid
+
+
+def die_with_parent(signum: int) -> bool:
+    """Ask the kernel to send this process ``signum`` when its parent exits (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def orphaned() -> bool:
+    """In a rank: whether its watcher is gone (the rank then has another parent)."""
+    return _watcher is not None and os.getppid() != _watcher
 
 
 class StatePage:
@@ -137,8 +161,15 @@ def start() -> StatePage | None:
     state.write(f"rank {launcher_rank()}\tduring start-up")
     sys.stdout.flush()
     sys.stderr.flush()
+    die_with_parent(signal.SIGKILL)             # the watcher goes with its launcher
+    watcher = os.getpid()
     child = os.fork()
     if child == 0:
+        global _watcher
+        _watcher = watcher
+        die_with_parent(signal.SIGTERM)         # the rank goes with its watcher
+        if os.getppid() != watcher:             # it went before prctl took effect
+            os._exit(128 + signal.SIGTERM)
         return state
     _watch(child, state)                        # never returns
 
