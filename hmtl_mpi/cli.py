@@ -84,11 +84,12 @@ MPI.Wtime (see --sync for how phases are delimited); on one machine with more
 ranks than cores the ranks share CPUs.
 
 exit codes: 0 success; 1 a lossless check failed; 2 bad input (flags, topology,
-data, number of ranks); 3 an exception on a rank; 4 a rank stopped answering
-(--timeout); 130 interrupted (Ctrl-C), 143 terminated. A rank killed by a signal
-is named by its watcher; mpiexec then exits with its own code. Every abnormal
-end prints one "hmtl_mpi:" line naming the rank, its role, the iteration and the
-phase; HMTL_TRACEBACK=1 adds the traceback of an exception.
+data, number of ranks, a checkpoint that does not match or is damaged); 3 an
+exception on a rank; 4 a rank stopped answering (--timeout); 130 interrupted
+(Ctrl-C), 143 terminated (with --checkpoint: after writing a checkpoint). A
+rank killed by a signal is named by its watcher; mpiexec then exits with its own
+code. Every abnormal end prints one "hmtl_mpi:" line naming the rank, its role,
+the iteration and the phase; HMTL_TRACEBACK=1 adds the traceback of an exception.
 """
 
 
@@ -237,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=positive_int, default=None,
                    help="MOCHA: report test error every N iterations (default: at the end)")
     p.add_argument("--quiet", action="store_true", help="no per-iteration progress lines")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="write the job's complete state to DIR every --checkpoint-every "
+                        "iterations and when SIGTERM arrives (Slurm's preemption and time "
+                        "limit), then stop with exit 143; atomic and checksummed, the two "
+                        "newest kept (created if missing)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=10, metavar="N",
+                   help="iterations between two checkpoints (default 10)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue from the newest checkpoint in DIR: the same command must "
+                        "be given (topology, dataset, schemes, seed, ranks, ...: what differs "
+                        "is named, exit 2); the models end bit-identical to an uninterrupted "
+                        "run")
     p.add_argument("--transport", choices=("mpi", "inprocess"), default="mpi",
                    help="mpi (default): one MPI rank per role, under mpirun / srun; "
                         "inprocess: every rank of the job in this one process (no mpirun), "
@@ -303,6 +316,10 @@ def parse_job_args(argv, rank, size):
         problem = "--dataset har needs --data-dir (the UCI HAR folder)"
     elif args.report is not None and not args.report.strip():
         problem = "--report: the path is empty"
+    elif args.checkpoint is not None and not args.checkpoint.strip():
+        problem = "--checkpoint: the folder name is empty"
+    elif args.resume is not None and not args.resume.strip():
+        problem = "--resume: the folder name is empty"
     elif args.inject_fault and args.transport == "inprocess" and args.inject_fault[2] == "kill":
         problem = ("--inject-fault RANK:ITERATION:kill needs a process per rank (mpirun); "
                    "with --transport inprocess use raise or hang")

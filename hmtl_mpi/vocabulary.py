@@ -88,6 +88,8 @@ TAG_REPORT, TAG_STATUS_REQUEST, TAG_STATUS_REPLY = 1, 2, 3
 TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100          # uplink: TAG_UPLINK + block index
 # the link probe's ping-pongs (hmtl_mpi.wire.probe)
 TAG_PROBE = 31
+# a rank's state on its way into a checkpoint (hmtl_mpi.job.checkpoint)
+TAG_STATE = 41
 # the gradient workload: every iteration's messages carry it in their tag
 TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000      # + iteration mod TAG_SPAN
 

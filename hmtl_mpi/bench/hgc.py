@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import positive_int
+from ..planning.topology import tree
 from . import mpiexec
 from .network import REPO, write_csv
-from ..planning.topology import tree
 
 OUT_DIR = REPO / "benchmarks" / "hgc"
 MODELS = ("fixed:5=0.3",                        # one persistently slow worker (rank 5 = user 2)

@@ -44,9 +44,9 @@ import numpy as np
 
 from ..cli import float_list, positive_int, positive_int_list, seed_value
 from ..planning.hierarchical import make_plan
-from ..schemes import get
 from ..planning.joint import MAX_RELAYS, make_joint_plan
 from ..planning.topology import TopologyError, random_regular, random_with_degrees, validate
+from ..schemes import get
 from .network import heterogeneous_ds, write_csv
 
 # The columns every CSV starts with, in this order (x = K for fig3, d for fig4).

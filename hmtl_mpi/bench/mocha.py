@@ -16,8 +16,8 @@ Run ``python -m hmtl_mpi.bench mocha [--json]``.
 from __future__ import annotations
 
 import argparse
-
 import json
+import subprocess
 import sys
 import time
 
@@ -25,7 +25,6 @@ import numpy as np
 
 from ..learning import mocha
 from ..learning.datasets import load_tasks
-import subprocess
 
 FRAC = 0.5
 K_GLOBAL = 20

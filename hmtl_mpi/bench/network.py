@@ -76,12 +76,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..cli import float_list, positive_float, positive_int, positive_int_list
 from ..learning.learners import DATASETS
-from ..vocabulary import PHASES
 from ..planning import topology as T
 from ..planning.hierarchical import make_plan
-import numpy as np
+from ..vocabulary import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
 NETNS_RUN = REPO / "launch" / "netns-run"

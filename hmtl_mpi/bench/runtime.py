@@ -16,9 +16,9 @@ import sys
 import tempfile
 
 from ..cli import positive_int, positive_int_list
-from . import mpiexec
 from ..planning.topology import load_topology
 from ..vocabulary import PHASES
+from . import mpiexec
 
 
 def run(dims=(1_000, 100_000, 1_000_000), iterations=3, topology="paper-fig2",

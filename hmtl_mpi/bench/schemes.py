@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import positive_int, positive_int_list, scheme_list
-from .network import REPO, _parse_rates, run_one, write_csv
 from ..planning.topology import heterogeneous, load_topology
+from .network import REPO, _parse_rates, run_one, write_csv
 
 OUT_DIR = REPO / "benchmarks" / "schemes"
 # name -> None (built in) or (K, r, d) of topology.heterogeneous (H = 4)

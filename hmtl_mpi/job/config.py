@@ -45,6 +45,9 @@ class JobConfig:
     quiet: bool = False
     inject_fault: tuple | None = None
     transport: str = "mpi"
+    checkpoint: str | None = None      # folder: write checkpoints there
+    checkpoint_every: int = 10         # iterations between two checkpoints
+    resume: str | None = None          # folder: resume from its newest checkpoint
 
     @property
     def flat(self) -> bool:

@@ -24,6 +24,7 @@ class are summed over ranks, and every IV's copies are compared by SHA-256 diges
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -48,6 +49,7 @@ from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links
 from ..wire.roles import make_net
+from . import checkpoint as ckpt
 from . import checks
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
@@ -107,8 +109,9 @@ def share_tasks(endpoint, learner, G, flat: bool, timeout: float) -> dict:
 # --- set-up --------------------------------------------------------------------------------
 
 def plan_on_server(config: JobConfig, world_size: int):
-    """Rank 0: topology, checks, and every scheme planned; raises SetupError.
-    Returns (G, schemes, learner, config with what rank 0 decided)."""
+    """Rank 0: topology, checks, every scheme planned, the checkpoint to resume from read
+    and checked; raises SetupError. Returns (G, schemes, learner, config with what rank 0
+    decided, (path, header, states) of the checkpoint or None)."""
     try:
         G = load_topology(config.topology)
     except TopologyError as exc:
@@ -153,7 +156,41 @@ def plan_on_server(config: JobConfig, world_size: int):
                 partitions=config.partitions or K, straggle=config.straggle))
         except ValueError as exc:
             raise SetupError(f"--scheme {name}: {exc}") from None
-    return G, schemes, learner, config
+    if config.checkpoint:
+        check_checkpoint_folder(config.checkpoint)
+    resumed = None
+    if config.resume:
+        resumed = read_resume(config.resume, config.decided(dim=learner.dim), G, schemes,
+                              world_size)
+    return G, schemes, learner, config, resumed
+
+
+def check_checkpoint_folder(folder: str) -> None:
+    """Before any work: ``--checkpoint`` can be written (made if missing); SetupError."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".probe{os.getpid()}")
+        with open(probe, "w") as fh:
+            fh.write("")
+        os.unlink(probe)
+    except OSError as exc:
+        raise SetupError(f"--checkpoint {folder}: cannot write there "
+                         f"({exc.strerror or exc})") from None
+
+
+def read_resume(folder: str, config: JobConfig, G, schemes, ranks: int) -> tuple:
+    """``--resume``: the newest checkpoint of ``folder`` if it is whole and was written by
+    this same command; else SetupError naming the file and what differs."""
+    try:
+        path, header, states = ckpt.read_newest(folder)
+    except ckpt.CheckpointError as exc:
+        raise SetupError(str(exc)) from None
+    wrong = ckpt.differences(header.get("fingerprint", {}),
+                             ckpt.fingerprint(config, G, schemes, ranks))
+    if wrong:
+        raise SetupError(f"checkpoint {path} was written by another command: "
+                         + "; ".join(wrong))
+    return path, header, states
 
 
 def check_report_path(path, iterations) -> None:
@@ -200,6 +237,8 @@ class JobSetup:
     link_kind: str = ""           # rank 0: what carried the messages
     rank_hosts: tuple = ()        # rank 0: the host name of every rank
     setup_seconds: float = 0.0
+    resume_at: tuple | None = None  # (scheme index, next iteration) of --resume's checkpoint
+    resumed: tuple | None = None  # rank 0: (path, header, per-rank states) of that checkpoint
 
 
 def set_up(config: JobConfig, endpoint, state):
@@ -267,11 +306,18 @@ def set_up(config: JobConfig, endpoint, state):
     elif config.reads_data:
         state.step("setup (each rank reads its data)")
         tasks = read_tasks(config, planned[2] if rank == 0 else None, rank, G)
+    at = np.array([-1, -1], dtype=np.int64)
+    if rank == 0 and planned[4] is not None:
+        header = planned[4][1]
+        at[:] = (header["scheme_index"], header["next_iteration"])
+    endpoint.bcast(WORLD, at, 0, "where the checkpoint resumes")
     endpoint.barrier(WORLD, "every rank before building the communicators")
     endpoint.connect(G, config.flat)
     return JobSetup(config=config, G=G, schemes=schemes, tasks=tasks,
                     learner=planned[2] if rank == 0 else None, link_kind=link_kind,
-                    rank_hosts=rank_hosts, setup_seconds=setup_seconds)
+                    rank_hosts=rank_hosts, setup_seconds=setup_seconds,
+                    resume_at=(int(at[0]), int(at[1])) if at[0] >= 0 else None,
+                    resumed=planned[4] if rank == 0 else None)
 
 
 def predict_times(config: JobConfig, endpoint, G, schemes, dim):
@@ -310,20 +356,85 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
 
 # --- one scheme -------------------------------------------------------------------------------
 
-def run_scheme(scheme, setup: JobSetup, endpoint, state):
-    """Run the iterations of one scheme; rank 0 returns its report."""
+class Stopped(Exception):
+    """SIGTERM under --checkpoint: every rank stops after the checkpoint ``path``."""
+
+    def __init__(self, path: str, where: str):
+        super().__init__(path)
+        self.path, self.where = path, where
+
+
+class Saver:
+    """Checkpoints of one scheme's run (:mod:`hmtl_mpi.job.checkpoint`): every
+    ``--checkpoint-every`` iterations, and when SIGTERM arrived on any rank (the ranks
+    agree on it after every iteration of a scheme with steps, at the checkpoints of a
+    barrier-free one). Never after a run's last iteration: the run then just ends."""
+
+    def __init__(self, config: JobConfig, setup: JobSetup, index: int, done: list):
+        self.config, self.setup, self.index, self.done = config, setup, index, done
+
+    def due(self, endpoint, it: int, agree: bool = True) -> bool:
+        """Whether a checkpoint follows iteration ``it`` (decided alike on every rank)."""
+        c = self.config
+        if not c.checkpoint or it + 1 >= c.iterations:
+            return False
+        if (it + 1) % c.checkpoint_every == 0:
+            return True
+        return agree and self.stop_agreed(endpoint)
+
+    @staticmethod
+    def stop_agreed(endpoint) -> bool:
+        """Whether SIGTERM reached any rank: a reduction to rank 0 and a broadcast."""
+        flag = np.array([1 if _stop["requested"] else 0], dtype=np.int64)
+        top = endpoint.reduce(WORLD, flag, "max", 0, "whether SIGTERM came")
+        if endpoint.rank == 0:
+            flag[:] = top
+        endpoint.bcast(WORLD, flag, 0, "whether SIGTERM came")
+        return bool(flag[0])
+
+    def save(self, endpoint, state, me, it: int, records) -> None:
+        """Every rank's state after iteration ``it`` into one checkpoint; then, if SIGTERM
+        came, every rank stops (:class:`Stopped`)."""
+        state.step("writing a checkpoint")
+        mine = dict(me.state())
+        mine["endpoint/sent"] = np.frombuffer(json.dumps(
+            {str(k): v for k, v in endpoint.sent_by_iteration.items()}).encode(), dtype=np.uint8)
+        states = endpoint.gather_bytes(ckpt.pack(mine), "this rank's state for the checkpoint")
+        path = ""
+        if endpoint.rank == 0:
+            c, setup = self.config, self.setup
+            header = {"fingerprint": ckpt.fingerprint(c, setup.G, setup.schemes, endpoint.size),
+                      "scheme_index": self.index, "scheme": c.schemes[self.index],
+                      "next_iteration": it + 1, "ranks": endpoint.size,
+                      "reports": self.done, "records": records or []}
+            path = ckpt.write(c.checkpoint, header, states)
+        if self.stop_agreed(endpoint):
+            raise Stopped(path, state.where_iteration())
+
+
+def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=None,
+               saved=None):
+    """Run the iterations of one scheme; rank 0 returns its report. ``saved``: this
+    rank's state and (rank 0) the records so far, from the checkpoint being resumed."""
     config, G = setup.config, setup.G
     rank = endpoint.rank
     H, K = G.shape
     state.step("building the learner", scheme=scheme.name, iteration=None)
     learner = learner_for(config, K, setup.tasks)
     job = Job(G, learner, flat=config.flat)
-    role, index = role_of(rank, H)
-    me = scheme.part(role, job, make_net(endpoint, G, config.downlink), index)
+    role, index_in_role = role_of(rank, H)
+    me = scheme.part(role, job, make_net(endpoint, G, config.downlink), index_in_role)
+    start, records = 0, []
+    if saved is not None:
+        start, mine, records = saved
+        endpoint.sent_by_iteration = {int(k): v for k, v in json.loads(
+            bytes(mine.pop("endpoint/sent")).decode()).items()}
+        me.load_state(mine)
     state.step("warm-up (JIT compilation)")
     learner.warm_up()                  # JIT compilation stays out of every timed phase
     run = run_free if scheme.barrier_free else run_steps
-    iterations = run(scheme, me, endpoint, state, config)
+    saver = Saver(config, setup, index, done or [])
+    iterations = run(scheme, me, endpoint, state, config, saver, start, records)
     state.step("final checks (model digests, test errors)", iteration=None)
     digest, delivered = checks.model_digests(endpoint, me, K)
     accuracy = checks.gather_accuracy(endpoint, me, K) if learner.evaluates else None
@@ -335,9 +446,11 @@ def run_scheme(scheme, setup: JobSetup, endpoint, state):
     return report
 
 
-def run_steps(scheme, me, endpoint, state, config: JobConfig):
-    """The iterations of a scheme with steps; bytes and IV digests checked after each.
-    Rank 0 returns the records.
+def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start: int = 0,
+              records=None):
+    """The iterations ``start``.. of a scheme with steps; bytes and IV digests checked after
+    each, a checkpoint where ``saver`` says. Rank 0 returns the records (``records``: those
+    of the iterations before ``start``, from a checkpoint).
 
     ``--sync iteration`` (default): a barrier starts and ends every iteration, and the
     steps in between run back to back, each rank going on as soon as its own part of
@@ -360,8 +473,8 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig):
     steps = [(key, step) for key, step in scheme.steps
              if not (config.flat and step in USER_STEPS)]
     by_phase = config.sync == "phase"
-    iterations = []
-    for it in range(config.iterations):
+    iterations = list(records or [])
+    for it in range(start, config.iterations):
         state.step("start of the iteration", iteration=it)
         endpoint.reset_counters()
         ends = np.zeros(len(steps) + 1)          # each step's end, then the iteration's
@@ -406,20 +519,26 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig):
             if rank == 0 and not config.quiet:
                 print(f"[{scheme.name}] iteration {it + 1}: mean test error "
                       f"{acc['mean_test_error']:.4f}", flush=True)
+        if saver is not None and saver.due(endpoint, it):
+            saver.save(endpoint, state, me, it, iterations)
     return iterations
 
 
-def run_free(scheme, me, endpoint, state, config: JobConfig):
-    """The iterations of a barrier-free scheme (stragglers must not hold anybody up): every
-    rank calls its part's ``iterate(it)`` and moves on as soon as it can. Times come from
-    the server's clock (the part's own records) and, for the users' local work, from the
-    users'; bytes are logged per iteration on every rank and summed after the last one,
-    once every late message has been drained. Rank 0 returns the records."""
+def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: int = 0,
+             records=None):
+    """The iterations ``start``.. of a barrier-free scheme (stragglers must not hold anybody
+    up): every rank calls its part's ``iterate(it)`` and moves on as soon as it can. Times
+    come from the server's clock (the part's own records) and, for the users' local work,
+    from the users'; bytes are logged per iteration on every rank and summed after the last
+    one, once every late message has been drained. A checkpoint (``saver``) drains the
+    late messages and takes a barrier first; SIGTERM is agreed on only there, so a
+    barrier-free run stops at its next checkpoint. Rank 0 returns the records."""
     rank, n = endpoint.rank, config.iterations
-    endpoint.reset_counters()
+    if start == 0:
+        endpoint.reset_counters()
     endpoint.barrier(WORLD, "start of the run")
     me.start()
-    for it in range(n):
+    for it in range(start, n):
         state.step("its iteration (no barriers)", iteration=it)
         endpoint.iteration = it
         if config.inject_fault and config.inject_fault[:2] == (rank, it):
@@ -427,6 +546,12 @@ def run_free(scheme, me, endpoint, state, config: JobConfig):
         me.iterate(it)
         if rank == 0 and not config.quiet:
             print(f"[{scheme.name:>7}] iteration {it + 1}/{n}: {me.progress(it)}", flush=True)
+        if saver is not None and saver.due(endpoint, it, agree=False):
+            endpoint.iteration = None
+            state.step("draining late messages before a checkpoint")
+            me.net.drain("late messages before a checkpoint")
+            endpoint.barrier(WORLD, "every rank before the checkpoint")
+            saver.save(endpoint, state, me, it, None)
     endpoint.iteration = None
     state.step("draining late messages", iteration=None)
     me.net.drain("late messages and pending sends")
@@ -483,10 +608,21 @@ def run_job(config: JobConfig, endpoint, state) -> int:
               f"{loads}", flush=True)
     predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
     reports = []
-    for scheme in schemes:
-        state.step("start of the run", scheme=scheme.name, iteration=None)
-        endpoint.barrier(WORLD, f"start of {scheme.name}")
-        reports.append(run_scheme(scheme, setup, endpoint, state))
+    try:
+        for b, scheme in enumerate(schemes):
+            saved = resumed_state(setup, endpoint, b)
+            if saved == "done":
+                reports.append(setup.resumed[1]["reports"][b] if rank == 0 else None)
+                continue
+            state.step("start of the run", scheme=scheme.name, iteration=None)
+            endpoint.barrier(WORLD, f"start of {scheme.name}")
+            reports.append(run_scheme(scheme, setup, endpoint, state, b,
+                                      [r for r in reports if r is not None], saved))
+    except Stopped as stop:
+        if rank == 0:
+            sys.stderr.write(f"hmtl_mpi: terminated by SIGTERM {stop.where}; checkpoint "
+                             f"{stop.path} written: resume with --resume {config.checkpoint}\n")
+        return EXIT_TERMINATED
     state.step("summary and report", scheme=None, iteration=None)
     if rank == 0:
         finish(config, setup, reports, predicted, oversubscribed, endpoint, state)
@@ -498,6 +634,23 @@ def run_job(config: JobConfig, endpoint, state) -> int:
                          f"ended with different models (lossless check failed)\n")
         return EXIT_CHECK_FAILED
     return 0
+
+
+def resumed_state(setup: JobSetup, endpoint, b: int):
+    """With ``--resume``: "done" for a scheme the checkpoint had finished; for the scheme it
+    stopped in, (next iteration, this rank's state, rank 0's records so far), each rank's
+    state scattered from rank 0; None otherwise."""
+    if setup.resume_at is None or b > setup.resume_at[0]:
+        return None
+    if b < setup.resume_at[0]:
+        return "done"
+    chunks = None
+    if endpoint.rank == 0:
+        chunks = [np.asarray(s, dtype=np.uint8) for s in setup.resumed[2]]
+    mine = endpoint.scatter_arrays(WORLD, chunks, 0, "this rank's state from the checkpoint",
+                                   dtype=np.uint8)
+    records = setup.resumed[1]["records"] if endpoint.rank == 0 else []
+    return setup.resume_at[1], ckpt.unpack(mine), records
 
 
 def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -> None:
@@ -529,13 +682,23 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
 
 # --- entry points -----------------------------------------------------------------------------
 
+# SIGTERM under --checkpoint: a plain flag, set by the signal handler (which can come twice,
+# from the launcher and from the watcher: a lock taken in a handler could deadlock there)
+_stop = {"requested": False}
+_checkpointing = False
+
+
 def _terminate(signum, frame):
-    """SIGTERM: Slurm's preemption and time limit, ``kill``, or this rank's watcher gone."""
+    """SIGTERM: Slurm's preemption and time limit, ``kill``, or this rank's watcher gone.
+    With ``--checkpoint`` the job stops at its next checkpoint, which it writes at once."""
     if orphaned():
         sys.stderr.write(f"hmtl_mpi: rank {_launcher_rank()}'s watcher process was killed; "
                          f"the rank ends too\n")
         sys.stderr.flush()
         os._exit(EXIT_TERMINATED)
+    if _checkpointing:
+        _stop["requested"] = True
+        return
     raise Terminated()
 
 
@@ -568,6 +731,8 @@ def main(argv=None, page=None) -> int:
         config, exit_code = parse_job_args(argv, rank, world.Get_size())
         if config is None:
             return exit_code
+        global _checkpointing
+        _checkpointing = bool(config.checkpoint)
         timeout = config.timeout
         return run_job(config, MpiEndpoint(world, config.timeout, control, state), state)
     except BaseException as exc:   # noqa: BLE001 - any failure on any rank ends the whole job
@@ -591,16 +756,21 @@ def run_inprocess(config: JobConfig) -> int:
         return EXIT_BAD_INPUT
     size = ranks_needed(*G.shape, config.flat)
     fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT))
+    global _checkpointing
+    _checkpointing = bool(config.checkpoint)
+    signal.signal(signal.SIGTERM, _terminate)
     states = [RankState(r) for r in range(size)]
 
     def rank_job(r):
         return run_job(config, InProcessEndpoint(fabric, r, config.timeout, states[r]), states[r])
     try:
         codes = fabric.run(rank_job)
-    except KeyboardInterrupt:
-        sys.stderr.write("hmtl_mpi: interrupted (Ctrl-C)\n")
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        sys.stderr.write(f"hmtl_mpi: {'terminated by SIGTERM' if terminated else 'interrupted (Ctrl-C)'}"
+                         f" in one process (--transport inprocess)\n")
         _cleanup(states)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BaseException as exc:   # noqa: BLE001 - named with its rank, once
         r = getattr(exc, "rank", 0)
         state = states[r]

@@ -323,6 +323,14 @@ class GradientLearner:
         """The all-zero model (float64, ``dim``)."""
         return np.zeros(self.dim)
 
+    def state(self) -> dict:
+        """The model and the number of updates applied (checkpoints)."""
+        return {"model": self.model, "iteration": np.array(self.iteration)}
+
+    def load_state(self, state: dict) -> None:
+        self.model = np.array(state["model"], dtype=np.float64)
+        self.iteration = int(state["iteration"])
+
     def _W(self, model) -> np.ndarray:
         model = np.asarray(model, dtype=np.float64)
         if model.shape != (self.dim,):

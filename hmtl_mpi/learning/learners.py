@@ -11,8 +11,9 @@ true, and are sent only then), ``initial_model(k)``, ``local_update(k, iteration
 ``ivs`` is K x dim in user order; on every relay in the coded scheme, on the
 server in the uncoded one), ``evaluates`` (whether test errors and baselines
 mean anything), ``warm_up()`` (one-time compilation, before any
-timed phase), ``test_error(k, model)`` (float or None) and ``baselines()``
-(dict, may be empty).
+timed phase), ``test_error(k, model)`` (float or None), ``baselines()``
+(dict, may be empty), and ``state()`` / ``load_state(state)``: everything that
+changes while training, as a dict of arrays, put back bit for bit (checkpoints).
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class CommunicationLearner:
     def baselines(self) -> dict:
         return {}
 
+    def state(self) -> dict:
+        """What changes while training (checkpoints): nothing, unless a subclass says."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Put back what :meth:`state` returned."""
+
 
 class SyntheticLearner(CommunicationLearner):
     """Random IVs and a fixed mixing global update, for communication work.
@@ -77,6 +85,12 @@ class SyntheticLearner(CommunicationLearner):
         self.W += ivs
         self.W += 0.1 * ivs.mean(axis=0)
         return self.W.copy()
+
+    def state(self) -> dict:
+        return {} if self.W is None else {"W": self.W}
+
+    def load_state(self, state: dict) -> None:
+        self.W = np.array(state["W"], dtype=np.float64) if "W" in state else None
 
 
 class FixedIVLearner(CommunicationLearner):

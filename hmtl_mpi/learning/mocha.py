@@ -91,16 +91,17 @@ would refresh once in 150 rounds and never within a 40-iteration run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
 from .datasets import Task
-import hashlib
-import json
-import os
-import warnings
 
 __all__ = [
     "LAMBDA_GRID",
@@ -448,6 +449,36 @@ class MochaLearner:
         self._last_iteration: dict[int, int] = {}
         self._baselines: dict | None = None
 
+    # -- explicit state (checkpoints) ---------------------------------------
+    def state(self) -> dict:
+        """Everything that changes while training, as arrays: the global state (W, Sigma,
+        rho) and, per user held here, its dual variables, its permutation stream and the
+        last iteration it ran. :meth:`load_state` puts it back bit for bit."""
+        out = {"W": self.W, "Sigma": self.Sigma, "rho": np.array(self.rho)}
+        for k, alpha in self.alphas.items():
+            out[f"alpha/{k}"] = alpha
+        for k, rng in self._rngs.items():
+            out[f"rng/{k}"] = np.frombuffer(json.dumps(rng.bit_generator.state).encode(),
+                                            dtype=np.uint8)
+        for k, last in self._last_iteration.items():
+            out[f"last/{k}"] = np.array(last)
+        return out
+
+    def load_state(self, state: dict) -> None:
+        self.W = np.array(state["W"], dtype=np.float64)
+        self.Sigma = np.array(state["Sigma"], dtype=np.float64)
+        self.rho = float(state["rho"])
+        for key, value in state.items():
+            kind, _, k = key.partition("/")
+            if kind == "alpha":
+                self.alphas[int(k)] = np.array(value, dtype=np.float64)
+            elif kind == "rng":
+                rng = np.random.default_rng([self.seed, int(k)])
+                rng.bit_generator.state = json.loads(bytes(value).decode())
+                self._rngs[int(k)] = rng
+            elif kind == "last":
+                self._last_iteration[int(k)] = int(value)
+
     # -- messages ---------------------------------------------------------
     def _message(self, w, sigma_kk, rho):
         msg = np.empty(self.model_len)
@@ -575,6 +606,7 @@ def _fit_svm(X, y, lam):
 
     # local: scikit-learn costs ~0.9 s to import, only for the baselines
     from sklearn.exceptions import ConvergenceWarning
+
     # local: scikit-learn costs ~0.9 s to import, only for the baselines
     from sklearn.svm import LinearSVC
 

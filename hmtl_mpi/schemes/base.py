@@ -91,6 +91,27 @@ class Part:
     def start(self) -> None:
         """Barrier-free schemes: called once every rank is ready, before iteration 0."""
 
+    # explicit state (checkpoints): what this side carries from one iteration to the next
+    def state(self) -> dict:
+        """This rank's learner state and the part's own (:meth:`own_state`), as arrays."""
+        out = {f"learner/{key}": value for key, value in self.job.learner.state().items()}
+        out.update(self.own_state())
+        return out
+
+    def load_state(self, state: dict) -> None:
+        """Put back what :meth:`state` returned (a job resumed from a checkpoint)."""
+        self.job.learner.load_state({key[len("learner/"):]: value for key, value in state.items()
+                                     if key.startswith("learner/")})
+        self.load_own_state({key: value for key, value in state.items()
+                             if not key.startswith("learner/")})
+
+    def own_state(self) -> dict:
+        """The part's own state between iterations (beyond its learner's): none here."""
+        return {}
+
+    def load_own_state(self, state: dict) -> None:
+        """Put back what :meth:`own_state` returned."""
+
 
 class UserPart(Part):
     """User k (hierarchical layout): local update (eq. 2), IV up, model down."""
@@ -124,6 +145,12 @@ class UserPart(Part):
 
     def models_in_use(self):
         return {self.k: self.model}
+
+    def own_state(self):
+        return {"model": self.model}
+
+    def load_own_state(self, state):
+        self.model = np.array(state["model"], dtype=np.float64)
 
 
 class RelayPart(Part):
@@ -172,6 +199,15 @@ class RelayPart(Part):
 
     def models_in_use(self):
         return dict(self.models_here) if self.job.flat else {}
+
+    def own_state(self):
+        if not self.job.flat:
+            return {}
+        return {f"model/{k}": model for k, model in self.models_here.items()}
+
+    def load_own_state(self, state):
+        for key, model in state.items():
+            self.models_here[int(key.partition("/")[2])] = np.array(model, dtype=np.float64)
 
 
 class ServerPart(Part):

@@ -30,6 +30,7 @@ time is the server's clock from one model sent to the next.
 from __future__ import annotations
 
 import hashlib
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -90,6 +91,13 @@ class GradWorker(Part):
     def models_in_use(self):
         return {self.k: self.model}
 
+    def own_state(self):
+        return {"model": self.model, "compute_s": np.array(self.compute_s)}
+
+    def load_own_state(self, state):
+        self.model = np.array(state["model"], dtype=np.float64)
+        self.compute_s = [float(x) for x in state["compute_s"]]
+
 
 class GradEdge(Part):
     """A relay: the first ``m_i - s_w`` of its workers decoded into one vector up; the model
@@ -122,6 +130,12 @@ class GradEdge(Part):
         self.model = self.net.recv_from_server((self.job.dim,), down_tag(it))
         self.net.isend_to_users(self.model, self.users, down_tag(it))
 
+    def own_state(self):
+        return {"model": self.model}
+
+    def load_own_state(self, state):
+        self.model = np.array(state["model"], dtype=np.float64)
+
 
 class GradMaster(Part):
     """The server: the first ``n - s_e`` arrivals decoded into the exact gradient sum, the
@@ -134,7 +148,7 @@ class GradMaster(Part):
         self.model = job.learner.initial_model()
         self.seconds = []
         self.accuracy = []
-        self.digest = hashlib.sha256()
+        self.digest = bytes(32)          # a chain: sha256(previous || this iteration's sum)
         self.last = None
 
     def start(self):
@@ -154,7 +168,7 @@ class GradMaster(Part):
         t1 = self.net.clock()
         total = gradcode.from_field(gradcode.field_combine(
             code.master_decoder([e for e, _ in got]), np.stack([buf for _, buf in got])))
-        self.digest.update(total.tobytes())
+        self.digest = hashlib.sha256(self.digest + total.tobytes()).digest()
         t2 = self.net.clock()
         self.model = job.learner.update(it, total)
         t3 = self.net.clock()
@@ -177,7 +191,18 @@ class GradMaster(Part):
         return np.broadcast_to(self.model, (self.job.K, self.model.size))
 
     def results(self) -> dict:
-        return {"test_accuracy": self.accuracy, "gradient_digest": self.digest.hexdigest()}
+        return {"test_accuracy": self.accuracy, "gradient_digest": self.digest.hex()}
+
+    def own_state(self):
+        seconds = np.frombuffer(json.dumps(self.seconds).encode(), dtype=np.uint8)
+        return {"model": self.model, "seconds": seconds, "accuracy": np.array(self.accuracy),
+                "digest": np.frombuffer(self.digest, dtype=np.uint8)}
+
+    def load_own_state(self, state):
+        self.model = np.array(state["model"], dtype=np.float64)
+        self.seconds = json.loads(bytes(state["seconds"]).decode())
+        self.accuracy = [float(x) for x in state["accuracy"]]
+        self.digest = bytes(state["digest"])
 
 
 class GradientScheme(Scheme):

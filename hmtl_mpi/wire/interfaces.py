@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..vocabulary import LINK_CLASSES
+from ..vocabulary import LINK_CLASSES, TAG_STATE, WORLD
 
 
 class PhaseTimeout(RuntimeError):
@@ -149,9 +149,9 @@ class Endpoint(ABC):
         return buf
 
     def scatter_arrays(self, group: str, chunks: list | None, root: int, what: str,
-                       timeout: float | None = None) -> np.ndarray:
-        """Member m gets the root's ``chunks[m]`` (1-D float64 arrays of any lengths): one
-        scatter of the lengths, one of the data."""
+                       timeout: float | None = None, dtype=np.float64) -> np.ndarray:
+        """Member m gets the root's ``chunks[m]`` (1-D arrays of ``dtype``, any lengths):
+        one scatter of the lengths, one of the data."""
         mine = np.zeros(1, dtype=np.int64)
         counts = displs = send = None
         if self.rank == root:
@@ -160,11 +160,23 @@ class Endpoint(ABC):
             self.scatterv(group, lengths, counts, displs, mine, root, what, timeout)
             counts = [int(c) for c in lengths]
             displs = [int(d) for d in np.cumsum([0] + counts[:-1])]
-            send = np.concatenate([np.asarray(c, dtype=np.float64) for c in chunks])
+            send = np.concatenate([np.asarray(c, dtype=dtype).reshape(-1) for c in chunks])
         else:
             self.scatterv(group, None, None, None, mine, root, what, timeout)
-        out = np.empty(int(mine[0]))
+        out = np.empty(int(mine[0]), dtype=dtype)
         self.scatterv(group, send, counts, displs, out, root, what, timeout)
+        return out
+
+    def gather_bytes(self, buf: np.ndarray, what: str) -> list | None:
+        """Every rank's uint8 buffer (any length) on rank 0, in rank order (None elsewhere):
+        one gather of the lengths, then one message each (not counted in any link class)."""
+        buf = np.ascontiguousarray(buf, dtype=np.uint8).reshape(-1)
+        sizes = self.gather(WORLD, np.array([buf.size], dtype=np.int64), 0, what)
+        if self.rank != 0:
+            self.wait(self.isend(0, buf, TAG_STATE, None), what)
+            return None
+        out = [buf] + [np.empty(int(sizes[r, 0]), dtype=np.uint8) for r in range(1, self.size)]
+        self.wait([self.irecv(r, out[r], TAG_STATE) for r in range(1, self.size)], what)
         return out
 
     def inject(self, kind: str) -> None:

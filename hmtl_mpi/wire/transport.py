@@ -28,16 +28,26 @@ uncaught Python exception would leave the other ranks blocked: docs/network.md).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
 from mpi4py import MPI
 
-from ..vocabulary import (RELAY, RELAYS, SERVER, UPLINK, USER, WORLD, position_in_group,
-                          relay_rank, role_of, user_rank)
+from ..vocabulary import (
+    RELAY,
+    RELAYS,
+    SERVER,
+    UPLINK,
+    USER,
+    WORLD,
+    position_in_group,
+    relay_rank,
+    role_of,
+    user_rank,
+)
 from .interfaces import Endpoint, PhaseTimeout
-import os
-import signal
 
 # Polling: between two tests a waiting rank sleeps a fraction of the time it has
 # already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
