@@ -488,6 +488,7 @@ def run_job(args, world, state, control) -> int:
     if rank == 0:
         state.pages = {r: tuple(int(x) for x in where[r]) for r in range(world.Get_size())}
         link_kind = describe_links([decode_record(h) for h in hosts])
+        rank_hosts = [decode_record(h).get("hostname") for h in hosts]
     # rank 0 chose lambda (--cv), the local update's kernel (--local-kernel auto) and
     # knows the data's number of features
     from .mocha import KERNELS
@@ -551,6 +552,7 @@ def run_job(args, world, state, control) -> int:
             payload["cores"] = os.cpu_count()
             payload["topology"] = str(args.topology)
             payload["links"] = link_kind
+            payload["rank_hosts"] = rank_hosts
             write_report(args.report, payload)
             print(f"report written to {args.report}", flush=True)
     state.step("end of the job")
