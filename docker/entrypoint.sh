@@ -26,13 +26,16 @@
 #   server: W2 on eth0 egress and W2 on eth0 ingress (via ifb); one W2 shared
 #           by all relays, as the paper's shared relay<->server link
 #   relay:  unshaped
+#   host:   HMTL_RATE on eth0 egress and ingress: a whole machine's link, for the
+#           Slurm nodes of launch/slurm-cluster (several ranks of any role per node)
 # Needs cap_add: [NET_ADMIN]; ingress also needs the host's ifb module
 # (modprobe ifb on the Docker host).  If ifb is missing, only egress is shaped
 # and a warning says so.
 #
 # Environment:
-#   HMTL_ROLE          server | relay | user
+#   HMTL_ROLE          server | relay | user (| host: only for 'shape', see above)
 #   HMTL_W1, HMTL_W2   link rates (default none = unshaped)
+#   HMTL_RATE          the link rate of role host (default none)
 #   HMTL_RELAYS        H (default 5), HMTL_USERS: K (default 10)
 #   HMTL_HOSTS         optional: all host names in rank order, space separated
 #                      (default: server relay1..relayH user1..userK)
@@ -99,7 +102,8 @@ shape() {
         server) rate="$HMTL_W2" ;;
         user)   rate="$HMTL_W1" ;;
         relay)  log "relay: links unshaped"; return 0 ;;
-        *)      die "HMTL_ROLE must be server, relay or user (got '${HMTL_ROLE}')" ;;
+        host)   rate="${HMTL_RATE:-none}" ;;
+        *)      die "HMTL_ROLE must be server, relay, user or host (got '${HMTL_ROLE}')" ;;
     esac
     if is_unshaped "$rate"; then log "$HMTL_ROLE: rate '$rate': unshaped"; return 0; fi
     local burst; burst="$(burst_for "$rate")" || die "bad rate '$rate'"

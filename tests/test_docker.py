@@ -1,22 +1,20 @@
-"""The container path for real: docker/build-base, docker/Dockerfile, docker-compose.yml
+"""The container path for real: docker/build-base, docker/Dockerfile, docker/compose-gen
 and docker/run, built and run end to end on a Docker engine.
 
 What the test needs and does:
 
-- a Docker engine: the one already answering on the default socket, else Debian's
-  ``docker.io`` (installed with apt-get when missing, as root) started here as a process
-  of our own on a private socket (``dockerd --bridge=none --iptables=false``: no
-  ``docker0``, no iptables rules, so stopping it leaves nothing in the host's network)
-  and stopped again by its PID at the end;
-- ``docker-compose`` (Debian's compose v1, installed likewise; ``docker compose`` v2 is
-  used instead when the plugin exists) and ``debootstrap``;
-- the base image ``hmtl_mpi-base:bookworm`` from docker/build-base, built offline from
-  Debian's packages.  It is a CACHE: kept after the test (about 170 MB) so later runs
-  skip the ~1.5 minute debootstrap; ``docker rmi hmtl_mpi-base:bookworm`` removes it;
-- then builds the project image under a name of its own, runs paper-fig2 (uncoded and
-  coded in one job) in 16 containers, checks the report, runs a job that fails and
-  checks that the teardown happened anyway, and removes every container, network and
-  image layer it created (all but the cached base), also when something fails.
+- a Docker engine and the base image ``hmtl_mpi-base:bookworm`` (docker/build-base,
+  built offline from Debian's packages): the session fixtures of tests/conftest.py,
+  which start a dockerd when none answers (installing Debian's ``docker.io``,
+  ``docker-compose`` and ``debootstrap`` as root when missing) and keep the base as a
+  cache;
+- the project image under a name of this session (``project_image``, built once for
+  the session; docker/run here rebuilds it from cached layers in seconds);
+- then runs paper-fig2 (uncoded and coded in one job) in 16 containers, a topology
+  from a .npy file (H = 3, K = 6) in 10 containers, a job that fails, and bad topology
+  arguments, checks the reports and that every run left no container and no network;
+  the session removes its images and build layers (all but the cached base) at its
+  end, also when something fails.
 
 Skipped, with the reason, only where that is impossible: not root, no apt-get to install
 the engine, or dockerd does not start.
@@ -25,183 +23,27 @@ the engine, or dockerd does not start.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from host_util import apt_install, sh
+from host_util import PROJECT, REPO, sh
 
-REPO = Path(__file__).resolve().parent.parent
-BUILD_BASE = REPO / "docker" / "build-base"
 RUN = REPO / "docker" / "run"
-BASE_IMAGE = "hmtl_mpi-base:bookworm"
-TAG = "%d-%d" % (os.getpid(), int(time.time()))
-IMAGE = "hmtl_mpi:test-" + TAG
-PROJECT = "hmtl_test_" + TAG.replace("-", "_")
+COMPOSE_GEN = REPO / "docker" / "compose-gen"
 SUBNET = "10.77.251.0/24"      # not docker-compose.yml's default: a user's run may be up
 
-# setup on a fresh machine (apt, base image) counts towards the first test's time
+# setup on a fresh machine (apt, base image, project image) counts towards the first
+# test's time
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 
-
-
-class Engine:
-    """A Docker engine to talk to: the running one, or a dockerd started (and stopped) here."""
-
-    def __init__(self):
-        self.env = dict(os.environ)
-        self.proc = None
-        self.tmp = None
-        self.build_network = "default"
-        self.run_docker_existed = True
-
-    def docker(self, *args, timeout=120, check=False):
-        return sh(["docker", *args], timeout=timeout, check=check, env=self.env)
-
-    def answers(self):
-        try:
-            return self.docker("info", timeout=30).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
-    def start(self):
-        """Returns None when an engine answers, else the reason none can."""
-        if shutil.which("docker") and self.answers():
-            return None
-        need = [pkg for pkg, tool in (("docker.io", "dockerd"), ("docker-compose", "docker-compose"),
-                                      ("debootstrap", "debootstrap"))
-                if not shutil.which(tool)]
-        if need:
-            why = apt_install(need)
-            if why:
-                return why
-        if not shutil.which("dockerd") or not shutil.which("docker"):
-            return "docker.io installed but dockerd/docker not found"
-        # dockerd makes /run/docker/plugins even with another exec root: remove it after
-        self.run_docker_existed = os.path.exists("/run/docker")
-        # short path: containerd's unix sockets live under the exec root
-        self.tmp = tempfile.mkdtemp(prefix="hmtl-dockerd-", dir="/tmp")
-        sock = os.path.join(self.tmp, "docker.sock")
-        self.env["DOCKER_HOST"] = "unix://" + sock
-        self.build_network = "host"     # --bridge=none: build steps use the host's network
-        log = open(os.path.join(self.tmp, "dockerd.log"), "w")
-        self.proc = subprocess.Popen(
-            ["dockerd", "--host", "unix://" + sock, "--exec-root", os.path.join(self.tmp, "exec"),
-             "--pidfile", os.path.join(self.tmp, "dockerd.pid"),
-             "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if os.path.exists(sock) and self.answers():
-                return None
-            time.sleep(0.5)
-        tail = Path(self.tmp, "dockerd.log").read_text(errors="replace")[-1500:]
-        self.stop()
-        return "dockerd did not start:\n" + tail
-
-    def stop(self):
-        """Stop the dockerd started here (by its PID), and its containerd with it."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(timeout=30)
-            self.proc = None
-        if self.tmp:
-            # netns bind mounts and the like under the exec root, if dockerd left any
-            mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                      if line.split()[1].startswith(self.tmp + "/")]
-            for m in sorted(mounts, reverse=True):
-                sh(["umount", "-l", m], timeout=30)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-            if not self.run_docker_existed:
-                for d in ("/run/docker/plugins", "/run/docker"):
-                    try:
-                        os.rmdir(d)          # only if empty: never anything of others
-                    except OSError:
-                        pass
-
-
-def ids(engine, *args):
-    res = engine.docker(*args, "--no-trunc", "-q", timeout=60, check=True)
-    return set(res.stdout.split())
-
-
-@pytest.fixture(scope="module")
-def engine():
-    eng = Engine()
-    why = eng.start()
-    if why:
-        pytest.skip(why)
-    before_images = ids(eng, "images", "-a")
-    before_containers = ids(eng, "ps", "-a")
-    base_id = None
-    try:
-        t0 = time.monotonic()
-        res = sh([str(BUILD_BASE)], timeout=900, env=eng.env)
-        assert res.returncode == 0, "docker/build-base failed:\n" + res.stderr[-3000:]
-        print("base image %s ready in %.0f s" % (BASE_IMAGE, time.monotonic() - t0))
-        base_id = eng.docker("image", "inspect", "-f", "{{.Id}}", BASE_IMAGE,
-                             check=True).stdout.strip()
-        yield eng
-    finally:
-        try:
-            cleanup(eng, before_images, before_containers, keep={base_id})
-        finally:
-            eng.stop()
-
-
-def cleanup(eng, before_images, before_containers, keep):
-    """Remove what this module made: containers, networks, images (not the cached base)."""
-    compose = compose_cmd()
-    if compose:
-        sh([*compose, "-f", str(REPO / "docker" / "docker-compose.yml"), "-p", PROJECT,
-            "down", "-v", "--remove-orphans", "--timeout", "5"], timeout=180, env=eng.env)
-    new_containers = ids(eng, "ps", "-a") - before_containers
-    if new_containers:
-        eng.docker("rm", "-f", "-v", *new_containers, timeout=180)
-    nets = eng.docker("network", "ls", "-q", "--filter",
-                      "label=com.docker.compose.project=" + PROJECT, timeout=60).stdout.split()
-    if nets:
-        eng.docker("network", "rm", *nets, timeout=60)
-    eng.docker("rmi", "-f", IMAGE, timeout=180)
-    # intermediate layers of the build (and of any failed one), newest first
-    left = ids(eng, "images", "-a") - before_images - {k for k in keep if k}
-    for _ in range(3):
-        if not left:
-            break
-        for img in list(left):
-            if eng.docker("rmi", img, timeout=120).returncode == 0:
-                left.discard(img)
-        left &= ids(eng, "images", "-a")
-
-
-def compose_cmd():
-    if sh(["docker", "compose", "version"], timeout=30).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
-
-
-def run_job(eng, out: Path, *args, build=True, timeout=1200):
-    env = dict(eng.env, HMTL_BASE=BASE_IMAGE, HMTL_IMAGE=IMAGE, HMTL_PROJECT=PROJECT,
-               HMTL_SUBNET=SUBNET, HMTL_OUT=str(out), HMTL_BUILD_NETWORK=eng.build_network,
-               HMTL_W1="50mbit", HMTL_W2="100mbit", MPIEXEC_TIMEOUT="300",
-               HMTL_DOWN_TIMEOUT="5")
+def run_job(eng, out: Path, *args, build=False, timeout=1200):
+    """docker/run ARGS for this session's image and compose project; (result, seconds)."""
+    env = eng.build_env(HMTL_PROJECT=PROJECT, HMTL_SUBNET=SUBNET, HMTL_OUT=str(out),
+                        HMTL_W1="50mbit", HMTL_W2="100mbit", MPIEXEC_TIMEOUT="300",
+                        HMTL_DOWN_TIMEOUT="5")
     if not build:
         env["HMTL_NO_BUILD"] = "1"
     t0 = time.monotonic()
@@ -214,11 +56,35 @@ def assert_nothing_left(eng):
     assert ps.stdout.split() == [], "containers left: %s" % ps.stdout
     nets = eng.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert not [n for n in nets if n.startswith(PROJECT)], "networks left: %s" % nets
+    vols = eng.docker("volume", "ls", "-q", "--filter",
+                      "label=com.docker.compose.project=" + PROJECT).stdout.split()
+    assert vols == [], "volumes left: %s" % vols
 
 
-def test_compose_runs_coded_and_uncoded_with_equal_models(engine, tmp_path):
-    res, seconds = run_job(engine, tmp_path, "--scheme", "uncoded,coded", "--iterations", "3")
-    print("build + 16 containers + job + teardown: %.0f s" % seconds)
+def assert_loads_as_planned(report):
+    """Every run's measured loads (IVs per iteration, relay->server and server->relay)
+    are the plan's or at most 0.05 IV above it (length headers, escaped coded
+    symbols), never below."""
+    for name, run in report["runs"].items():
+        for link in ("uplink", "downlink"):
+            planned, measured = run["planned_loads"][link], run["measured_loads"][link]
+            assert planned - 1e-9 <= measured <= planned + 0.05, (name, link, planned, measured)
+
+
+def test_compose_gen_makes_the_committed_paper_fig2_project():
+    # docker/docker-compose.yml is docker/compose-gen's paper-fig2 output, kept for
+    # running compose by hand: the two must not drift apart
+    res = sh([COMPOSE_GEN], timeout=30, check=True)
+    assert res.stdout == (REPO / "docker" / "docker-compose.yml").read_text()
+    bad = sh([COMPOSE_GEN, "--relays", "0"], timeout=30)
+    assert bad.returncode == 2 and "--relays must be a positive integer" in bad.stderr
+
+
+def test_compose_runs_coded_and_uncoded_with_equal_models(docker_engine, project_image, tmp_path):
+    # build=True: docker/run's own build, from the session image's cached layers
+    res, seconds = run_job(docker_engine, tmp_path, "--scheme", "uncoded,coded",
+                           "--iterations", "3", build=True)
+    print("build (cached) + 16 containers + job + teardown: %.0f s" % seconds)
     log = res.stdout + res.stderr
     assert res.returncode == 0, "docker/run failed (%d):\n%s" % (res.returncode, log[-6000:])
     # every container shaped its link as its role says
@@ -227,6 +93,8 @@ def test_compose_runs_coded_and_uncoded_with_equal_models(engine, tmp_path):
     assert log.count("relay: links unshaped") == 5
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["ranks"] == 16 and (report["H"], report["K"]) == (5, 10)
+    assert report["rank_hosts"] == (["server"] + ["relay%d" % i for i in range(1, 6)]
+                                    + ["user%d" % i for i in range(1, 11)])
     coded, uncoded = report["runs"]["coded"], report["runs"]["uncoded"]
     # the planner's loads, in IVs per iteration (Example 1 / Theorem 1 of the paper)
     assert coded["planned_loads"] == {"uplink": 8.5, "downlink": 7.0}
@@ -240,17 +108,73 @@ def test_compose_runs_coded_and_uncoded_with_equal_models(engine, tmp_path):
     assert coded["ivs_bit_exact"] and uncoded["ivs_bit_exact"]
     assert coded["model_digest"] == uncoded["model_digest"]
     assert report["model_digests_equal"] is True
-    assert_nothing_left(engine)
+    assert_nothing_left(docker_engine)
 
 
-def test_failing_job_is_torn_down_too(engine, tmp_path):
-    # the image is there from the test above when run in order; else build it
-    build = engine.docker("image", "inspect", IMAGE).returncode != 0
-    res, seconds = run_job(engine, tmp_path, "--topology", "no-such-topology", build=build)
+def test_compose_runs_a_topology_file(docker_engine, project_image, tmp_path):
+    # a random G with H = 3 relays, K = 6 users (r = 2), made by the project's generator
+    topo = tmp_path / "random-h3-k6.npy"
+    sh([sys.executable, "-m", "hmtl_mpi.topology", "random", "--relays", "3", "--users", "6",
+        "--r", "2", "--seed", "1", "-o", topo], timeout=120, check=True, cwd=REPO)
+    plan = json.loads(sh([sys.executable, "-m", "hmtl_mpi.plan", "--topology", topo, "--json"],
+                         timeout=300, check=True, cwd=REPO).stdout)
+    assert (plan["H"], plan["K"]) == (3, 6)
+    out = tmp_path / "out"
+    res, seconds = run_job(docker_engine, out, "--topology", str(topo), "--scheme", "both",
+                           "--iterations", "3")
+    print("10 containers (H = 3, K = 6) + job + teardown: %.0f s" % seconds)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, "docker/run failed (%d):\n%s" % (res.returncode, log[-6000:])
+    assert "H = 3 relays, K = 6 users: 10 containers" in log
+    assert "server: eth0 shaped to 100mbit both ways" in log
+    assert log.count("user: eth0 shaped to 50mbit both ways") == 6
+    assert log.count("relay: links unshaped") == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["ranks"] == 10 and (report["H"], report["K"]) == (3, 6)
+    # the file reached the containers (bind-mounted where the job reads it)
+    assert report["topology"] == "/etc/hmtl/topology.npy"
+    assert report["rank_hosts"] == ["server", "relay1", "relay2", "relay3"] + \
+        ["user%d" % i for i in range(1, 7)]
+    coded, uncoded = report["runs"]["coded"], report["runs"]["uncoded"]
+    # the plan's loads, as the planner prints them on this machine
+    assert coded["planned_loads"] == {"uplink": plan["uplink_load"],
+                                      "downlink": plan["downlink_load"]}
+    assert uncoded["planned_loads"] == {"uplink": plan["uncoded"]["uplink_load"],
+                                        "downlink": plan["uncoded"]["downlink_load"]}
+    assert_loads_as_planned(report)
+    assert coded["model_digest"] == uncoded["model_digest"]
+    assert report["model_digests_equal"] is True
+    assert_nothing_left(docker_engine)
+
+
+def test_failing_job_is_torn_down_too(docker_engine, project_image, tmp_path):
+    # rank 7 raises in iteration 1: hmtl_mpi's exit code 3 (an exception on a rank)
+    res, seconds = run_job(docker_engine, tmp_path, "--scheme", "uncoded", "--iterations", "3",
+                           "--inject-fault", "7:1")
     print("failing job + teardown: %.0f s" % seconds)
     log = res.stdout + res.stderr
-    assert res.returncode != 0, log[-3000:]
-    assert "job exit status %d" % res.returncode in log
+    assert res.returncode == 3, "expected the job's exit code 3 (%d):\n%s" % (
+        res.returncode, log[-3000:])
+    assert "job exit status 3" in log
     assert "tearing down" in log
     assert not (tmp_path / "report.json").exists()
-    assert_nothing_left(engine)
+    assert_nothing_left(docker_engine)
+
+
+@pytest.mark.parametrize("topology, message", [
+    ("no-such-topology", "no-such-topology: no such topology file (built-in names:"),
+    ("missing/g.npy", "--topology missing/g.npy: no such file"),
+    ("not-npy", "not a .npy file"),
+])
+def test_bad_topology_is_refused_before_any_container(docker_engine, project_image, tmp_path,
+                                                      topology, message):
+    if topology == "not-npy":
+        topology = str(tmp_path / "g.npy")
+        Path(topology).write_text("0 1\n1 0\n")
+    res, seconds = run_job(docker_engine, tmp_path, "--topology", topology, timeout=300)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert err and err[-1].startswith("docker/run: error: --topology") and message in err[-1], err
+    assert "Traceback" not in res.stderr
+    assert "job:" not in res.stderr          # no container of the job was started
+    assert_nothing_left(docker_engine)

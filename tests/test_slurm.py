@@ -10,6 +10,14 @@ the script does), free ports, state, spool, logs and pid files.  ``munged``,
 ``slurmctld`` and ``slurmd`` are processes of this test, stopped by their PIDs at the
 end, also when a test fails.  Skipped, with the reason, only where the daemons cannot be
 installed or started (not root, no apt-get, a daemon that does not come up).
+
+Many nodes (``test_multinode_...``, markers ``slurm`` and ``docker``): launch/slurm-cluster
+starts a controller and 3 compute nodes as containers (the session's Docker engine and
+project image from tests/conftest.py; the Slurm image is built on it), the job is
+submitted with ``sbatch --wait --nodes=3`` inside the controller, and the report must show
+the ranks on 3 nodes, equal digests and the planned loads.  ``slurm-cluster down`` runs
+at the end whatever happened (twice: it must be idempotent), and no container, network,
+volume, state folder or Slurm/munge daemon may be left.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
-from host_util import apt_install, sh
+from host_util import SLURM_LABEL, apt_install, sh
 
 REPO = Path(__file__).resolve().parent.parent
 SBATCH = REPO / "launch" / "slurm.sbatch"
@@ -298,3 +306,118 @@ def test_sbatch_passes_the_exit_code_through(cluster, tmp_path, launcher):
         extra=["--export=ALL,HMTL_LAUNCHER=%s" % launcher])
     print("failing job (%s): %.1f s, exit %d" % (launcher, seconds, rc))
     assert rc == 3, "expected the job's own exit code 3, got %d:\n%s" % (rc, log[-4000:])
+
+
+# --- many nodes: the container cluster of launch/slurm-cluster ----------------------------
+
+SLURM_CLUSTER = REPO / "launch" / "slurm-cluster"
+CLUSTER_NAME = "test%d" % os.getpid()
+CLUSTER_SUBNET = "10.77.253.0/24"   # not slurm-cluster's default: a user's cluster may be up
+SLURM_DAEMONS = ("slurmctld", "slurmd", "slurmstepd", "munged")
+
+
+def daemon_pids():
+    """PIDs of Slurm and munge daemons on this machine (those in containers included)."""
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/comm" % pid) as f:
+                if f.read().strip() in SLURM_DAEMONS:
+                    pids.add(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def cluster_cmd(engine, *args, timeout):
+    res = sh([SLURM_CLUSTER, *args], timeout=timeout, env=engine.build_env())
+    return res, res.stdout + res.stderr
+
+
+def assert_cluster_gone(engine, shared, daemons_before):
+    label = "label=%s=%s" % (SLURM_LABEL, CLUSTER_NAME)
+    left = {what: engine.docker(*cmd, "-q", "--filter", label, timeout=60).stdout.split()
+            for what, cmd in (("containers", ("ps", "-a")), ("networks", ("network", "ls")),
+                              ("volumes", ("volume", "ls")))}
+    assert left == {"containers": [], "networks": [], "volumes": []}, left
+    state = Path(tempfile.gettempdir()) / ("hmtl-slurm-cluster-" + CLUSTER_NAME)
+    assert not state.exists(), "state folder left: %s" % state
+    assert not (shared / "launch").exists(), "launch/ mount point left in %s" % shared
+    # the daemons ran in the containers; none of them may outlive them
+    deadline = time.monotonic() + 30
+    while (daemon_pids() - daemons_before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not daemon_pids() - daemons_before, "daemons left: %s" % (daemon_pids() - daemons_before)
+
+
+@pytest.fixture
+def container_cluster(docker_engine, project_image, tmp_path):
+    """`launch/slurm-cluster up --nodes 3`; `down` at the end whatever happened (again
+    after the test's own `down`: it must be idempotent), then nothing may be left."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    daemons_before = daemon_pids()
+    try:
+        t0 = time.monotonic()
+        res, log = cluster_cmd(docker_engine, "up", "--nodes", "3", "--name", CLUSTER_NAME,
+                               "--subnet", CLUSTER_SUBNET, "--shared", shared, "--rate", "100mbit",
+                               timeout=1500)
+        print("slurm-cluster up (image build included): %.0f s" % (time.monotonic() - t0))
+        assert res.returncode == 0, "slurm-cluster up failed (%d):\n%s" % (res.returncode, log[-6000:])
+        yield docker_engine, shared, daemons_before
+    finally:
+        res, log = cluster_cmd(docker_engine, "down", "--name", CLUSTER_NAME, timeout=300)
+        assert res.returncode == 0, log
+        assert_cluster_gone(docker_engine, shared, daemons_before)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(1800)     # on a fresh machine the first test builds the base and images
+def test_multinode_sbatch_spreads_the_ranks_over_three_nodes(container_cluster):
+    engine, shared, daemons_before = container_cluster
+    label = "label=%s=%s" % (SLURM_LABEL, CLUSTER_NAME)
+    names = engine.docker("ps", "--filter", label, "--format", "{{.Names}}", timeout=60).stdout.split()
+    assert sorted(names) == ["hmtl-slurm-%s-%s" % (CLUSTER_NAME, n) for n in ("c1", "c2", "c3", "ctl")]
+    logs = engine.docker("logs", "hmtl-slurm-%s-c2" % CLUSTER_NAME, timeout=60)
+    assert "host: eth0 shaped to 100mbit both ways" in logs.stdout + logs.stderr
+
+    def submit(*job):
+        t0 = time.monotonic()
+        res, log = cluster_cmd(engine, "submit", "--name", CLUSTER_NAME, "--nodes", "3",
+                               "--time", "10", "--", *job, timeout=900)
+        print("sbatch --wait --nodes=3 %s: %.0f s" % (" ".join(job), time.monotonic() - t0))
+        assert res.returncode == 0, "job failed (%d):\n%s" % (res.returncode, log[-6000:])
+        assert "sbatch --wait --parsable --nodes=3 --time=10" in log
+        return log
+
+    # paper-fig2: its N = 16 is the script's own --ntasks
+    log = submit("--topology", "paper-fig2", "--scheme", "both", "--iterations", "3",
+                 "--report", "report.json")
+    report = json.loads((shared / "report.json").read_text())
+    hosts = report["rank_hosts"]
+    assert len(hosts) == report["ranks"] == 16
+    assert len(set(hosts)) >= 3 and set(hosts) <= {"c1", "c2", "c3"}, hosts
+    assert hosts[0] == "c1"                            # block distribution: the server first
+    assert "Slurm job" in report["links"] and "3 containers" in report["links"], report["links"]
+    coded, uncoded = report["runs"]["coded"], report["runs"]["uncoded"]
+    assert coded["planned_loads"] == {"uplink": 8.5, "downlink": 7.0}
+    for run in (coded, uncoded):
+        for link in ("uplink", "downlink"):
+            planned, measured = run["planned_loads"][link], run["measured_loads"][link]
+            assert planned - 1e-9 <= measured <= planned + 0.05, (run["scheme"], link, measured)
+    assert coded["model_digest"] == uncoded["model_digest"]
+    assert report["model_digests_equal"] is True
+
+    # example-a (N = 8) with --nodes=3 alone: the script starts N tasks in the 16-task
+    # allocation (srun -n 8 -N 3 --overcommit)
+    log = submit("--topology", "example-a", "--scheme", "both", "--iterations", "3",
+                 "--report", "report-a.json")
+    assert "srun --mpi=pmi2 -n 8 -N 3 --overcommit" in log
+    report = json.loads((shared / "report-a.json").read_text())
+    assert report["ranks"] == 8 and len(set(report["rank_hosts"])) == 3, report["rank_hosts"]
+    assert report["model_digests_equal"] is True
+
+    # down by the test itself (the fixture downs again: idempotent), then nothing is left
+    res, log = cluster_cmd(engine, "down", "--name", CLUSTER_NAME, timeout=300)
+    assert res.returncode == 0 and "removed" in log, log
+    assert_cluster_gone(engine, shared, daemons_before)
