@@ -276,6 +276,60 @@ def submit(cluster, tmp_path, *job_args, timeout=600, extra=()):
     return proc.returncode, text + stderr, seconds
 
 
+def job_state(cluster, job: str) -> dict:
+    res = sh(["scontrol", "show", "job", "-o", job], timeout=30, env=cluster.env)
+    return dict(kv.split("=", 1) for kv in res.stdout.split() if "=" in kv)
+
+
+def test_sigterm_checkpoints_requeues_and_resumes(cluster, tmp_path):
+    """SIGTERM to the job step (what --signal=TERM@120 sends before a time limit, and
+    preemption sends): the ranks checkpoint and stop with 143, the script requeues the
+    job, which resumes from the checkpoint and ends with the models of an uninterrupted
+    run; the job's own checkpoint folder is gone afterwards."""
+    out, report = tmp_path / "job.out", tmp_path / "report.json"
+    options = ["--scheme", "coded", "--dataset", "synthetic", "--dim", "20000",
+               "--iterations", "60", "--checkpoint-every", "1000"]
+    env = dict(cluster.env, HMTL_PYTHON=sys.executable, PYTHONPATH=str(REPO))
+    res = sh(["sbatch", "--parsable", "--ntasks=16", "--time=10", "--output=%s" % out,
+              "--chdir=%s" % tmp_path, str(SBATCH), *options, "--report", str(report)],
+             timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if out.exists() and "iteration 5/60" in out.read_text(errors="replace"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the job did not start its iterations:\n" + (
+                out.read_text(errors="replace") if out.exists() else "no output"))
+        assert sh(["scancel", "--signal=TERM", job], timeout=30, env=env).returncode == 0
+        deadline = time.monotonic() + 300
+        state = {}
+        while time.monotonic() < deadline:
+            state = job_state(cluster, job)
+            if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+                break
+            time.sleep(1)
+    finally:
+        if job_state(cluster, job).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED",
+                                                          "TIMEOUT"):
+            sh(["scancel", job], timeout=30, env=env)
+    log = out.read_text(errors="replace")
+    assert state.get("JobState") == "COMPLETED" and state.get("Restarts") == "1", (state, log[-4000:])
+    assert "terminated by SIGTERM in iteration" in log and "requeueing job" in log, log[-4000:]
+    assert "resuming from the newest checkpoint" in log, log[-4000:]
+    reference = subprocess.run([sys.executable, "-m", "hmtl_mpi", "--transport", "inprocess",
+                                "--quiet", *options, "--report", str(tmp_path / "ref.json")],
+                               capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert reference.returncode == 0, reference.stderr
+    got, ref = json.loads(report.read_text()), json.loads((tmp_path / "ref.json").read_text())
+    assert got["model_digest"] == ref["model_digest"] and len(got["iterations"]) == 60
+    assert not (tmp_path / "hmtl-checkpoints").exists()
+
+
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
 def test_sbatch_runs_coded_and_uncoded(cluster, tmp_path, launcher):
     report = tmp_path / "report.json"
