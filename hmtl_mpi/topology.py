@@ -98,7 +98,10 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    print(f"wrote {out}\n{describe(G)}")
+    try:
+        print(f"wrote {out}\n{describe(G)}")
+    except BrokenPipeError:                    # e.g. piped into head: not an error of ours
+        sys.stderr.close()
     return 0
 
 
