@@ -148,18 +148,25 @@ def _rank_process(mark: str, rank: int) -> int:
     raise AssertionError(f"rank {rank}'s process not found")
 
 
-def test_kill_9_from_outside_names_that_rank(small):
+def _kill_while_iterating(small, victim):
+    """Start a long job, and once it iterates SIGKILL the process ``victim(mark)`` names;
+    returns (the mpiexec process, its stderr, seconds from the kill to its end, mark)."""
     mark = uuid.uuid4().hex
     proc = _start(6, "--topology", str(small), "--dataset", "synthetic", "--iterations", "100000",
                   mark=mark)
     try:
         _wait_for_iterations(proc)
-        os.kill(_rank_process(mark, 5), signal.SIGKILL)
+        os.kill(victim(mark), signal.SIGKILL)
         killed = time.monotonic()
         _, err = proc.communicate(timeout=30)
         took = time.monotonic() - killed
     finally:
         proc.kill()
+    return proc, err, took, mark
+
+
+def test_kill_9_from_outside_names_that_rank(small):
+    proc, err, took, mark = _kill_while_iterating(small, lambda mark: _rank_process(mark, 5))
     assert proc.returncode != 0
     ours = _our_lines(err)
     assert len(ours) == 1 and ours[0].startswith("hmtl_mpi: rank 5 (user 3) was killed by signal 9 "
@@ -176,17 +183,8 @@ def _parent(pid: int) -> int:
 def test_killing_a_ranks_watcher_ends_the_job_with_no_orphan(small):
     """The first of a rank's two processes (its watcher) killed: the rank goes with it
     (parent-death signal), says so, and mpiexec ends instead of waiting for an orphan."""
-    mark = uuid.uuid4().hex
-    proc = _start(6, "--topology", str(small), "--dataset", "synthetic", "--iterations", "100000",
-                  mark=mark)
-    try:
-        _wait_for_iterations(proc)
-        os.kill(_parent(_rank_process(mark, 4)), signal.SIGKILL)
-        killed = time.monotonic()
-        _, err = proc.communicate(timeout=30)
-        took = time.monotonic() - killed
-    finally:
-        proc.kill()
+    proc, err, took, mark = _kill_while_iterating(
+        small, lambda mark: _parent(_rank_process(mark, 4)))
     assert proc.returncode != 0
     assert _our_lines(err) == ["hmtl_mpi: rank 4's watcher process was killed; the rank ends too"], err
     assert took < 10, f"{took:.1f} s"
