@@ -224,12 +224,27 @@ def test_cleanup_removes_leftovers_of_dead_runs():
     ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1"],   # no command
     ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "9", "--", "true"],
     ["--bogus"],
+    # --cut RANK:AFTER:SECONDS and --loss PCT
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--cut", "4:1:1", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--cut=-1:1:1", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--cut", "3:-1:1", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--cut", "3:1:x", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--cut", "3:1", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--loss", "100", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--loss", "-1", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--loss", "x", "--", "true"],
 ])
 def test_bad_options_exit_2(args):
     res = subprocess.run([str(NETNS_RUN)] + args, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2, res.stderr
     assert "netns-run" in res.stderr
+    assert "Traceback" not in res.stderr
+    for i, a in enumerate(args):   # a bad --cut/--loss: the message names the value
+        opt, eq, value = a.partition("=")
+        if opt in ("--cut", "--loss"):
+            value = value if eq else args[i + 1]
+            assert "%s %r" % (opt, value) in res.stderr, res.stderr
 
 
 def test_help_explains_roles_and_env():
@@ -273,4 +288,49 @@ def test_hmtl_job_on_the_emulated_network(tmp_path):
     payload = 2 * iv * (1.5 + 1.0 + 3 + 3)
     server_link = json.loads(counters.read_text())["server_link"]
     assert server_link["rx_bytes"] + server_link["tx_bytes"] >= payload
+    assert_no_namespaces_of(pid)
+
+
+def _cut_job(tmp_path, cut, timeout):
+    """A small HMTL job (H = 3, K = 3: 7 ranks, users 4..6) with --cut."""
+    import numpy as np
+
+    from hmtl_mpi.planning.topology import symmetric
+
+    gpath = tmp_path / "g.npy"
+    np.save(gpath, symmetric(3, 2, 1))
+    report = tmp_path / "r.json"
+    t0 = time.monotonic()
+    rc, out, err, pid = netns_run(
+        ["--w1", "100mbit", "--w2", "100mbit", "-n", "7", "--cut", cut, "--",
+         sys.executable, "-m", "hmtl_mpi", "--topology", str(gpath), "--dataset", "synthetic",
+         "--dim", "20000", "--iterations", "40", "--quiet", "--timeout", str(timeout),
+         "--report", str(report)], timeout=120)
+    return rc, out, err, pid, report, time.monotonic() - t0
+
+
+@pytest.mark.netns
+@needs_netns
+def test_short_cut_of_a_users_link_loses_nothing(tmp_path):
+    rc, out, err, pid, report, wall = _cut_job(tmp_path, "5:3:2", timeout=20)
+    assert rc == 0, out + err
+    assert "netns-run: cut rank 5's link at 3.0 s" in err, err
+    assert "netns-run: restored rank 5's link at 5.0 s" in err, err
+    data = json.loads(report.read_text())
+    assert data["model_digests_equal"] is True
+    for run in data["runs"].values():
+        assert run["ivs_bit_exact"] and run["models_delivered_intact"]
+    assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_long_cut_of_a_users_link_names_that_rank(tmp_path):
+    rc, out, err, pid, report, wall = _cut_job(tmp_path, "5:7:300", timeout=5)
+    assert rc == 4, out + err
+    assert "netns-run: cut rank 5's link at 7.0 s" in err, err
+    assert "restored" not in err, err          # the job ended first; no step after it
+    lines = [l for l in (out + err).splitlines() if l.startswith("hmtl_mpi:")]
+    assert lines and "rank 5 (user " in lines[-1], out + err
+    assert wall < 60, wall
     assert_no_namespaces_of(pid)
