@@ -83,7 +83,7 @@ def tasks_of_rank(rank: int, G: np.ndarray, flat: bool) -> list:
 # --- message tags (docs/wire.md) ----------------------------------------------------------
 
 # the failure layer's own communicator (hmtl_mpi.job.failures)
-TAG_REPORT, TAG_STATUS_REQUEST, TAG_STATUS_REPLY = 1, 2, 3
+TAG_REPORT, TAG_STATUS_REQUEST, TAG_STATUS_REPLY, TAG_HELLO = 1, 2, 3, 4
 # the multi-task exchange: IVs up, models down, coded uplink blocks
 TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100          # uplink: TAG_UPLINK + block index
 # the link probe's ping-pongs (hmtl_mpi.wire.probe)

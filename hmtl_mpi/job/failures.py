@@ -50,8 +50,8 @@ import traceback
 
 import numpy as np
 
-from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED, TAG_REPORT, TAG_STATUS_REPLY,
-                          TAG_STATUS_REQUEST)
+from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED, TAG_HELLO,
+                          TAG_REPORT, TAG_STATUS_REPLY, TAG_STATUS_REQUEST)
 from ..wire.interfaces import PhaseTimeout
 from .supervisor import drain_stderr, host_key, read_page_of
 
@@ -190,6 +190,32 @@ class Control:
         self._status = MPI.Status()
         self._ping = np.zeros(1, dtype=np.int64)
         self._sends = []             # (request, buffer): buffers stay alive until sent
+        self._connect()
+
+    def _connect(self, limit: float = 60.0) -> None:
+        """Open the connections between rank 0 and every rank now, while every link is up.
+
+        MPICH over TCP opens a connection with the first message to a peer, and an
+        ``Isend`` that must connect to a peer it cannot reach blocks (measured on the
+        emulated cluster: rank 0's status request to a rank whose link was cut hung in
+        ``Isend``, and another rank then named rank 0). One message each way at start-up
+        makes every later status request and report a send on an open connection."""
+        if self.size == 1:
+            return
+        MPI = self.MPI
+        peers = range(1, self.size) if self.rank == 0 else [0]
+        out = [np.zeros(1, dtype=np.int64) for _ in peers]
+        back = [np.empty(1, dtype=np.int64) for _ in peers]
+        reqs = [self.comm.Irecv(b, source=p, tag=TAG_HELLO) for b, p in zip(back, peers)]
+        reqs += [self.comm.Isend(b, dest=p, tag=TAG_HELLO) for b, p in zip(out, peers)]
+        deadline = time.monotonic() + limit
+        while not MPI.Request.Testall(reqs):
+            if time.monotonic() > deadline:      # the job's own waits will name who is gone
+                for r in reqs:
+                    if r != MPI.REQUEST_NULL:
+                        r.Cancel()
+                return
+            time.sleep(0.001)
 
     def _send(self, dest: int, tag: int, buf: np.ndarray) -> None:
         self._sends = [(r, b) for r, b in self._sends if not r.Test()]
