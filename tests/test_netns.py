@@ -334,3 +334,21 @@ def test_long_cut_of_a_users_link_names_that_rank(tmp_path):
     assert lines and "rank 5 (user " in lines[-1], out + err
     assert wall < 60, wall
     assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_long_cut_on_paper_fig2_names_the_cut_rank_not_the_server(tmp_path):
+    """16 ranks: rank 0's first status request to the cut rank used to open a TCP
+    connection and block in Isend, and another rank then named rank 0; the failure layer
+    now opens rank 0's connections at start-up."""
+    t0 = time.monotonic()
+    rc, out, err, pid = netns_run(
+        ["--w1", "100mbit", "--w2", "100mbit", "-n", "16", "--cut", "9:8:300", "--",
+         sys.executable, "-m", "hmtl_mpi", "--dataset", "synthetic", "--dim", "20000",
+         "--iterations", "200", "--quiet", "--timeout", "5"], timeout=150)
+    assert rc == 4, out + err
+    lines = [line for line in (out + err).splitlines() if line.startswith("hmtl_mpi:")]
+    assert lines and lines[-1].startswith("hmtl_mpi: rank 9 (user 4) stopped answering"), out + err
+    assert time.monotonic() - t0 < 100
+    assert_no_namespaces_of(pid)
