@@ -66,7 +66,7 @@ class Coded(CodedExchange):
         return [round_layout(planned.G, rnd) for rnd in planned.rounds]
 
     def plan_dict(self):
-        return dict(self.planned.to_dict(), scheme=self.name)
+        return dict(self.planned.to_dict(), scheme=self.name, **self.code_fields())
 
     def format_plan(self):
-        return hplan.format_plan(self.planned)
+        return hplan.format_plan(self.planned) + "\n" + self.format_code()
