@@ -340,3 +340,25 @@ def test_plan_cli_says_which_construction():
                            "--scheme", "joint", "--code", "structured"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "does not cover this plan" in proc.stderr
+
+
+def test_segments_follow_increasing_relay_order():
+    """round_layout's segments, vectorised, against the definition (docs/scheme.md,
+    "Segments"): the relays of k with a_i > 0 take consecutive units in increasing order."""
+    from hmtl_mpi.schemes.coded import round_layout
+    rng = np.random.default_rng(8)
+    for G in [paper_fig2(), MULTI_UNIT_G] + [random_topology(rng) for _ in range(25)]:
+        plan = make_plan(validate(G))
+        for rnd in plan.rounds:
+            layout = round_layout(plan.G, rnd)
+            units = rnd.units
+            for c, k in enumerate(rnd.users):
+                start = 0
+                for i in range(plan.H):
+                    if plan.G[i, k] and units[i] > 0:
+                        rows = layout.rows[i]
+                        assert [start] == rows[rows[:, 0] == c, 1].tolist(), (rnd.z, k, i)
+                        start += units[i]
+                assert start >= rnd.D
+            for i in range(plan.H):
+                assert np.all(np.diff(layout.rows[i][:, 0]) > 0)
