@@ -8,6 +8,7 @@ awkward bit patterns and checks that every relay recovers every IV bit for bit.
 
     python -m hmtl_mpi.plan --topology PATH_OR_NAME [--json]
     python -m hmtl_mpi.plan --topology PATH_OR_NAME --verify --dim D [--seed S] [--json]
+    python -m hmtl_mpi.plan --topology PATH_OR_NAME --code {auto,structured,random} [--json]
 
 The planners themselves live in :mod:`hmtl_mpi.planning`.
 """
@@ -59,6 +60,10 @@ def main(argv=None) -> int:
                              "straggler pattern of its code")
     parser.add_argument("--dim", type=int, default=1000, help="with --verify: float64 values per IV")
     parser.add_argument("--seed", type=int, default=0, help="with --verify: coefficient seed")
+    parser.add_argument("--code", choices=("auto", "structured", "random"), default="auto",
+                        help="coded schemes: how the code is built (default auto: structured, "
+                             "decodable by construction, where it covers the plan, else random "
+                             "and verified; docs/codes.md)")
     args = parser.parse_args(argv)
     if args.max_denominator is not None and args.max_denominator < 1:
         parser.error(f"--max-denominator must be at least 1, got {args.max_denominator}")
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
         G = load_topology(args.topology)
         scheme = get(args.scheme, args.workload).plan(
             G, seed=args.seed, max_denominator=args.max_denominator, stragglers=args.stragglers,
-            partitions=args.partitions or G.shape[1], straggle=args.straggle)
+            partitions=args.partitions or G.shape[1], straggle=args.straggle,
+            construction=args.code)
     except (TopologyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

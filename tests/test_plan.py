@@ -363,3 +363,33 @@ def test_plan_cli_invalid_topology_in_process(tmp_path, capsys):
     assert main(["--topology", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "relay 1 is linked to all 2 users" in err
+
+
+# --- scale: the same plan from relay sets, pair counts and sparse LPs ---------------------
+
+@pytest.mark.parametrize("K,H,r,seed", [(600, 60, 3, 0), (400, 40, 2, 1), (300, 12, 5, 2)])
+def test_plan_at_larger_scale_from_the_definitions(K, H, r, seed, monkeypatch):
+    """Pair counts over the users' relay sets (H >> z) and one sparse constraint per
+    distinct relay set give the definitions' n_i^z, min |N_i ∩ I_z| and LP optimum; the
+    dense product gives the same counts."""
+    G = random_regular(K, H, r, seed=seed)
+    p = make_plan(G)
+    check_plan(G, p)
+    check_lp_optimal(G, p)
+    monkeypatch.setattr(plan_mod, "PAIR_COUNT_FACTOR", 10 ** 9)      # force the dense product
+    dense = make_plan(G)
+    for a, b in zip(p.rounds, dense.rounds):
+        assert np.array_equal(a.n, b.n) and a.min_known == b.min_known and a.alpha == b.alpha
+
+
+def test_relay_sets_and_their_distinct_rows():
+    G = validate(np.array([[1, 0, 1, 1, 0], [1, 1, 0, 1, 1], [0, 1, 1, 0, 1]], dtype=np.uint8))
+    ptr, rel = plan_mod.user_relays(G)
+    assert [rel[ptr[k]: ptr[k + 1]].tolist() for k in range(5)] == \
+        [[0, 1], [1, 2], [0, 2], [0, 1], [1, 2]]
+    sets = np.array([[0, 1], [1, 2], [0, 2], [0, 1], [1, 2]])
+    assert plan_mod.distinct_sets(sets, 3).tolist() == [[0, 1], [0, 2], [1, 2]]
+    wide = np.array([[0, 5, 9], [0, 5, 9], [1, 2, 3]])               # 3 log2(H) > 62: rows
+    assert plan_mod.distinct_sets(wide, 2 ** 21).tolist() == [[0, 5, 9], [1, 2, 3]]
+    assert exact_alpha(np.full(3, 0.5), np.array([1, 1, 1]), None, 1.5,
+                       sets=plan_mod.distinct_sets(sets, 3)) == [F(1, 2)] * 3

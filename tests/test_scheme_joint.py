@@ -327,8 +327,19 @@ def test_too_many_relays_refused():
     with pytest.raises(JointPlanError) as err:
         make_joint_plan(G)
     msg = str(err.value)
-    assert "16" in msg and "17" in msg and "2^H" in msg
+    assert "16" in msg and "17" in msg and "2^H = 131072" in msg
     assert isinstance(err.value, ValueError)
+
+
+def test_far_too_many_relays_refused_at_once():
+    """H = 1,000 (the coded scheme's scale): refused with the limit, before any work."""
+    rng = np.random.default_rng(1)
+    G = np.zeros((1000, 3000), dtype=np.uint8)
+    G[rng.integers(0, 1000, size=3000), np.arange(3000)] = 1
+    G[np.arange(1000), np.arange(1000)] = 1
+    with pytest.raises(JointPlanError, match=r"H = 1000 relays is more than the joint "
+                                             r"planner's limit of 16.*2\^H = 1.07e\+301"):
+        make_joint_plan(G)
 
 
 def test_user_without_relay_refused():

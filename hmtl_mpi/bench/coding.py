@@ -77,6 +77,11 @@ print(json.dumps({"import_coding_s": t1 - t0, "first_combine_s": t1b - t1,
 """
 
 
+def message_units(blk) -> int:
+    """Units of all uplink messages of a block (the broadcast's inputs)."""
+    return int(np.dot(blk.messages, blk.width))
+
+
 _CPU_TIMES: list = []   # CPU seconds of the last _median_time, by call
 
 
@@ -163,7 +168,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
 
     def relay_input(i, code=code):   # bytes of the input rows relay i combines, all blocks
         return sum(len(blk.rows[i]) * int(blk.width[i]) * coding.unit_symbols(dim, blk.F) * 2
-                   for blk in code.blocks if blk.uplink_coeffs[i].shape[0])
+                   for blk in code.blocks if blk.messages[i])
     enc_relay = max(range(code.H), key=relay_input)
     measure("relay_encode", f"relay_encode relay {enc_relay + 1}", relay_input(enc_relay) / MB,
             lambda: coding.relay_encode(code, enc_relay, relay_ivs[enc_relay]))
@@ -174,17 +179,20 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     msgs = {i: uplinks[i][r_comb] for i in range(code.H)}
     comb_mb = sum(m.nbytes for m in msgs.values() if m is not None) / MB
     rc = code.blocks[r_comb]
-    measure("combine", f"server_combine {rc.label} ({rc.R}x{rc.downlink_coeffs.shape[1]})",
+    measure("combine", f"server_combine {rc.label} ({rc.R}x{message_units(rc)})",
             comb_mb, lambda: coding.server_combine(code, r_comb, msgs, dim))
     downlinks = [coding.server_combine(code, r, {i: uplinks[i][r] for i in range(code.H)}, dim)
                  for r in range(len(code.blocks))]
 
-    def decode_input(code, i):   # bytes relay i's decoding matrices read, all blocks
+    def decode_input(code, i):   # bytes relay i's decoders read, all blocks
         total, shapes = 0, []
         for blk in code.blocks:
-            if blk.decode_matrix[i].shape[0]:
-                total += blk.decode_matrix[i].shape[1] * coding.unit_symbols(dim, blk.F) * 2
-                shapes.append(list(blk.decode_matrix[i].shape))
+            read = blk.decode_symbols(code.G, i, dim)
+            if read:
+                u = coding.unit_symbols(dim, blk.F)
+                total += read * 2
+                unknown = blk.F * int((code.G[i, blk.users] == 0).sum())
+                shapes.append([unknown, read // u])    # units decoded x units read
         return total, shapes
     dec_relay = max(range(code.H), key=lambda i: decode_input(code, i)[0])
     dec_bytes, dec_shapes = decode_input(code, dec_relay)
@@ -207,7 +215,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
             lambda: coding.relay_encode(code_j, enc_j, relay_ivs[enc_j]))
     msgs_j = {i: up_j[i][0] for i in range(code_j.H)}
     blk_j = code_j.blocks[0]
-    measure("joint_combine", f"joint server_combine ({blk_j.R}x{blk_j.downlink_coeffs.shape[1]})",
+    measure("joint_combine", f"joint server_combine ({blk_j.R}x{message_units(blk_j)})",
             sum(m.nbytes for m in msgs_j.values() if m is not None) / MB,
             lambda: coding.server_combine(code_j, 0, msgs_j, dim))
     down_j = [coding.server_combine(code_j, 0, msgs_j, dim)]

@@ -119,6 +119,9 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     correction ``coeffs[:, row] * 65536`` in their column, and each chunk is
     reduced with ``y - p * floor(y / p)`` while it is in cache. Results equal to
     65536 are written as 0 and their flat positions in ``out`` returned (uint32).
+    An ``out`` of dtype uint32 gets plain field elements 0..p-1 instead (no escapes;
+    ``rows`` may then be uint32 too, holding 65536 itself): the form the structured
+    code (:mod:`hmtl_mpi.codes.structured`) computes in between wire buffers.
 
     Exactness of the reduction: for integers 0 <= y < 2^53, ``floor(y * fl(1/p))``
     equals floor(y / p). fl(1/p) is below 1/p by a relative 2.7e-20 (~2^-65),
@@ -135,6 +138,9 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     L = rows.shape[1]
     if out.shape != (r, L):
         raise ValueError(f"out has shape {out.shape}, expected {(r, L)}")
+    wire = out.dtype == SYMBOL_DTYPE
+    if not wire and out.dtype != np.uint32:
+        raise ValueError(f"out must be uint16 (wire form) or uint32 (field elements), got {out.dtype}")
     if c * (P - 1) ** 2 >= 2 ** 53:
         raise ValueError(f"{c} terms per combination would not be exact in float64")
     if r * L >= 2 ** 32:
@@ -174,8 +180,8 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
             yc -= qc
             if yc.max() >= 65536.0:                 # rare (~1/p per symbol): a result of 65536
                 yc[yc >= P] -= P
-                er, ec = np.nonzero(yc == 65536.0)
-                if er.size:
+                er, ec = np.nonzero(yc == 65536.0) if wire else ((), ())
+                if len(er):
                     yc[er, ec] = 0.0
                     found.append(er.astype(np.int64) * L + start + ec)
             np.copyto(out[:, start:stop], yc, casting="unsafe")
@@ -265,7 +271,7 @@ class BlockLayout:
     builds its uplink from ``rows[i]``: one input row per (column c into ``users``,
     first unit f), holding ``width[i]`` consecutive units of ``v_{users[c]}`` from
     unit f on (units at F and beyond are zero padding), and sends ``messages[i]``
-    random combinations of those rows. The server broadcasts
+    combinations of those rows. The server broadcasts
     ``F (|users| - min_i |users ∩ N_i|)`` unit-sized combinations of all message
     units, enough for the relay that knows the fewest IVs of the block.
 
@@ -273,6 +279,11 @@ class BlockLayout:
       segment, ``a_i D_z`` units wide), ``n_i^z`` messages (eq. 26).
     * The joint exchange (docs/joint.md section 3): one block, one row per
       (user, unit) of N_i, width 1, ``F L_i`` messages.
+
+    Two constructions give a layout its coefficients, with the same bytes on the wire:
+    :class:`Block` (random, verified by elimination) and
+    :class:`hmtl_mpi.codes.structured.StructuredBlock` (decodable by construction).
+    Both answer the per-iteration calls ``encode``, ``combine`` and ``decode``.
     """
 
     label: str                   # how messages name the block ("round z = 2", "joint")
@@ -282,10 +293,39 @@ class BlockLayout:
     width: np.ndarray            # per relay: units per input row (H,)
     messages: np.ndarray         # per relay: combinations sent (H,)
 
+    def known(self, G: np.ndarray, i: int) -> np.ndarray:
+        """The block's users relay i knows (N_i ∩ users), increasing."""
+        return self.users[G[i, self.users] == 1]
+
+    def layout(self) -> "BlockLayout":
+        """The bare layout (no coefficients) of this block."""
+        return BlockLayout(label=self.label, F=self.F, users=self.users, rows=self.rows,
+                           width=self.width, messages=self.messages)
+
+    def _layout_arrays(self) -> dict:
+        arrays = {"F": np.array([self.F]),
+                  "label": np.frombuffer(self.label.encode(), dtype=np.uint8)}
+        for name in ("users", "width", "messages"):
+            arrays[name] = getattr(self, name)
+        return arrays
+
+    @staticmethod
+    def _layout_kwargs(get) -> dict:
+        return dict(label=get("label").tobytes().decode(), F=int(get("F")[0]),
+                    users=get("users"), width=get("width"), messages=get("messages"))
+
 
 @dataclass
 class Block(BlockLayout):
-    """A block with its coefficients and every relay's precomputed decoder."""
+    """A block with random coefficients and every relay's precomputed decoder (the
+    random construction: :func:`build_code`).
+
+    Relay i's uplink is ``C_i @ S_i`` (eq. 26), the broadcast ``M @ (message units)``
+    (eq. 31), and relay i decodes with one matrix ``[Inv, -Inv (M E)[rows, known]]``
+    applied to the broadcast rows ``decode_rows[i]`` stacked on its known units.
+    """
+
+    construction = "random"      # (a class attribute, not a field)
 
     uplink_coeffs: list = field(default_factory=list)   # per relay: messages_i x m_i (C_i)
     downlink_coeffs: np.ndarray = None                 # M: R x (message units of all relays)
@@ -297,19 +337,109 @@ class Block(BlockLayout):
         """Downlink combinations (units) of this block."""
         return int(self.downlink_coeffs.shape[0])
 
-    def known(self, G: np.ndarray, i: int) -> np.ndarray:
-        """The block's users relay i knows (N_i ∩ users), increasing."""
-        return self.users[G[i, self.users] == 1]
+    # --- per iteration ---------------------------------------------------------------
+    def encode(self, i: int, ivs: dict, dim: int):
+        """Relay i's uplink (eq. 26) as one wire buffer, or None when it sends nothing."""
+        C = self.uplink_coeffs[i]
+        if C.shape[0] == 0:
+            return None
+        u = unit_symbols(dim, self.F)
+        w = int(self.width[i])
+        rows = self.rows[i]
+        inputs = np.empty((len(rows), w * u), dtype=np.uint16)   # S_i: the input rows
+        for m, (col, first) in enumerate(rows):
+            _copy_symbols(inputs[m], ivs[int(self.users[col])], int(first) * u)
+        return combine_packed(C, inputs)
+
+    def combine(self, messages: dict, dim: int) -> np.ndarray:
+        """The broadcast (eq. 31): every message cut into units (the paper's alpha^z
+        pieces, eq. 30) and the R combinations ``M @ units`` taken."""
+        units, escapes = _message_units(self, messages, dim)
+        return combine_packed(self.downlink_coeffs, units, escapes)
+
+    def decode(self, G: np.ndarray, i: int, ivs: dict, downlink: np.ndarray, dim: int,
+               out: dict) -> None:
+        """Relay i's unknown IVs of the block into ``out`` (user -> IV)."""
+        unknown = [int(k) for k in self.users if not G[i, k]]
+        if not unknown:
+            return
+        u = unit_symbols(dim, self.F)
+        Y, (er, ec) = split_packed(downlink, (self.R, u))
+        rows = np.asarray(self.decode_rows[i], dtype=np.int64)
+        mine = self.known(G, i)
+        stacked = np.empty((len(rows) + len(mine) * self.F, u), dtype=np.uint16)
+        np.take(Y, rows, axis=0, out=stacked[: len(rows)])
+        for m, k in enumerate(mine):               # the known IVs' units, zero-padded
+            block = stacked[len(rows) + m * self.F: len(rows) + (m + 1) * self.F]
+            _copy_symbols(block.reshape(-1), ivs[int(k)], 0)
+        where = np.full(self.R, -1, dtype=np.int64)   # broadcast row -> row of ``stacked``
+        where[rows] = np.arange(len(rows))
+        pos = where[er]
+        hit = pos >= 0
+        x = np.empty((len(unknown) * self.F, u), dtype=np.uint16)
+        bad = combine_mod_p(self.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
+        if bad.size:
+            raise DecodeError(f"relay {i + 1}, {self.label}: decoded a symbol outside "
+                              f"16 bits; the broadcast was corrupted")
+        x = x.reshape(len(unknown), self.F, u)
+        for m, k in enumerate(unknown):
+            out[k] = units_to_iv(x[m], dim)
+
+    def decode_symbols(self, G: np.ndarray, i: int, dim: int) -> int:
+        """Symbols relay i's decoder reads per iteration (broadcast rows + known units)."""
+        m = np.asarray(self.decode_matrix[i])
+        return m.shape[1] * unit_symbols(dim, self.F) if m.shape[0] else 0
+
+    def decode_multiply_adds(self, G: np.ndarray, i: int) -> int:
+        """Multiply-adds of relay i's decoder per symbol position of a unit: one dense
+        matrix, |U_i| x (R rows used + known units)."""
+        return int(np.asarray(self.decode_matrix[i]).size)
+
+    # --- serialisation ---------------------------------------------------------------
+    def arrays(self, H: int) -> dict:
+        arrays = self._layout_arrays()
+        arrays["downlink_coeffs"] = self.downlink_coeffs
+        for i in range(H):
+            arrays[f"in.{i}"] = self.rows[i]
+            arrays[f"C.{i}"] = self.uplink_coeffs[i]
+            arrays[f"rows.{i}"] = self.decode_rows[i]
+            arrays[f"dec.{i}"] = self.decode_matrix[i]
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, get, H: int) -> "Block":
+        return cls(**cls._layout_kwargs(get), rows=[get(f"in.{i}") for i in range(H)],
+                   uplink_coeffs=[get(f"C.{i}") for i in range(H)],
+                   downlink_coeffs=get("downlink_coeffs"),
+                   decode_rows=[get(f"rows.{i}") for i in range(H)],
+                   decode_matrix=[get(f"dec.{i}") for i in range(H)])
+
+
+# The block classes by the name :class:`Code` serialises them under (the structured
+# construction's are read by :func:`hmtl_mpi.codes.structured.load_code`).
+BLOCK_KINDS = {"random": Block}
+
+
+CONSTRUCTIONS = ("structured", "random")
 
 
 @dataclass
 class Code:
-    """A coded exchange for a topology: its blocks, deterministic from (G, layouts, seed)."""
+    """A coded exchange for a topology: its blocks, deterministic from (G, layouts, seed).
+
+    ``construction`` says how its coefficients were made: ``"random"`` (drawn from
+    ``seed``, every relay's decodability verified by elimination: :func:`build_code`) or
+    ``"structured"`` (:mod:`hmtl_mpi.codes.structured`, decodable by construction;
+    ``seed`` is then unused). ``fallback`` says why a structured build was not possible
+    when one was tried and the random code replaced it (empty otherwise).
+    """
 
     G: np.ndarray
     blocks: list = field(default_factory=list)
     seed: int = 0          # the seed of the draw that decodes
     attempts: int = 1      # draws tried (seed, seed+1, ...)
+    construction: str = "random"
+    fallback: str = ""
 
     @property
     def H(self) -> int:
@@ -321,37 +451,55 @@ class Code:
 
     # serialisation: one uint8 buffer, so that one rank builds and Bcasts it
     def to_buffer(self) -> np.ndarray:
-        arrays = {"G": self.G, "meta": np.array([self.seed, self.attempts, len(self.blocks)])}
+        arrays = {"G": self.G, "meta": np.array([self.seed, self.attempts, len(self.blocks)]),
+                  "construction": np.frombuffer(self.construction.encode(), dtype=np.uint8),
+                  "fallback": np.frombuffer(self.fallback.encode(), dtype=np.uint8)}
         for b, blk in enumerate(self.blocks):
-            arrays[f"{b}.F"] = np.array([blk.F])
-            arrays[f"{b}.label"] = np.frombuffer(blk.label.encode(), dtype=np.uint8)
-            for name in ("users", "width", "messages", "downlink_coeffs"):
-                arrays[f"{b}.{name}"] = getattr(blk, name)
-            for i in range(self.H):
-                arrays[f"{b}.in.{i}"] = blk.rows[i]
-                arrays[f"{b}.C.{i}"] = blk.uplink_coeffs[i]
-                arrays[f"{b}.rows.{i}"] = blk.decode_rows[i]
-                arrays[f"{b}.dec.{i}"] = blk.decode_matrix[i]
+            arrays[f"{b}.kind"] = np.frombuffer(blk.construction.encode(), dtype=np.uint8)
+            for name, value in blk.arrays(self.H).items():
+                arrays[f"{b}.{name}"] = value
         out = io.BytesIO()
         np.savez(out, **arrays)
         return np.frombuffer(out.getvalue(), dtype=np.uint8)
 
     @classmethod
-    def from_buffer(cls, buf: np.ndarray) -> "Code":
+    def from_buffer(cls, buf: np.ndarray, kinds: dict = BLOCK_KINDS) -> "Code":
+        """The code of :meth:`to_buffer`; ``kinds`` maps a block kind to its class."""
         data = np.load(io.BytesIO(np.asarray(buf, dtype=np.uint8).tobytes()), allow_pickle=False)
         seed, attempts, nblocks = (int(x) for x in data["meta"])
-        code = cls(G=data["G"], seed=seed, attempts=attempts)
-        H = code.H
+        code = cls(G=data["G"], seed=seed, attempts=attempts,
+                   construction=data["construction"].tobytes().decode(),
+                   fallback=data["fallback"].tobytes().decode())
         for b in range(nblocks):
-            code.blocks.append(Block(
-                label=data[f"{b}.label"].tobytes().decode(), F=int(data[f"{b}.F"][0]),
-                users=data[f"{b}.users"], rows=[data[f"{b}.in.{i}"] for i in range(H)],
-                width=data[f"{b}.width"], messages=data[f"{b}.messages"],
-                uplink_coeffs=[data[f"{b}.C.{i}"] for i in range(H)],
-                downlink_coeffs=data[f"{b}.downlink_coeffs"],
-                decode_rows=[data[f"{b}.rows.{i}"] for i in range(H)],
-                decode_matrix=[data[f"{b}.dec.{i}"] for i in range(H)]))
+            kind = data[f"{b}.kind"].tobytes().decode()
+            if kind not in kinds:
+                raise ValueError(f"a code buffer with a block of kind {kind!r}: read it with "
+                                 f"hmtl_mpi.codes.structured.load_code")
+            code.blocks.append(kinds[kind].from_arrays(
+                lambda name, b=b: data[f"{b}.{name}"], code.H))
         return code
+
+
+def _message_units(blk: BlockLayout, messages: dict, dim: int) -> tuple:
+    """Every relay's uplink payload of a block cut into units, stacked in relay order
+    (relay i, message j, unit s), as uint16 (T, u) with the escapes' (row, column)."""
+    u = unit_symbols(dim, blk.F)
+    payloads, esc_rows, esc_cols = [], [], []
+    offset = 0
+    for i in range(len(blk.rows)):
+        n, w = int(blk.messages[i]), int(blk.width[i])
+        shape = (n, w * u)
+        if n == 0 or w == 0:
+            continue
+        payload, (er, ec) = split_packed(messages[i], shape)
+        payloads.append(payload.reshape(n * w, u))
+        esc_rows.append(offset + er * w + ec // u)
+        esc_cols.append(ec % u)
+        offset += n * w
+    if not payloads:
+        return np.zeros((0, u), np.uint16), None
+    return (np.concatenate(payloads, axis=0),
+            (np.concatenate(esc_rows), np.concatenate(esc_cols)))
 
 
 def _message_unit_map(layout: BlockLayout, C: list) -> np.ndarray:
@@ -374,8 +522,6 @@ def _message_unit_map(layout: BlockLayout, C: list) -> np.ndarray:
                         E[row, col * F + first + s] = C[i][j, m]
                 row += 1
     return E
-
-
 NUMBA_MIN_ELIMINATION = 96 ** 3   # rows x cols x min(rows, cols) from which numba eliminates
 _compiled_rref = None
 
@@ -501,15 +647,13 @@ def downlink_rows(G: np.ndarray, layout: BlockLayout) -> int:
     return layout.F * (len(layout.users) - min_known)
 
 
-def _block(G, layout: BlockLayout, rng, draw) -> Block | None:
-    """Draw one block's coefficients and build its decoders; None if a relay cannot decode."""
+def dense_block(G: np.ndarray, layout: BlockLayout, C: list, M: np.ndarray) -> Block | None:
+    """A :class:`Block` of the given coefficients (C_i per relay, M) with every relay's
+    decoder, found by exact elimination over GF(p); None if some relay cannot decode."""
     H = G.shape[0]
     F = layout.F
     users = layout.users
-    C = [draw(rng, (int(layout.messages[i]), len(layout.rows[i]))) for i in range(H)]
-    E = _message_unit_map(layout, C)
-    M = draw(rng, (downlink_rows(G, layout), E.shape[0]))
-    ME = _matmul_mod_p(M, E)
+    ME = _matmul_mod_p(M, _message_unit_map(layout, C))
     decode_rows, decode_matrix = [], []
     for i in range(H):
         known_cols = np.concatenate([np.arange(c * F, (c + 1) * F)
@@ -532,17 +676,28 @@ def _block(G, layout: BlockLayout, rng, draw) -> Block | None:
                  rows=[np.asarray(r, dtype=np.int64).reshape(-1, 2) for r in layout.rows],
                  width=np.asarray(layout.width, dtype=np.int64),
                  messages=np.asarray(layout.messages, dtype=np.int64),
-                 uplink_coeffs=C, downlink_coeffs=M, decode_rows=decode_rows,
+                 uplink_coeffs=[np.asarray(c, dtype=np.int64) for c in C],
+                 downlink_coeffs=np.asarray(M, dtype=np.int64), decode_rows=decode_rows,
                  decode_matrix=decode_matrix)
+
+
+def _block(G, layout: BlockLayout, rng, draw) -> Block | None:
+    """Draw one block's coefficients and build its decoders; None if a relay cannot decode."""
+    H = G.shape[0]
+    C = [draw(rng, (int(layout.messages[i]), len(layout.rows[i]))) for i in range(H)]
+    total = sum(int(layout.messages[i]) * int(layout.width[i]) for i in range(H))
+    M = draw(rng, (downlink_rows(G, layout), total))
+    return dense_block(G, layout, C, M)
 
 
 def build_code(G: np.ndarray, layouts: list, seed: int = 0, max_attempts: int = 50,
                draw=_draw) -> Code:
-    """Draw and verify the code for a list of block layouts (docs/scheme.md: coefficients
-    chosen once, verified).
+    """Draw and verify the random code for a list of block layouts (docs/scheme.md:
+    coefficients chosen once, verified).
 
     Tries seeds ``seed, seed + 1, ...`` until every relay decodes every block;
-    ``draw(rng, shape)`` makes the coefficients (replaceable for tests).
+    ``draw(rng, shape)`` makes the coefficients (replaceable for tests). The structured
+    construction, tried first by the schemes, is :func:`hmtl_mpi.codes.structured.build_code`.
     """
     G = np.asarray(G, dtype=np.uint8)
     for attempt in range(max_attempts):
@@ -566,21 +721,8 @@ def relay_encode(code: Code, i: int, ivs: dict) -> list:
     ``ivs`` maps user k -> IV for the users relay i knows. Returns a list with one
     entry per block: a packed uint16 buffer, or None when relay i sends nothing.
     """
-    out = []
     dim = next(iter(ivs.values())).size
-    for blk in code.blocks:
-        C = blk.uplink_coeffs[i]
-        if C.shape[0] == 0:
-            out.append(None)
-            continue
-        u = unit_symbols(dim, blk.F)
-        w = int(blk.width[i])
-        rows = blk.rows[i]
-        inputs = np.empty((len(rows), w * u), dtype=np.uint16)   # S_i: the input rows
-        for m, (col, first) in enumerate(rows):
-            _copy_symbols(inputs[m], ivs[int(blk.users[col])], int(first) * u)
-        out.append(combine_packed(C, inputs))
-    return out
+    return [blk.encode(i, ivs, dim) for blk in code.blocks]
 
 
 def uplink_shape(code: Code, b: int, i: int, dim: int) -> tuple:
@@ -597,27 +739,10 @@ def uplink_symbols(code: Code, b: int, i: int, dim: int) -> int:
 def server_combine(code: Code, b: int, messages: dict, dim: int) -> np.ndarray:
     """The server's broadcast for block b (eq. 31): one packed buffer.
 
-    ``messages`` maps relay i -> its packed uplink buffer for that block. Every
-    message is cut into units of u symbols (the paper's alpha^z pieces, eq. 30)
-    and the R combinations ``M @ units`` are taken.
+    ``messages`` maps relay i -> its packed uplink buffer for that block (relays that
+    send nothing may be missing or None).
     """
-    blk = code.blocks[b]
-    u = unit_symbols(dim, blk.F)
-    payloads, esc_rows, esc_cols = [], [], []
-    offset = 0
-    for i in range(code.H):
-        shape = uplink_shape(code, b, i, dim)
-        if shape[0] == 0:
-            continue
-        payload, (er, ec) = split_packed(messages[i], shape)
-        w = int(blk.width[i])
-        payloads.append(payload.reshape(shape[0] * w, u))
-        esc_rows.append(offset + er * w + ec // u)
-        esc_cols.append(ec % u)
-        offset += shape[0] * w
-    units = np.concatenate(payloads, axis=0) if payloads else np.zeros((0, u), np.uint16)
-    escapes = (np.concatenate(esc_rows), np.concatenate(esc_cols)) if payloads else None
-    return combine_packed(blk.downlink_coeffs, units, escapes)
+    return code.blocks[b].combine(messages, dim)
 
 
 def downlink_shape(code: Code, b: int, dim: int) -> tuple:
@@ -683,30 +808,7 @@ def relay_decode(code: Code, i: int, ivs: dict, downlinks: list, dim: int) -> di
     """
     out = dict(ivs)
     for b, blk in enumerate(code.blocks):
-        unknown = [int(k) for k in blk.users if not code.G[i, k]]
-        if not unknown:
-            continue
-        u = unit_symbols(dim, blk.F)
-        Y, (er, ec) = split_packed(downlinks[b], (blk.R, u))
-        rows = np.asarray(blk.decode_rows[i], dtype=np.int64)
-        mine = blk.known(code.G, i)
-        stacked = np.empty((len(rows) + len(mine) * blk.F, u), dtype=np.uint16)
-        np.take(Y, rows, axis=0, out=stacked[: len(rows)])
-        for m, k in enumerate(mine):               # the known IVs' units, zero-padded
-            block = stacked[len(rows) + m * blk.F: len(rows) + (m + 1) * blk.F]
-            _copy_symbols(block.reshape(-1), ivs[int(k)], 0)
-        where = np.full(blk.R, -1, dtype=np.int64)   # broadcast row -> row of ``stacked``
-        where[rows] = np.arange(len(rows))
-        pos = where[er]
-        hit = pos >= 0
-        x = np.empty((len(unknown) * blk.F, u), dtype=np.uint16)
-        bad = combine_mod_p(blk.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
-        if bad.size:
-            raise DecodeError(f"relay {i + 1}, {blk.label}: decoded a symbol outside "
-                              f"16 bits; the broadcast was corrupted")
-        x = x.reshape(len(unknown), blk.F, u)
-        for m, k in enumerate(unknown):
-            out[k] = units_to_iv(x[m], dim)
+        blk.decode(code.G, i, ivs, downlinks[b], dim, out)
     return out
 
 

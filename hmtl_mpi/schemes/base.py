@@ -25,7 +25,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..codes import coding
+from ..codes import coding, structured
 from ..vocabulary import home_relays, uplink_tag
 
 class Job:
@@ -393,9 +393,13 @@ class CodedExchange(Scheme):
         self.planned = planned       # the planner's own object (rank 0 only), for the plan CLI
 
     @classmethod
-    def plan(cls, G, seed=0, max_denominator=None, **options):
+    def plan(cls, G, seed=0, max_denominator=None, construction="auto", **options):
+        """The plan and its code: structured (:mod:`hmtl_mpi.codes.structured`) where it
+        covers the plan, else random and verified (``construction``: ``"auto"``,
+        ``"structured"`` or ``"random"``)."""
         planned = cls.make_plan(G, max_denominator)
-        return cls(G, coding.build_code(G, cls.layouts(planned), seed=seed), planned)
+        code = structured.build_code(G, cls.layouts(planned), seed=seed, construction=construction)
+        return cls(G, code, planned)
 
     @classmethod
     def make_plan(cls, G: np.ndarray, max_denominator: int | None = None):
@@ -421,10 +425,30 @@ class CodedExchange(Scheme):
 
     @classmethod
     def from_buffer(cls, G, buf):
-        return cls(G, coding.Code.from_buffer(buf))
+        return cls(G, structured.load_code(buf))
 
     def report_fields(self):
-        return {"code_seed": self.code.seed, "code_attempts": self.code.attempts}
+        """How the code was built: ``code_construction`` (structured or random), the seed
+        and draws of a random code (a structured one uses neither: attempts 1)."""
+        return {"code_construction": self.code.construction, "code_seed": self.code.seed,
+                "code_attempts": self.code.attempts}
+
+    def code_fields(self) -> dict:
+        """The code's construction for ``plan --json``, and why a structured build fell
+        back to the random code (when it did)."""
+        out = {"code_construction": self.code.construction}
+        if self.code.fallback:
+            out["code_fallback"] = self.code.fallback
+        return out
+
+    def format_code(self) -> str:
+        """One line on how the code was built (for the readable plan)."""
+        code = self.code
+        if code.construction == "structured":
+            return "code: structured (decodable by construction; docs/codes.md)"
+        why = f"; the structured one does not cover this plan: {code.fallback}" \
+            if code.fallback else ""
+        return f"code: random, seed {code.seed} after {code.attempts} draw(s){why}"
 
     def link_loads(self):
         """Each block is its own uplink message; the broadcast takes two rounds, the
@@ -442,6 +466,5 @@ class CodedExchange(Scheme):
             for i in range(code.H):
                 encode[i] += two * len(blk.rows[i]) * int(blk.width[i]) * u
                 combine += two * int(blk.messages[i]) * int(blk.width[i]) * u
-                m = np.asarray(blk.decode_matrix[i])
-                decode[i] += two * m.shape[1] * u if m.shape[0] else 0
+                decode[i] += two * blk.decode_symbols(code.G, i, dim)
         return {"encode": max(encode), "combine": combine, "decode": max(decode)}

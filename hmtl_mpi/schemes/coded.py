@@ -19,19 +19,27 @@ from ..planning import hierarchical as hplan
 from .base import CodedExchange
 
 
-def segment_starts(G: np.ndarray, users: np.ndarray, units: np.ndarray, D: int) -> np.ndarray:
-    """first[i, c]: where relay i's segment of v_{users[c]} starts (relays in increasing order)."""
-    H = G.shape[0]
-    first = np.full((H, len(users)), -1, dtype=np.int64)
-    for col, k in enumerate(users):
-        start = 0
-        for i in range(H):
-            if G[i, k] and units[i] > 0:
-                first[i, col] = start
-                start += int(units[i])
-        if start < D:
-            raise coding.DecodeError(f"user {k + 1}: its relays carry {start} of {D} units")
-    return first
+def segments(G: np.ndarray, users: np.ndarray, units: np.ndarray, D: int) -> tuple:
+    """Every segment of round z as (relay, column into users, first unit), relays in
+    increasing order within each user, each relay with ``units[i] > 0`` taking its units
+    after the previous one's (docs/scheme.md, "Segments"); sorted by relay, then column.
+    Raises DecodeError naming a user whose relays carry fewer than D units."""
+    rel, col = np.nonzero(G[:, users])                 # by relay, then column
+    keep = units[rel] > 0
+    rel, col = rel[keep], col[keep]
+    by_user = np.lexsort((rel, col))                   # by column, then relay
+    carry = units[rel[by_user]]
+    total = np.bincount(col, weights=units[rel], minlength=len(users)).astype(np.int64)
+    short = np.flatnonzero(total < D)
+    if len(short):
+        k = int(users[short[0]])
+        raise coding.DecodeError(f"user {k + 1}: its relays carry {total[short[0]]} of {D} units")
+    ends = np.cumsum(carry)
+    group_start = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=len(users)))])[:-1]
+    before = np.concatenate([[0], ends])[group_start]  # units of the users before this one
+    first = np.empty(len(rel), dtype=np.int64)
+    first[by_user] = ends - carry - before[col[by_user]]
+    return rel, col, first
 
 
 def round_layout(G: np.ndarray, rnd) -> coding.BlockLayout:
@@ -39,15 +47,11 @@ def round_layout(G: np.ndarray, rnd) -> coding.BlockLayout:
     H = G.shape[0]
     users = np.asarray(rnd.users, dtype=np.int64)
     units = np.array(rnd.units, dtype=np.int64)
-    first = segment_starts(G, users, units, rnd.D)
-    rows, messages = [], np.zeros(H, dtype=np.int64)
-    for i in range(H):
-        if units[i] > 0:
-            cols = [c for c, k in enumerate(users) if G[i, k]]
-            rows.append(np.array([(c, first[i, c]) for c in cols], dtype=np.int64).reshape(-1, 2))
-            messages[i] = int(rnd.n[i])
-        else:
-            rows.append(np.zeros((0, 2), dtype=np.int64))
+    rel, col, first = segments(G, users, units, rnd.D)
+    bounds = np.searchsorted(rel, np.arange(H + 1))
+    rows = [np.stack([col[bounds[i]: bounds[i + 1]], first[bounds[i]: bounds[i + 1]]], axis=1)
+            for i in range(H)]
+    messages = np.where(units > 0, np.asarray(rnd.n, dtype=np.int64), 0)
     return coding.BlockLayout(label=f"round z = {rnd.z}", F=rnd.D, users=users, rows=rows,
                               width=units, messages=messages)
 
@@ -66,7 +70,7 @@ class Coded(CodedExchange):
         return [round_layout(planned.G, rnd) for rnd in planned.rounds]
 
     def plan_dict(self):
-        return dict(self.planned.to_dict(), scheme=self.name)
+        return dict(self.planned.to_dict(), scheme=self.name, **self.code_fields())
 
     def format_plan(self):
-        return hplan.format_plan(self.planned)
+        return hplan.format_plan(self.planned) + "\n" + self.format_code()

@@ -46,7 +46,7 @@ class Joint(CodedExchange):
         return [block_layout(planned)] if len(planned.users) else []
 
     def plan_dict(self):
-        return self.planned.to_dict()
+        return dict(self.planned.to_dict(), **self.code_fields())
 
     def format_plan(self):
-        return format_joint_plan(self.planned)
+        return format_joint_plan(self.planned) + "\n" + self.format_code()
