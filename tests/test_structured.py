@@ -362,3 +362,52 @@ def test_segments_follow_increasing_relay_order():
                 assert start >= rnd.D
             for i in range(plan.H):
                 assert np.all(np.diff(layout.rows[i][:, 0]) > 0)
+
+
+def test_scale_benchmarks_smoke(capsys):
+    """bench plan --scale / bench coding --scale at toy sizes: every row measured, the
+    random code built where it fits, decoding bit-exact (no speed asserted)."""
+    from hmtl_mpi.bench import scale
+    rows = scale.run_plan(((120, 8),), random_budget=120, json_out=True)
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"][0]["construction"] == "structured" and rows[0]["plan_cli"]["exit"] == 0
+    assert rows[0]["random"]["finished"] and rows[0]["random"]["construction"] == "random"
+    assert rows[0]["peak_rss_mb"] >= rows[0]["baseline_rss_mb"] > 0
+    rows = scale.run_coding(((150, 10),), ((60, 6),), dims={(150, 10): 50, (60, 6): 20},
+                            json_out=True)
+    capsys.readouterr()
+    assert [r["construction"] for r in rows] == ["structured", "structured", "random"]
+    for r in rows:
+        assert r["finished"] and r["bit_exact"] and r["decode_MBps"] > 0 and r["encode_MBps"] > 0
+    assert rows[1]["decode_multiply_adds_per_symbol"] < rows[2]["decode_multiply_adds_per_symbol"]
+    with pytest.raises(ValueError, match="'10x'"):
+        scale.parse_sizes("10x")
+
+
+@pytest.mark.parametrize("r,c,L", [(5, 7, 3000), (1, 1, 9), (40, 3, 20_000), (3, 0, 50)])
+def test_combine_with_add_equals_python_integers(r, c, L):
+    """combine_mod_p's fused ``add`` (the structured broadcast's systematic part), escapes
+    in the rows, in the added rows and in the output, against Python integers."""
+    rng = np.random.default_rng([r, c, L])
+    coeffs = rng.integers(0, P, size=(r, c))
+    rows = rng.integers(0, 65536, size=(c, L)).astype(np.uint16)
+    add = rng.integers(0, 65536, size=(r, L)).astype(np.uint16)
+    pos = np.unique(rng.integers(0, max(c * L, 1), 1 + L // 40)) if c else np.zeros(0, int)
+    er, ec = pos // L, pos % L
+    rows[er, ec] = 0
+    apos = np.unique(rng.integers(0, r * L, 1 + L // 40))
+    ar, ac = apos // L, apos % L
+    add[ar, ac] = 0
+    exact_rows = rows.astype(object)
+    exact_rows[er, ec] = 65536
+    exact_add = add.astype(object)
+    exact_add[ar, ac] = 65536
+    want = (exact_add + coeffs.astype(object) @ exact_rows) % P if c else exact_add % P
+    out = np.empty((r, L), dtype=np.uint16)
+    found = coding.combine_mod_p(coeffs, rows, out, (er, ec), add=add, add_escapes=(ar, ac))
+    full = out.astype(np.int64)
+    full.reshape(-1)[found.astype(np.int64)] = 65536
+    assert np.array_equal(full, want.astype(np.int64))
+    out32 = np.empty((r, L), dtype=np.uint32)
+    coding.combine_mod_p(coeffs, rows, out32, (er, ec), add=add, add_escapes=(ar, ac))
+    assert np.array_equal(out32.astype(object), want % P)

@@ -3,8 +3,10 @@
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 
-* plan     the load planners at K = 2,000, H = 50 (:mod:`.plan`)
-* coding   encode / combine / decode throughput next to memcpy and galois (:mod:`.coding`)
+* plan     the load planners at K = 2,000, H = 50; ``--scale``: K = 1,000 to 100,000 with
+           the code's build and peak memory (:mod:`.plan`, :mod:`.scale`)
+* coding   encode / combine / decode throughput next to memcpy and galois; ``--scale``: at
+           K = 1,000 to 100,000, structured against random where it can be built (:mod:`.coding`)
 * mocha    MOCHA's local update, numba kernel vs reference (:mod:`.mocha`)
 * runtime  the MPI job on this machine at several IV sizes (:mod:`.runtime`)
 * network  the paper's Fig. 5-7 settings on the emulated cluster of ``launch/netns-run``

@@ -9,7 +9,9 @@ Measured in one run (warm-up first, then the median of several repetitions):
 * combine  -- :func:`server_combine`: all uplink messages of one round of paper-fig2
               (eq. 31), escapes included;
 * decode   -- :func:`relay_decode` at one relay of paper-fig2, every round, and at
-              a relay of Theorem 3's symmetric(5, 2) design (a 12 x 20 matrix);
+              a relay of Theorem 3's symmetric(5, 2) design;
+* the same combine and decode with the random code of paper-fig2 (the structured one is
+  the default: :mod:`hmtl_mpi.codes.structured`);
 * galois   -- galois' own ``GF(65537)`` matmul of the encode's coefficients on a
               slice of its segments (the reference the notes measured).
 
@@ -24,6 +26,9 @@ for paper-fig2 (``build_code`` after the field exists).
 Command line::
 
     python -m hmtl_mpi.bench coding [--json] [--dim D] [--repeats N]
+    python -m hmtl_mpi.bench coding --scale [--sizes KxH,...] [--random-sizes KxH,...] [--json]
+
+``--scale`` measures K = 1,000 to 100,000 instead (:mod:`.scale`).
 
 BLAS: ``combine_mod_p`` limits BLAS to ``coding.BLAS_THREADS`` threads (1) while it
 runs. ``OPENBLAS_CORETYPE`` (if set) picks OpenBLAS' kernel family; it is
@@ -42,6 +47,7 @@ import time
 
 import numpy as np
 
+from . import scale
 from ..cli import positive_int
 from ..codes import coding
 from ..planning.topology import paper_fig2, symmetric
@@ -206,6 +212,21 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
                 for k in range(code.K))
     del uplinks, downlinks, got
 
+    # the same exchange with the random code (the construction before issue 21, now the
+    # fallback): same bytes, a dense decoder per relay
+    code_r = Coded.plan(paper_fig2(), construction="random").code
+    up_r = {i: coding.relay_encode(code_r, i, relay_ivs[i]) for i in range(code_r.H)}
+    msgs_r = {i: up_r[i][r_comb] for i in range(code_r.H)}
+    measure("combine_random", "  same, random code", comb_mb,
+            lambda: coding.server_combine(code_r, r_comb, msgs_r, dim))
+    down_r = [coding.server_combine(code_r, r, {i: up_r[i][r] for i in range(code_r.H)}, dim)
+              for r in range(len(code_r.blocks))]
+    measure("decode_random", "  same, random code",
+            decode_input(code_r, dec_relay)[0] / MB,
+            lambda: coding.relay_decode(code_r, dec_relay, relay_ivs[dec_relay], down_r, dim))
+    res["decode_random_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]
+    del up_r, down_r
+
     # the joint scheme on paper-fig2: one block, relays combine every unit they hold
     code_j = Joint.plan(paper_fig2()).code
     up_j = {i: coding.relay_encode(code_j, i, relay_ivs[i]) for i in range(code_j.H)}
@@ -282,8 +303,9 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     for label, mb, t, cpu, target in table:
         print(f"  {label:36}{mb:>9.1f}{t * 1e3:>9.2f}{mb / t:>8.0f}{cpu * 1e3:>9.2f}"
               f"{mb / cpu if cpu > 0 else float('inf'):>9.0f}  {target}")
-    print(f"  decode: matrices (rows x cols) per round {dec_shapes}, decoded output "
-          f"{res['decode_output_MBps']:.0f} MB/s, bit-exact: {exact}")
+    print(f"  decode: units decoded x units read per round {dec_shapes}, decoded output "
+          f"{res['decode_output_MBps']:.0f} MB/s (random code: "
+          f"{res['decode_random_output_MBps']:.0f} MB/s), bit-exact: {exact}")
     if first_use:
         fu = res["first_use"]
         if "error" in fu:
@@ -303,7 +325,23 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repetitions (default 5)")
     parser.add_argument("--no-first-use", action="store_true",
                         help="skip the fresh-subprocess first-use measurement")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: encode / combine / decode at K = 1,000, 10,000 and 100,000 "
+                             "(r = 3; structured code, and both codes at --random-sizes), each "
+                             "size in a fresh process with its peak memory")
+    parser.add_argument("--sizes", default=None, metavar="KxH,...",
+                        help="with --scale: the sizes (default 1000x30,10000x100,100000x1000)")
+    parser.add_argument("--random-sizes", default="200x20", metavar="KxH,...",
+                        help="with --scale: sizes measured with both constructions (default 200x20)")
     args = parser.parse_args(argv)
+    if args.scale:
+        try:
+            sizes = scale.parse_sizes(args.sizes) if args.sizes else scale.DEFAULT_SIZES
+            random_sizes = scale.parse_sizes(args.random_sizes) if args.random_sizes else ()
+        except ValueError as exc:
+            parser.error(str(exc))
+        scale.run_coding(sizes, random_sizes, json_out=args.json)
+        return 0
     run(json_out=args.json, dim=args.dim, repeats=args.repeats, first_use=not args.no_first_use)
     return 0
 

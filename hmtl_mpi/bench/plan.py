@@ -16,6 +16,9 @@ loads against the bounds. The first ``make_plan`` of a process also pays for
 importing cvxpy; that import is timed separately, before the plans.
 
     python -m hmtl_mpi.bench plan [--users K] [--relays H] [--seed S] [--repeat R] [--json]
+    python -m hmtl_mpi.bench plan --scale [--sizes KxH,...] [--random-budget S] [--json]
+
+``--scale`` measures K = 1,000 to 100,000 instead (:mod:`.scale`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 
 import numpy as np
 
+from . import scale
 from ..planning.hierarchical import make_plan, round_counts
 from ..planning.topology import random_regular, validate
 
@@ -160,7 +164,23 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timings are the best of this many")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: plan, structured code and the plan command at K = 1,000, "
+                             "10,000 and 100,000 (r = 3), each in a fresh process with its peak "
+                             "memory, and the random code within --random-budget")
+    parser.add_argument("--sizes", default=None, metavar="KxH,...",
+                        help="with --scale: the sizes (default 1000x30,10000x100,100000x1000)")
+    parser.add_argument("--random-budget", type=float, default=300.0, metavar="S",
+                        help="with --scale: seconds the random code's build may take (default 300)")
     args = parser.parse_args(argv)
+    if args.scale:
+        try:
+            sizes = scale.parse_sizes(args.sizes) if args.sizes else scale.DEFAULT_SIZES
+        except ValueError as exc:
+            parser.error(str(exc))
+        scale.run_plan(sizes, seed=args.seed, random_budget=args.random_budget,
+                       json_out=args.json)
+        return 0
     if args.relays < 4 or args.users < 2 * args.relays or args.repeat < 1:
         parser.error("need H >= 4, K >= 2H and --repeat >= 1")
     run(json_out=args.json, K=args.users, H=args.relays, seed=args.seed, repeat=args.repeat)

@@ -66,6 +66,7 @@ SYMBOLS_PER_VALUE = 4       # a float64 IV value is four 16-bit symbols
 CHUNK_COLUMNS = 16384       # most columns per BLAS call
 CHUNK_BYTES = 384 * 1024    # float64 work set per chunk (inputs + result + quotient): fits L2
 BLAS_THREADS = 1            # BLAS threads inside combine_mod_p (None: leave the process setting)
+BLAS_LIMIT_MIN_WORK = 1 << 17   # multiply-adds per chunk from which the thread limit is applied
 
 _INV_P = 1.0 / P
 _blas_controller = None
@@ -108,7 +109,8 @@ def _blas_limit():
 
 
 def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
-                  escapes: tuple | None = None) -> np.ndarray:
+                  escapes: tuple | None = None, add: np.ndarray | None = None,
+                  add_escapes: tuple | None = None) -> np.ndarray:
     """``out = coeffs @ rows mod p`` in wire form; returns the output's escapes.
 
     ``coeffs`` is a small r x c matrix of field elements; ``rows`` a c x L uint16
@@ -122,6 +124,9 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     An ``out`` of dtype uint32 gets plain field elements 0..p-1 instead (no escapes;
     ``rows`` may then be uint32 too, holding 65536 itself): the form the structured
     code (:mod:`hmtl_mpi.codes.structured`) computes in between wire buffers.
+    ``add`` (r x L field elements, uint16 with ``add_escapes`` standing for 65536, or
+    uint32) is added before the reduction: ``out = add + coeffs @ rows``, in the same
+    pass over the chunk.
 
     Exactness of the reduction: for integers 0 <= y < 2^53, ``floor(y * fl(1/p))``
     equals floor(y / p). fl(1/p) is below 1/p by a relative 2.7e-20 (~2^-65),
@@ -141,11 +146,13 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     wire = out.dtype == SYMBOL_DTYPE
     if not wire and out.dtype != np.uint32:
         raise ValueError(f"out must be uint16 (wire form) or uint32 (field elements), got {out.dtype}")
-    if c * (P - 1) ** 2 >= 2 ** 53:
+    if (c + (add is not None)) * (P - 1) ** 2 >= 2 ** 53:
         raise ValueError(f"{c} terms per combination would not be exact in float64")
+    if add is not None and add.shape != (r, L):
+        raise ValueError(f"add has shape {add.shape}, expected {(r, L)}")
     if r * L >= 2 ** 32:
         raise ValueError(f"{r} x {L} symbols: escape positions would not fit in uint32")
-    if c == 0 or L == 0:
+    if (c == 0 and add is None) or L == 0:
         out[...] = 0
         return np.zeros(0, dtype=np.uint32)
     if escapes is not None and len(escapes[1]):
@@ -156,24 +163,42 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
         esc_coeffs = coeffs[:, esc_rows].T * 65536.0          # per escape: its column's correction
     else:
         esc_cols = None
+    if add is not None and add_escapes is not None and len(add_escapes[1]):
+        add_rows = np.asarray(add_escapes[0], dtype=np.int64)
+        add_cols = np.asarray(add_escapes[1], dtype=np.int64)
+        order = np.argsort(add_cols, kind="stable")
+        add_rows, add_cols = add_rows[order], add_cols[order]
+    else:
+        add_cols = None
     width = _chunk_width(r, c, L)
     x = np.empty((c, width), dtype=np.float64)
     y = np.empty((r, width), dtype=np.float64)
     q = np.empty((r, width), dtype=np.float64)
     xc, yc, qc = x, y, q
     found = []
-    with _blas_limit():
+    # OpenBLAS threads a product only above ~2^18 multiply-adds; below, limiting it costs
+    # more (~0.1 ms a call through threadpoolctl) than the product
+    with _blas_limit() if r * c * width >= BLAS_LIMIT_MIN_WORK else contextlib.nullcontext():
         for start in range(0, L, width):
             stop = start + width
             if stop > L:                            # the last, narrower chunk
                 stop = L
                 xc, yc, qc = x[:, : L - start], y[:, : L - start], q[:, : L - start]
-            np.copyto(xc, rows[:, start:stop], casting="unsafe")
-            np.matmul(coeffs, xc, out=yc)
+            if c:
+                np.copyto(xc, rows[:, start:stop], casting="unsafe")
+                np.matmul(coeffs, xc, out=yc)
+            else:
+                yc[...] = 0.0
             if esc_cols is not None:
                 lo, hi = np.searchsorted(esc_cols, (start, stop))
                 if hi > lo:
                     np.add.at(yc.T, esc_cols[lo:hi] - start, esc_coeffs[lo:hi])
+            if add is not None:
+                np.add(yc, add[:, start:stop], out=yc)
+                if add_cols is not None:
+                    lo, hi = np.searchsorted(add_cols, (start, stop))
+                    if hi > lo:
+                        yc[add_rows[lo:hi], add_cols[lo:hi] - start] += 65536.0
             np.multiply(yc, _INV_P, out=qc)         # y - p * floor(y / p), in place
             np.floor(qc, out=qc)
             qc *= P

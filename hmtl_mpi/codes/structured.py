@@ -139,17 +139,37 @@ def cauchy_inverse(x, y) -> np.ndarray:
     return (-(A_y[:, None] * B_x[None, :] % P) * inverses()[den]) % P
 
 
+SMALL_PRODUCT = 1 << 14           # multiply-adds below which field_mul stays in int64
+
+
 def field_mul(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``coeffs @ values`` over GF(p) for field elements 0..65536 (uint32 in, uint32 out)."""
-    out = np.empty((coeffs.shape[0], values.shape[1]), dtype=np.uint32)
-    if coeffs.shape[0]:
+    """``coeffs @ values`` over GF(p) for field elements 0..65536 (uint32 in, uint32 out):
+    exact int64 arithmetic for small products (terms < 2^33, fewer than 2^30 of them),
+    the float64 BLAS kernel (:func:`combine_mod_p`) otherwise."""
+    r, c = coeffs.shape
+    if r * c * values.shape[1] <= SMALL_PRODUCT:
+        return (np.asarray(coeffs, dtype=np.int64) @ values.astype(np.int64) % P).astype(np.uint32)
+    out = np.empty((r, values.shape[1]), dtype=np.uint32)
+    if r:
         combine_mod_p(coeffs, values, out)
     return out
 
 
-def _sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a - b over GF(p), uint32 field elements."""
-    return ((a.astype(np.int64) - b.astype(np.int64)) % P).astype(np.uint32)
+def _windows(ivs: dict, users: np.ndarray, rows: np.ndarray, length: int, u: int,
+             dim: int) -> np.ndarray:
+    """Input rows (column, first unit) as uint16 (len(rows), length): ``length`` symbols of
+    each row's IV from unit ``first`` on, zeros past its end (the units' padding)."""
+    out = np.zeros((len(rows), length), dtype=np.uint16)
+    if not len(rows):
+        return out
+    symbols = np.stack([ivs[int(k)] for k in users[rows[:, 0]]]).astype(
+        np.float64, copy=False).view(np.uint16)                 # (rows, 4 dim)
+    start = rows[:, 1] * u
+    for first in np.unique(start):                              # few distinct starts
+        sel = np.flatnonzero(start == first)
+        n = max(0, min(length, symbols.shape[1] - int(first)))
+        out[sel, :n] = symbols[sel, first: first + n]
+    return out
 
 
 # --- who knows what ---------------------------------------------------------------------
@@ -188,10 +208,10 @@ def _row_knowers(F: int, ptr, rel, rows: np.ndarray, H: int) -> tuple:
 def choose_hidden(layout: BlockLayout, ptr, rel, slack: np.ndarray) -> list:
     """H_i for every relay: rows such that every other relay knows at least c_i of them.
 
-    Greedy, relay by relay (a row of padding only counts as known to every relay):
-    first the rows known to relays that know exactly c_i rows
-    of relay i (all of them are needed), then, for each relay still short (those that
-    know fewest first), a row it knows that covers most relays still short. A relay
+    Greedy, relay by relay (a row of padding only counts as known to every relay): first
+    the rows known to relays that know exactly c_i rows of relay i (all of them are
+    needed), then, for each relay still short (those that know fewest first), a row it
+    knows that covers most relays still short. A relay
     that already knows c_i hidden rows pays ``width_i`` units of overhead (D2) for each
     further one: it may only while its ``slack`` (R - its unknown units, shared over
     all i) lasts, so relays with slack 0 stay exact. Raises NotCovered when no choice
@@ -373,14 +393,38 @@ class StructuredBlock(BlockLayout):
         """Rows r of B: 1 / (beta_r - c) for every column c of Qc."""
         return cauchy(np.asarray(self.beta)[r], np.arange(len(self.tables()["qc"])))
 
-    def _b_times(self, r: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """B[r, :] @ values over GF(p), in row chunks (B is never held whole)."""
+    def _b_apply(self, r: np.ndarray, values: np.ndarray, out: np.ndarray, add_src: np.ndarray,
+                 add_escapes: tuple, values_escapes: tuple | None = None,
+                 negate: bool = False, src_rows: np.ndarray | None = None) -> np.ndarray:
+        """``out = add_src[src_rows] + (-)B[r, :] @ values`` over GF(p) (``src_rows``
+        defaults to r), in row chunks so that B is never held whole; ``add_escapes`` and
+        ``values_escapes`` are the sources' escapes (row, column). Returns the escapes of a
+        uint16 ``out`` (flat positions)."""
+        src_rows = r if src_rows is None else src_rows
         nq = max(1, len(self.tables()["qc"]))
         step = max(64, B_CHUNK_ENTRIES // nq)
-        out = np.empty((len(r), values.shape[1]), dtype=np.uint32)
+        L = out.shape[1]
+        where = np.full(len(add_src), -1, dtype=np.int64)       # source row -> row of out
+        where[src_rows] = np.arange(len(r))
+        er, ec = (np.asarray(add_escapes[0], dtype=np.int64), np.asarray(add_escapes[1]))
+        at = where[er] if len(er) else er
+        keep = at >= 0
+        at, ec = at[keep], ec[keep]
+        order = np.argsort(at, kind="stable")
+        at, ec = at[order], ec[order]
+        found = []
         for a in range(0, len(r), step):
-            out[a: a + step] = field_mul(self._b_rows(r[a: a + step]), values)
-        return out
+            b = self._b_rows(r[a: a + step]) if len(self.tables()["qc"]) else \
+                np.zeros((len(r[a: a + step]), 0), dtype=np.int64)
+            if negate:
+                b = (P - b) % P
+            lo, hi = np.searchsorted(at, (a, a + step))
+            f = combine_mod_p(b, values, out[a: a + step], values_escapes,
+                              add=add_src[src_rows[a: a + step]],
+                              add_escapes=(at[lo:hi] - a, ec[lo:hi]))
+            if f.size:
+                found.append(f.astype(np.int64) + a * L)
+        return np.concatenate(found).astype(np.uint32) if found else np.zeros(0, np.uint32)
 
     # --- per iteration ------------------------------------------------------------------
     def encode(self, i: int, ivs: dict, dim: int):
@@ -393,15 +437,10 @@ class StructuredBlock(BlockLayout):
         rows = np.asarray(self.rows[i], dtype=np.int64).reshape(-1, 2)
         raw, hid = t["raw"][i], t["hid"][i]
         payload = np.empty((n, w * u), dtype=np.uint16)
-        for m, row in enumerate(raw):
-            col, first = rows[row]
-            coding._copy_symbols(payload[m], ivs[int(self.users[col])], int(first) * u)
+        payload[: len(raw)] = _windows(ivs, self.users, rows[raw], w * u, u, dim)
         if n == len(raw):
             return payload.reshape(-1)
-        inputs = np.empty((len(hid), w * u), dtype=np.uint16)
-        for m, row in enumerate(hid):
-            col, first = rows[row]
-            coding._copy_symbols(inputs[m], ivs[int(self.users[col])], int(first) * u)
+        inputs = _windows(ivs, self.users, rows[hid], w * u, u, dim)
         found = combine_mod_p(self.gamma(i), inputs, payload[len(raw):])
         if not found.size:
             return payload.reshape(-1)
@@ -409,17 +448,20 @@ class StructuredBlock(BlockLayout):
         return np.concatenate([payload.reshape(-1), found.view(np.uint16)])
 
     def combine(self, messages: dict, dim: int) -> np.ndarray:
-        """The broadcast: ``Y = X[q0] + B X[Qc]``, in row chunks."""
+        """The broadcast: ``Y = X[q0] + B X[Qc]``, fused per row chunk (one pass)."""
         t = self.tables()
         units, escapes = coding._message_units(self, messages, dim)
-        X = units.astype(np.uint32)
-        if escapes is not None and len(escapes[0]):
-            X[escapes[0], escapes[1]] = 65536
+        if escapes is None:
+            escapes = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         q0, qc = np.asarray(self.q0, dtype=np.int64), t["qc"]
-        Y = X[q0]
-        if len(qc):
-            Y = (Y.astype(np.int64) + self._b_times(np.arange(len(q0)), X[qc])) % P
-        return coding.pack(Y)
+        where = np.full(len(units), -1, dtype=np.int64)          # escapes among Qc's rows
+        where[qc] = np.arange(len(qc))
+        in_qc = where[escapes[0]] if len(escapes[0]) else escapes[0]
+        values_escapes = (in_qc[in_qc >= 0], escapes[1][in_qc >= 0])
+        payload = np.empty((len(q0), units.shape[1]), dtype=np.uint16)
+        found = self._b_apply(np.arange(len(q0)), units[qc], payload, units, escapes,
+                              values_escapes, src_rows=q0)
+        return np.concatenate([payload.reshape(-1), found.view(np.uint16)])
 
     def _known(self, G: np.ndarray, j: int) -> np.ndarray:
         """Which message units relay j can compute from its own users' IVs."""
@@ -435,9 +477,43 @@ class StructuredBlock(BlockLayout):
                     known[first: t["off"][i + 1]: t["w"][i]] = True
         return known
 
+    def _value_plan(self, idx: np.ndarray, base: np.ndarray, zero: int) -> dict:
+        """How relay j computes the message units ``idx`` it knows: forwarded ones are rows
+        of its known units (``base[column] + unit``; ``zero`` for padding), a parity is its
+        Gamma_i row applied to the known units of H_i."""
+        t = self.tables()
+
+        def unit_rows(cols, fs):
+            return np.where(fs >= 0, base[np.maximum(cols, 0)] + fs, zero)
+
+        is_raw = t["col"][idx] >= 0
+        parities = []
+        for a in np.flatnonzero(~is_raw):
+            x = idx[a]
+            i, s = int(t["rel"][x]), int(t["s"][x])
+            q = int(t["msg"][x]) - len(t["raw"][i])
+            rows = np.asarray(self.rows[i], dtype=np.int64).reshape(-1, 2)[t["hid"][i]]
+            f = rows[:, 1] + s
+            parities.append((a, self.gamma(i)[q: q + 1], unit_rows(rows[:, 0],
+                                                                   np.where(f < self.F, f, -1))))
+        raw = np.flatnonzero(is_raw)
+        return {"n": len(idx), "raw": raw,
+                "rows": unit_rows(t["col"][idx[raw]], t["unit"][idx[raw]]),
+                "parities": parities}
+
+    @staticmethod
+    def _values(plan: dict, units: np.ndarray) -> np.ndarray:
+        out = np.empty((plan["n"], units.shape[1]), dtype=np.uint32)
+        out[plan["raw"]] = units[plan["rows"]]
+        for a, coeffs, rows in plan["parities"]:
+            out[a] = field_mul(coeffs, units[rows])[0]
+        return out
+
     def decoder(self, G: np.ndarray, j: int) -> dict:
-        """Relay j's decoder (cached): the broadcast rows it uses, the Cauchy inverse,
-        and its local parity solves (see the module doc)."""
+        """Relay j's decoder (cached, built on first use; every index it needs is fixed by
+        the code, so decoding is only products and copies): the broadcast rows it uses,
+        the Cauchy inverse of step 1, where every decoded unit goes, its local parity
+        solves (see the module doc)."""
         t = self.tables()
         dec = t["decoders"].get(j)
         if dec is not None:
@@ -446,6 +522,8 @@ class StructuredBlock(BlockLayout):
         q0, qc = np.asarray(self.q0, dtype=np.int64), t["qc"]
         q0_known = np.flatnonzero(known[q0])
         cols = np.flatnonzero(~known[qc])
+        kc = np.flatnonzero(known[qc])
+        aff = np.flatnonzero(~known[q0])
         _, first = np.unique(np.asarray(self.beta)[q0_known], return_index=True)
         distinct = q0_known[np.sort(first)]
         if len(distinct) < len(cols):
@@ -453,6 +531,25 @@ class StructuredBlock(BlockLayout):
                               f"points for {len(cols)} unknown units (D3 fails: a bug)")
         sel = distinct[: len(cols)]
         Gj = np.asarray(G)[j, self.users].astype(bool)
+        mine = np.flatnonzero(Gj)                                   # known columns
+        base = np.full(len(self.users), -1, dtype=np.int64)
+        base[mine] = np.arange(len(mine)) * self.F
+        zero = len(mine) * self.F                                   # a unit of zeros
+        unknown = np.flatnonzero(~Gj)
+        slot = np.full(len(self.users), -1, dtype=np.int64)          # row of x per column
+        slot[unknown] = np.arange(len(unknown)) * self.F
+        covered = np.zeros(len(unknown) * self.F, dtype=np.int64)
+
+        def forwarded(idx):             # (positions in idx, rows of x) of forwarded IV units
+            fwd = np.flatnonzero((t["col"][idx] >= 0) & (t["unit"][idx] >= 0))
+            dst = slot[t["col"][idx[fwd]]] + t["unit"][idx[fwd]]
+            np.add.at(covered, dst, 1)
+            return fwd, dst
+
+        in_aff = np.full(t["T"], -1, dtype=np.int64)
+        in_aff[q0[aff]] = np.arange(len(aff))
+        in_qc = np.full(t["T"], -1, dtype=np.int64)
+        in_qc[qc] = np.arange(len(qc))
         local = []
         for i in np.flatnonzero(t["parity"] > 0):
             if i == j:
@@ -466,84 +563,77 @@ class StructuredBlock(BlockLayout):
                 if unk.size == 0:
                     continue
                 kn = np.flatnonzero(live & Gj[rows[:, 0]])
-                first = t["off"][i] + len(t["raw"][i]) * t["w"][i] + s
-                par = first + t["w"][i] * np.arange(unk.size)
+                first_par = t["off"][i] + len(t["raw"][i]) * t["w"][i] + s
+                par = first_par + t["w"][i] * np.arange(unk.size)
                 inv = cauchy_inverse(np.arange(unk.size), p_i + unk)
                 coef = self.gamma(i)[: unk.size][:, kn]
                 minus = (-coding._matmul_mod_p(inv, coef)) % P
-                local.append({"par": par, "src": (rows[kn, 0], f[kn]),
-                              "matrix": np.concatenate([inv, minus], axis=1),
-                              "dst": (rows[unk, 0], f[unk])})
-        dec = {"known": known, "sel": sel, "cols": cols, "kc": np.flatnonzero(known[qc]),
-               "aff": np.flatnonzero(~known[q0]),
-               "inv": cauchy_inverse(np.asarray(self.beta)[sel], cols), "local": local,
-               "unknown": np.flatnonzero(~Gj)}
+                dst = slot[rows[unk, 0]] + f[unk]
+                np.add.at(covered, dst, 1)
+                a = in_aff[par]
+                local.append({"from_aff": np.flatnonzero(a >= 0), "aff_rows": a[a >= 0],
+                              "from_qc": np.flatnonzero(a < 0), "qc_rows": in_qc[par[a < 0]],
+                              "src": base[rows[kn, 0]] + f[kn],
+                              "matrix": np.concatenate([inv, minus], axis=1), "dst": dst})
+        fwd_aff, fwd_cols = forwarded(q0[aff]), forwarded(qc[cols])
+        if covered.size and covered.min() < 1:
+            raise DecodeError(f"relay {j + 1}, {self.label}: {int((covered < 1).sum())} units "
+                              f"no row carries (D0 fails: a bug)")
+        sel_at = np.full(self.R, -1, dtype=np.int64)
+        sel_at[sel] = np.arange(len(sel))
+        dec = {"known": known, "sel": sel, "sel_at": sel_at, "cols": cols, "kc": kc,
+               "aff": aff, "mine": mine, "unknown": unknown, "local": local,
+               "fwd_aff": fwd_aff, "fwd_cols": fwd_cols,
+               "inv": cauchy_inverse(np.asarray(self.beta)[sel], cols),
+               "b_sel_kc": self._b_rows(sel)[:, kc] if len(cols) and len(kc) else None,
+               "values_sel": self._value_plan(q0[sel], base, zero),
+               "values_kc": self._value_plan(qc[kc], base, zero)}
         t["decoders"][j] = dec
         return dec
 
     def decode(self, G: np.ndarray, j: int, ivs: dict, downlink: np.ndarray, dim: int,
                out: dict) -> None:
-        """Relay j's unknown IVs of the block into ``out``: A_j from the broadcast, then
-        every relay's forwarded rows and hidden rows (see the module doc)."""
+        """Relay j's unknown IVs of the block into ``out``: A_j from the broadcast (steps 1
+        and 2 of the module doc), then every relay's forwarded and hidden rows (step 3)."""
         dec = self.decoder(G, j)
         if dec["unknown"].size == 0:
             return
         t = self.tables()
         u = unit_symbols(dim, self.F)
-        Y = coding.unpack(downlink, (self.R, u)).astype(np.uint32)
-        q0, qc = np.asarray(self.q0, dtype=np.int64), t["qc"]
-        mine = np.flatnonzero(np.asarray(G)[j, self.users])       # known columns
-        base = np.full(len(self.users), -1, dtype=np.int64)
-        base[mine] = np.arange(len(mine)) * self.F
+        payload, (er, ec) = coding.split_packed(downlink, (self.R, u))
+        mine = dec["mine"]
         units = np.zeros((len(mine) * self.F + 1, u), dtype=np.uint32)  # + a zero unit
-        for m, c in enumerate(mine):
-            units[m * self.F: (m + 1) * self.F] = coding.iv_units(ivs[int(self.users[c])], self.F)
+        units[:-1] = _windows(ivs, self.users, np.stack([mine, np.zeros_like(mine)], axis=1),
+                              self.F * u, u, dim).reshape(-1, u)
+        cols, aff = dec["cols"], dec["aff"]
+        XQc = np.empty((len(t["qc"]), u), dtype=np.uint32)
+        XQc[dec["kc"]] = self._values(dec["values_kc"], units)
+        if len(cols):                                   # step 1: a square Cauchy system
+            Ysel = payload[dec["sel"]].astype(np.uint32)
+            hit = dec["sel_at"][er] >= 0
+            Ysel[dec["sel_at"][er[hit]], ec[hit]] = 65536
+            Z = Ysel.astype(np.int64) - self._values(dec["values_sel"], units)
+            if dec["b_sel_kc"] is not None:
+                Z -= field_mul(dec["b_sel_kc"], XQc[dec["kc"]])
+            XQc[cols] = field_mul(dec["inv"], (Z % P).astype(np.uint32))
+        Xaff = np.empty((len(aff), u), dtype=np.uint32)  # step 2: the units of Q0 j lacks
+        self._b_apply(aff, XQc, Xaff, payload, (er, ec), negate=True)
+        x = np.empty((dec["unknown"].size * self.F, u), dtype=np.uint16)
 
-        def unit_rows(cols, fs):            # rows of ``units`` of (column, IV unit); -1: zero
-            return np.where(fs >= 0, base[np.maximum(cols, 0)] + fs, len(units) - 1)
+        def put(dst, src):
+            if src.size and src.max() >= 65536:
+                raise DecodeError(f"relay {j + 1}, {self.label}: decoded a symbol outside "
+                                  f"16 bits; the broadcast was corrupted")
+            x[dst] = src
 
-        def values(idx):                    # message units j knows, from its IVs
-            out_v = np.empty((len(idx), u), dtype=np.uint32)
-            is_raw = t["col"][idx] >= 0
-            out_v[is_raw] = units[unit_rows(t["col"][idx[is_raw]], t["unit"][idx[is_raw]])]
-            for a in np.flatnonzero(~is_raw):          # a parity j knows: compute it
-                x = idx[a]
-                i, q, s = int(t["rel"][x]), int(t["msg"][x]) - len(t["raw"][int(t["rel"][x])]), \
-                    int(t["s"][x])
-                rows = np.asarray(self.rows[i], dtype=np.int64).reshape(-1, 2)[t["hid"][i]]
-                f = rows[:, 1] + s
-                src = units[unit_rows(rows[:, 0], np.where(f < self.F, f, -1))]
-                out_v[a] = field_mul(self.gamma(i)[q: q + 1], src)[0]
-            return out_v
-
-        sel, cols, kc, aff = dec["sel"], dec["cols"], dec["kc"], dec["aff"]
-        XQc = np.empty((len(qc), u), dtype=np.uint32)
-        XQc[kc] = values(qc[kc])
-        if len(cols):
-            known_part = field_mul(self._b_rows(sel)[:, kc], XQc[kc]) if len(kc) else 0
-            Z = (Y[sel].astype(np.int64) - values(q0[sel]) - known_part) % P
-            XQc[cols] = field_mul(dec["inv"], Z.astype(np.uint32))
-        Xaff = Y[aff]
-        if len(qc) and len(aff):
-            Xaff = _sub(Xaff, self._b_times(aff, XQc))
-        pos = np.full(t["T"], -1, dtype=np.int64)      # message unit -> row of AV
-        pos[q0[aff]] = np.arange(len(aff))
-        pos[qc[cols]] = len(aff) + np.arange(len(cols))
-        AV = np.concatenate([Xaff, XQc[cols]])
-        # the IV units j lacks, one row per (unknown column, unit)
-        slot = np.full(len(self.users), -1, dtype=np.int64)
-        slot[dec["unknown"]] = np.arange(dec["unknown"].size) * self.F
-        x = np.full((dec["unknown"].size * self.F, u), 65536, dtype=np.uint32)
-        a_units = np.flatnonzero(pos >= 0)
-        fwd = a_units[(t["col"][a_units] >= 0) & (t["unit"][a_units] >= 0)]
-        x[slot[t["col"][fwd]] + t["unit"][fwd]] = AV[pos[fwd]]
-        for solve in dec["local"]:
-            src = units[unit_rows(*solve["src"])]
-            stacked = np.concatenate([AV[pos[solve["par"]]], src])
-            x[slot[solve["dst"][0]] + solve["dst"][1]] = field_mul(solve["matrix"], stacked)
-        if x.max(initial=0) >= 65536:
-            raise DecodeError(f"relay {j + 1}, {self.label}: decoded a symbol outside 16 bits; "
-                              f"the broadcast was corrupted")
+        put(dec["fwd_aff"][1], Xaff[dec["fwd_aff"][0]])   # step 3: forwarded rows ...
+        put(dec["fwd_cols"][1], XQc[cols[dec["fwd_cols"][0]]])
+        for solve in dec["local"]:                       # ... and hidden ones
+            parities = np.empty((len(solve["from_aff"]) + len(solve["from_qc"]), u), np.uint32)
+            parities[solve["from_aff"]] = Xaff[solve["aff_rows"]]
+            parities[solve["from_qc"]] = XQc[solve["qc_rows"]]
+            stacked = np.concatenate([parities, units[solve["src"]]])
+            put(solve["dst"], field_mul(solve["matrix"], stacked))
         x = x.reshape(dec["unknown"].size, self.F, u)
         for m, c in enumerate(dec["unknown"]):
             out[int(self.users[c])] = coding.units_to_iv(x[m], dim)
@@ -567,8 +657,8 @@ class StructuredBlock(BlockLayout):
             return 0
         t = self.tables()
         nq = len(t["qc"])
-        known_parities = sum(len(t["hid"][int(t["rel"][x])])
-                             for x in t["qc"][dec["kc"]] if t["col"][x] < 0)
+        known_parities = sum(rows.size for plan in (dec["values_kc"], dec["values_sel"])
+                             for _, _, rows in plan["parities"])
         return (len(dec["sel"]) * len(dec["kc"]) + len(dec["cols"]) ** 2
                 + len(dec["aff"]) * nq + known_parities
                 + sum(s["matrix"].size for s in dec["local"]))
