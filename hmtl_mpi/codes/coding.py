@@ -44,6 +44,13 @@ knows, :mod:`hmtl_mpi.schemes.coded`), the joint exchange is one block in all
   that are independent, and ``x_U = Inv (Y_rows - (M E)[rows, known] x_known)``,
   precomputed as one matrix ``[Inv, -Inv (M E)[rows, known]]``.
 
+This module's construction (:func:`build_code`, :class:`Block`) is the random one;
+the schemes try the structured one first (:mod:`hmtl_mpi.codes.structured`: decodable
+by construction, near-linear to build, the same bytes on the wire) and fall back to
+this one for the plans it does not cover. Both kinds of block answer the same
+per-iteration calls (``encode``, ``combine``, ``decode``), and :class:`Code` records
+which construction built it.
+
 Coefficients are drawn uniformly from 1..p-1 with a recorded seed; every relay's
 system is checked to have full rank (exact elimination over GF(65537); the
 tests check these routines against galois) and the whole draw
