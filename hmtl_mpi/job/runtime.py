@@ -372,6 +372,7 @@ class Saver:
 
     def __init__(self, config: JobConfig, setup: JobSetup, index: int, done: list):
         self.config, self.setup, self.index, self.done = config, setup, index, done
+        self._fingerprint = None      # rank 0: computed once (it hashes every plan and code)
 
     def due(self, endpoint, it: int, agree: bool = True) -> bool:
         """Whether a checkpoint follows iteration ``it`` (decided alike on every rank)."""
@@ -403,7 +404,9 @@ class Saver:
         path = ""
         if endpoint.rank == 0:
             c, setup = self.config, self.setup
-            header = {"fingerprint": ckpt.fingerprint(c, setup.G, setup.schemes, endpoint.size),
+            if self._fingerprint is None:
+                self._fingerprint = ckpt.fingerprint(c, setup.G, setup.schemes, endpoint.size)
+            header = {"fingerprint": self._fingerprint,
                       "scheme_index": self.index, "scheme": c.schemes[self.index],
                       "next_iteration": it + 1, "ranks": endpoint.size,
                       "reports": self.done, "records": records or []}

@@ -66,7 +66,6 @@ class _Send:
 
     __slots__ = ()
     done = True
-    ts = 0.0
 
 
 class _Recv:
