@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stragglers", type=stragglers_pair, default=(1, 1), metavar="S_E,S_W",
                    help="gd: tolerated straggling edges, and straggling workers in every other "
                         "edge (default 1,1)")
+    p.add_argument("--relay-stragglers", type=int, default=0, metavar="S",
+                   help="coded, joint: tolerate S slow relays: relays send enough extra coded "
+                        "combinations that the server decodes from the first H - S to answer "
+                        "and nobody waits for the others (every user needs S + 1 relays; "
+                        "docs/tolerant.md; default 0: the paper's exchange)")
     p.add_argument("--partitions", type=positive_int, default=None, metavar="P",
                    help="gd: the training set is cut into P partitions (default: K, one per "
                         "worker; hgc needs P (s_e+1) m_i / M whole)")
@@ -184,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shifted-exp:SHIFT:RATE (every worker late by D*SHIFT + D*Exp(1)/RATE s "
                         "for its D partitions), bernoulli:PROB:SECONDS (every worker late by "
                         "SECONDS with probability PROB), fixed:RANK=SECONDS[,...] (the named "
-                        "users or relays late by a constant); default none")
+                        "users or relays late by a constant); default none. mtl: fixed:RANK=SECONDS "
+                        "of relays only, late before their uplink every iteration")
     p.add_argument("--layout", choices=("hierarchical", "flat"), default="hierarchical",
                    help="hierarchical: users compute the IVs and send them to their relays "
                         "(1 + H + K ranks); flat: seed 001's system, no user ranks, relay i is "
@@ -295,11 +301,24 @@ def parse_job_args(argv, rank, size):
         return None, usage_error(rank, f"argument --scheme: {exc}")
     scheme_arg = ("both" if args.workload == "mtl" and schemes == scheme_list("both")
                   else ",".join(schemes))
-    gd_only = [flag for flag, given in (("--partitions", args.partitions is not None),
-                                         ("--straggle", args.straggle.text != "none"))
+    gd_only = [flag for flag, given in (("--partitions", args.partitions is not None),)
                if given and args.workload != "gd"]
+    mtl_straggle = args.workload == "mtl" and args.straggle.text != "none"
     if gd_only:
         problem = f"{gd_only[0]} applies to --workload gd only"
+    elif mtl_straggle and (args.straggle.random or args.straggle.spike_prob
+                           or args.straggle.shift):
+        problem = ("--straggle under --workload mtl takes fixed:RANK=SECONDS (slow relays) "
+                   f"only, not {args.straggle.text!r}")
+    elif mtl_straggle and args.layout == "flat":
+        problem = "--straggle applies to the hierarchical layout only under --workload mtl"
+    elif args.relay_stragglers < 0:
+        problem = f"--relay-stragglers must be >= 0, got {args.relay_stragglers}"
+    elif args.relay_stragglers and (args.workload != "mtl" or args.layout == "flat"):
+        problem = ("--relay-stragglers applies to --workload mtl with the hierarchical layout "
+                   "(the coded and joint schemes)")
+    elif args.relay_stragglers and (args.checkpoint or args.resume):
+        problem = "--relay-stragglers does not support --checkpoint/--resume yet"
     elif args.workload == "gd" and args.dataset not in ("digits", "mnist"):
         problem = f"--workload gd trains on digits or mnist, not {args.dataset}"
     elif args.workload == "gd" and args.layout == "flat":

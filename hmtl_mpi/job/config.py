@@ -23,6 +23,7 @@ class JobConfig:
     schemes: tuple = ()               # the schemes to run, in order (--scheme)
     scheme_arg: str = ""              # how --scheme was given (the report's "scheme")
     stragglers: tuple = (1, 1)
+    relay_stragglers: int = 0          # coded, joint: slow relays tolerated (0: none)
     partitions: int | None = None
     straggle: Straggle = field(default_factory=Straggle)   # --straggle's delay model
     layout: str = "hierarchical"

@@ -44,7 +44,8 @@ from ..schemes import get
 from ..schemes.base import Job
 from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HANG,
                           EXIT_INTERRUPTED, EXIT_TERMINATED, LINK_CLASSES, PHASES, USER_STEPS,
-                          WORLD, ranks_needed, role_names, role_of, tasks_of_rank)
+                          RELAY, WORLD, down_tag, ranks_needed, role_names, role_of,
+                          tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links
@@ -146,6 +147,8 @@ def plan_on_server(config: JobConfig, world_size: int):
         config = config.decided(lam=lam, local_kernel=kernel)
     try:
         config.straggle.check_ranks(H, world_size)
+        if config.workload == "mtl":
+            config.straggle.check_relays_only(H)
     except ValueError as exc:
         raise SetupError(str(exc)) from None
     schemes = []
@@ -153,7 +156,8 @@ def plan_on_server(config: JobConfig, world_size: int):
         try:
             schemes.append(get(name, config.workload).plan(
                 G, seed=config.seed, stragglers=config.stragglers,
-                partitions=config.partitions or K, straggle=config.straggle))
+                partitions=config.partitions or K, straggle=config.straggle,
+                relay_stragglers=config.relay_stragglers))
         except ValueError as exc:
             raise SetupError(f"--scheme {name}: {exc}") from None
     if config.checkpoint:
@@ -488,6 +492,9 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
             if config.inject_fault and config.inject_fault[:2] == (rank, it) \
                     and step == "relay_to_server":
                 inject_fault(endpoint, config.inject_fault[2], rank, it)
+            late = config.straggle.relay_delay(rank) if me.role == RELAY else 0.0
+            if late > 0 and step == "relay_to_server":     # --straggle: a slow relay, waited for
+                endpoint.delay(late, 0, down_tag(it))
             method = getattr(me, step, None)
             if method is not None:
                 method(it)
@@ -560,6 +567,8 @@ def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: 
     me.net.drain("late messages and pending sends")
     endpoint.barrier(WORLD, "end of the run (every late message drained)")
     state.step("checks (byte counts, timings)")
+    ivs_ok = (checks.check_ivs(endpoint, me, me.job.K)
+              if getattr(scheme, "checks_iv_history", False) else None)
     log = np.zeros((n, len(LINK_CLASSES)), dtype=np.int64)
     for it, counts in endpoint.sent_by_iteration.items():
         log[it] = [counts[c] for c in LINK_CLASSES]
@@ -578,6 +587,8 @@ def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: 
             seconds["local_update"] = float(np.nanmedian(column))
         records.append({"iteration": it, "seconds": seconds,
                         "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, total[it])}})
+        if ivs_ok is not None:      # every IV's history of digests, compared after the run
+            records[-1]["ivs_bit_exact"] = ivs_ok
     return records
 
 

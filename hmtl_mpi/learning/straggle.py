@@ -81,6 +81,14 @@ class Straggle:
                                     f"0 .. {size - 1}")
 
 
+    def check_relays_only(self, H: int) -> None:
+        """Under --workload mtl only relays (ranks 1..H) straggle (raises StraggleError)."""
+        for rank in sorted(self.fixed):
+            if rank > H:
+                raise StraggleError(f"--straggle: rank {rank} is user {rank - H}; under "
+                                    f"--workload mtl only relays (ranks 1 .. {H}) straggle")
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text)

@@ -103,6 +103,15 @@ class UserNet(Net):
     def isend_to_relay(self, buf: np.ndarray, tag: int) -> None:
         self._isend(self.home, buf, tag, "user_to_relay")
 
+    def isend_to_relays(self, buf: np.ndarray, relays, tag: int) -> None:
+        """The same buffer to each of ``relays`` (0-based), without waiting."""
+        for i in relays:
+            self._isend(relay_rank(i), buf, tag, "user_to_relay")
+
+    def post_from_relays(self, relays, shape, dtype, tag: int) -> tuple:
+        """Receives from each of ``relays`` (for :meth:`first`)."""
+        return self._post([relay_rank(i) for i in relays], shape, dtype, tag)
+
     def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
         """Straight to the server, past the relays."""
         self._isend(0, buf, tag, "user_to_server")
@@ -151,6 +160,11 @@ class RelayNet(Net):
 
     def post_from_users(self, users, shape, dtype, tag: int) -> tuple:
         return self._post([user_rank(k, self.H) for k in users], shape, dtype, tag)
+
+    def post_from_server(self, shape, dtype, tag: int) -> tuple:
+        """A receive from the server (for :meth:`first`): no collective, so that nobody
+        waits for a slow relay."""
+        return self._post([0], shape, dtype, tag)
 
     def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
         self._isend(0, buf, tag, "relay_to_server")
