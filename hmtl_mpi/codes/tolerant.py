@@ -79,7 +79,7 @@ class TolerantCode:
 
     # --- serialisation: the plan's inputs; every rank rebuilds the decoders itself -------
     def to_buffer(self) -> np.ndarray:
-        head = [self.S, self.seed, self.attempts, len(self.blocks)]
+        head = [self.S, self.seed, self.attempts, self.checked_sets, len(self.blocks)]
         body = []
         for b in self.blocks:
             body += [b.F, len(b.users), *b.users.tolist(), *b.units.tolist()]
@@ -162,8 +162,8 @@ def build(G: np.ndarray, S: int, blocks: list, seed: int = 0, verify: bool = Tru
 def load(G: np.ndarray, buf: np.ndarray) -> TolerantCode:
     """The code of :meth:`TolerantCode.to_buffer`: the same draw, redone on this rank."""
     v = np.asarray(buf, dtype=np.uint8).view(np.int64).tolist()
-    S, seed, attempts, n = v[:4]
-    pos, blocks, H = 4, [], G.shape[0]
+    S, seed, attempts, checked, n = v[:5]
+    pos, blocks, H = 5, [], G.shape[0]
     for _ in range(n):
         F, m = v[pos], v[pos + 1]
         users = v[pos + 2: pos + 2 + m]
@@ -171,7 +171,7 @@ def load(G: np.ndarray, buf: np.ndarray) -> TolerantCode:
         blocks.append((F, users, units))
         pos += 2 + m + H
     code = build(G, S, blocks, seed=seed, verify=False)
-    code.attempts = attempts
+    code.attempts, code.checked_sets = attempts, checked
     return code
 
 
