@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,loads,paper} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -15,6 +15,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            (:mod:`.startup`)
 * schemes  uncoded, coded and joint side by side on the emulated cluster (root; :mod:`.schemes`)
 * hgc      gradient coding under injected stragglers: uncoded, gc, hgc, hgc-jncss (:mod:`.hgc`)
+* tolerant a slow relay: coded and joint waiting for it, and with --relay-stragglers
+           (:mod:`.tolerant`)
 * loads    the paper's Fig. 3 / Fig. 4: planned loads over random placements, no MPI (:mod:`.loads`)
 * paper    every figure of the paper (Figs. 3-7) into one folder (root for 5-7; :mod:`.paper`)
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "loads",
+WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
         "paper")
 
 
