@@ -47,6 +47,10 @@ def main(argv=None) -> int:
                         help="gradient schemes: partitions of the data (default K)")
     parser.add_argument("--straggle", type=straggle_value, default="none",
                         help="hgc-jncss: the delay model to select nodes for (as the job's)")
+    parser.add_argument("--relay-stragglers", type=int, default=0, metavar="S",
+                        help="coded, joint: the exchange tolerant of S slow relays "
+                             "(docs/tolerant.md); with --verify, every set of H - S relays "
+                             "is decoded")
     parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
     parser.add_argument("--max-denominator", type=int, default=None,
                         help=f"largest denominator for exact alphas / loads (default: the "
@@ -69,6 +73,8 @@ def main(argv=None) -> int:
         parser.error(f"--max-denominator must be at least 1, got {args.max_denominator}")
     if args.verify and args.dim < 1:
         parser.error(f"--dim must be at least 1, got {args.dim}")
+    if args.relay_stragglers < 0:
+        parser.error(f"--relay-stragglers must be at least 0, got {args.relay_stragglers}")
     if args.partitions is not None and args.partitions < 1:
         parser.error(f"--partitions must be at least 1, got {args.partitions}")
     try:
@@ -76,14 +82,14 @@ def main(argv=None) -> int:
         scheme = get(args.scheme, args.workload).plan(
             G, seed=args.seed, max_denominator=args.max_denominator, stragglers=args.stragglers,
             partitions=args.partitions or G.shape[1], straggle=args.straggle,
-            construction=args.code)
+            construction=args.code, relay_stragglers=args.relay_stragglers)
     except (TopologyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = scheme.plan_dict()
     verify = None
     if args.verify:
-        if scheme.barrier_free:          # a gradient code: every straggler pattern decoded
+        if scheme.barrier_free:          # a straggler-tolerant code: every pattern decoded
             verify = scheme.verify_code(seed=args.seed)
         else:                            # the exchange, through the parts, in this process
             verify = verify_exchange(scheme, dim=args.dim, seed=args.seed)

@@ -293,3 +293,24 @@ def relay_decode(code: TolerantCode, i: int, ivs: dict, downlink: np.ndarray, di
             if int(k) not in out:
                 out[int(k)] = coding.units_to_iv(full[c * b.F: (c + 1) * b.F], dim)
     return out
+
+
+def verify(code: TolerantCode, dim: int = 100, seed: int = 0) -> dict:
+    """One exchange on IVs with awkward bit patterns for **every** set of H - S answering
+    relays: the server's decoded IVs and every relay's, compared bit for bit."""
+    G, H = code.G, code.H
+    ivs = coding.special_ivs(G.shape[1], dim, seed)
+    own = [{int(k): ivs[k] for k in np.flatnonzero(G[i])} for i in range(H)]
+    sizes = [uplink_symbols(code, i, dim) for i in range(H)]
+    messages = [unwire(wire(relay_encode(code, i, own[i], dim)), sizes[i]) for i in range(H)]
+    server = ServerDecoder(code, dim)
+    sets, exact = 0, True
+    for A in code.answering_sets():
+        sets += 1
+        xs = server.decode({i: messages[i] for i in A})
+        exact &= all(iv.tobytes() == ivs[k].tobytes() for k, iv in server.ivs(xs).items())
+        down = unwire(wire(server.downlink(xs)), downlink_symbols(code, dim))
+        for i in range(H):
+            got = relay_decode(code, i, own[i], down, dim)
+            exact &= all(got[k].tobytes() == ivs[k].tobytes() for k in range(G.shape[1]))
+    return {"straggler_sets": sets, "relays": H, "dim": dim, "exact": bool(exact)}

@@ -220,5 +220,5 @@ def format_tolerant_plan(tp: TolerantPlan) -> str:
         lines.append(f"    {b.label}: users {[int(k) + 1 for k in b.users]}, F = {b.F}, loads "
                      f"{[str(x) for x in b.loads]} ({b.source})")
     lines.append(f"    loads: uplink {tp.uplink_load} (lower bound {tp.uplink_lower_bound}), "
-                 f"downlink {tp.downlink_load} IVs per iteration")
+                 f"broadcast {tp.downlink_load} IVs per iteration (lower bound, Theorem 2)")
     return "\n".join(lines)

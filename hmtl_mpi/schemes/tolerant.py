@@ -221,12 +221,19 @@ class TolerantExchange(Scheme):
         return out
 
     def format_plan(self):
-        text = super().format_plan()
+        up = self.planned_loads[0]
+        text = (f"{self.name}: H = {self.H} relays, K = {self.K} users; loads: uplink {up}, "
+                f"downlink {self.H * self.broadcast_load} IVs per iteration (the broadcast's "
+                f"{self.broadcast_load} sent to each of the {self.H} relays)")
         if self.planned is not None:
             text += "\n" + tplan.format_tolerant_plan(self.planned)
         return text + (f"\n  code: random, seed {self.code.seed} after {self.code.attempts} "
                        f"draw(s); the server decodes from each of the "
                        f"{self.code.checked_sets} sets of {self.H - self.code.S} relays")
+
+    def verify_code(self, seed=0):
+        """Every set of H - S relays decoded by the server, then every relay (``plan --verify``)."""
+        return tcode.verify(self.code, seed=seed)
 
     def report_fields(self):
         return {"relay_stragglers": self.code.S, "straggle": self.straggle.text,
