@@ -26,7 +26,8 @@ from hmtl_mpi.vocabulary import EXIT_BAD_INPUT
 
 SMALL = [("paper-fig2", load_topology("paper-fig2"), 1),
          ("cyclic 5,3", cyclic(5, 3), 1), ("cyclic 5,3", cyclic(5, 3), 2),
-         ("symmetric 4,2", symmetric(4, 2), 1), ("random 12 on 6, r = 3", random_regular(12, 6, 3, 1), 2),
+         ("symmetric 4,2", symmetric(4, 2), 1),
+         ("random 12 on 6, r = 3", random_regular(12, 6, 3, 1), 2),
          ("mixed degrees", np.array([[1, 1, 0, 1, 1, 0], [1, 0, 1, 1, 0, 1], [0, 1, 1, 1, 1, 1],
                                      [1, 1, 1, 0, 0, 1]], dtype=np.uint8), 1),
          ("a user on every relay", np.array([[1, 1, 0, 1, 1], [1, 0, 1, 1, 0], [0, 1, 1, 1, 1],

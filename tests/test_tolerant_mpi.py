@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mpi_util import run_job
 
 pytestmark = pytest.mark.mpi

@@ -55,8 +55,9 @@ def rows_of(report: dict, job: str, straggle: str, S: int) -> list:
 
 
 def markdown(rows: list) -> str:
-    lines = ["| job | scheme | S | slow relay | median s/it | mean s/it | uplink meas./plan (IVs) | "
-             "downlink meas./plan (IVs) | model digest |", "|" + "---|" * 9]
+    head = ("| job | scheme | S | slow relay | median s/it | mean s/it | uplink meas./plan "
+            "(IVs) | downlink meas./plan (IVs) | model digest |")
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(f"| {r['job']} | {r['scheme']} | {r['relay_stragglers']} | "
                      f"`{r['straggle']}` | {r['median_s']:.4f} | {r['mean_s']:.4f} | "

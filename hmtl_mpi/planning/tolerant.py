@@ -214,8 +214,8 @@ def make_tolerant_plan(G: np.ndarray, S: int, by_round: bool) -> TolerantPlan:
 
 
 def format_tolerant_plan(tp: TolerantPlan) -> str:
-    lines = [f"  tolerant exchange, S = {tp.S} slow relay(s): the server decodes from the first "
-             f"{tp.H - tp.S} of {tp.H} relays"]
+    lines = [(f"  tolerant exchange, S = {tp.S} slow relay(s): the server decodes from the "
+              f"first {tp.H - tp.S} of {tp.H} relays")]
     for b in tp.blocks:
         lines.append(f"    {b.label}: users {[int(k) + 1 for k in b.users]}, F = {b.F}, loads "
                      f"{[str(x) for x in b.loads]} ({b.source})")

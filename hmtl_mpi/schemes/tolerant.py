@@ -170,7 +170,7 @@ class TolerantExchange(Scheme):
         self.summary = f"the {name} exchange tolerating {code.S} slow relay(s)"
 
     @classmethod
-    def plan_for(cls, name, by_round, G, S, seed=0, straggle=None) -> "TolerantExchange":
+    def plan_for(cls, name, by_round, G, S, seed=0, straggle=None) -> TolerantExchange:
         try:
             planned = tplan.make_tolerant_plan(G, int(S), by_round)
         except tplan.TolerantPlanError as exc:
@@ -190,7 +190,7 @@ class TolerantExchange(Scheme):
         return buf.size >= 8 and bool((buf[:8] == cls.MAGIC).all())
 
     @classmethod
-    def from_buffer_named(cls, name, G, buf) -> "TolerantExchange":
+    def from_buffer_named(cls, name, G, buf) -> TolerantExchange:
         buf = np.asarray(buf, dtype=np.uint8)
         by_round, n = buf[8:24].copy().view(np.int64).tolist()
         text = bytes(buf[24: 24 + n]).decode()
