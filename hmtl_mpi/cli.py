@@ -317,8 +317,6 @@ def parse_job_args(argv, rank, size):
     elif args.relay_stragglers and (args.workload != "mtl" or args.layout == "flat"):
         problem = ("--relay-stragglers applies to --workload mtl with the hierarchical layout "
                    "(the coded and joint schemes)")
-    elif args.relay_stragglers and (args.checkpoint or args.resume):
-        problem = "--relay-stragglers does not support --checkpoint/--resume yet"
     elif args.workload == "gd" and args.dataset not in ("digits", "mnist"):
         problem = f"--workload gd trains on digits or mnist, not {args.dataset}"
     elif args.workload == "gd" and args.layout == "flat":

@@ -137,3 +137,21 @@ def test_inprocess_with_a_slow_relay_is_exact_and_never_waits_for_it(tmp_path):
         assert run["relay_uplinks_not_waited_for"] == [0, 4, 0, 0, 0]   # relay 2 = rank 2
         assert run["median_seconds"]["total"] < 0.1
     assert runs["uncoded"]["median_seconds"]["total"] >= 0.3          # it waits for relay 2
+
+
+def test_resumed_from_a_checkpoint_ends_bit_identical(tmp_path):
+    def run(**options):
+        path = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
+        config = JobConfig(topology="paper-fig2", schemes=("uncoded", "coded"),
+                           scheme_arg="uncoded,coded", relay_stragglers=1, iterations=5,
+                           quiet=True, straggle=straggle("fixed:2=0.3"), report=str(path),
+                           **options)
+        assert run_inprocess(config) == 0
+        rep = json.loads(path.read_text())
+        return {n: (r["model_digest"], len(r["iterations"]), r["ivs_bit_exact"],
+                    r.get("relay_uplinks_not_waited_for")) for n, r in rep["runs"].items()}
+    reference = run()
+    ck = tmp_path / "ck"
+    assert run(checkpoint=str(ck), checkpoint_every=2) == reference
+    (ck / "ckpt-1-00000004.hmtl").unlink()          # resume the tolerant run after iteration 2
+    assert run(resume=str(ck)) == reference

@@ -28,6 +28,7 @@ run (:func:`hmtl_mpi.job.checks.check_ivs`), and the final models as for every s
 from __future__ import annotations
 
 import hashlib
+import json
 from fractions import Fraction
 
 import numpy as np
@@ -69,6 +70,15 @@ class TolerantUser(UserPart):
     def computed_ivs(self):
         return {self.k: np.frombuffer(self.chain, dtype=np.uint8)}
 
+    def own_state(self):
+        return {"model": self.model, "chain": np.frombuffer(self.chain, dtype=np.uint8),
+                "compute_s": np.array(self.compute_s)}
+
+    def load_own_state(self, state):
+        super().load_own_state(state)
+        self.chain = bytes(state["chain"])
+        self.compute_s = [float(x) for x in state["compute_s"]]
+
 
 class TolerantRelay(RelayPart):
     def __init__(self, scheme, job, net, i):
@@ -101,6 +111,12 @@ class TolerantRelay(RelayPart):
 
     def held_ivs(self):
         return np.stack([np.frombuffer(c, dtype=np.uint8) for c in self.chains])
+
+    def own_state(self):
+        return {"chains": self.held_ivs()}
+
+    def load_own_state(self, state):
+        self.chains = [bytes(row) for row in np.asarray(state["chains"], dtype=np.uint8)]
 
     def final_models(self):
         return self.models
@@ -141,6 +157,14 @@ class TolerantServer(ServerPart):
         rec, H, S = self.seconds[it], self.job.H, self.scheme.code.S
         return (f"total {rec['total']:.4f} s (waited {rec['relay_to_server']:.4f} s for the "
                 f"first {H - S} of {H} relays: {', '.join(map(str, self.answered[it]))})")
+
+    def own_state(self):
+        text = json.dumps({"seconds": self.seconds, "answered": self.answered}).encode()
+        return {"records": np.frombuffer(text, dtype=np.uint8)}
+
+    def load_own_state(self, state):
+        saved = json.loads(bytes(state["records"]).decode())
+        self.seconds, self.answered = saved["seconds"], saved["answered"]
 
     def results(self):
         missed = [0] * self.job.H
