@@ -155,3 +155,22 @@ def test_resumed_from_a_checkpoint_ends_bit_identical(tmp_path):
     assert run(checkpoint=str(ck), checkpoint_every=2) == reference
     (ck / "ckpt-1-00000004.hmtl").unlink()          # resume the tolerant run after iteration 2
     assert run(resume=str(ck)) == reference
+
+
+def test_the_servers_message_cut_into_pieces_and_joined_in_any_order():
+    rng = np.random.default_rng(3)
+    symbols = rng.integers(0, 65537, size=1001)
+    symbols[[5, 500, 1000]] = 65536                           # escaped symbols
+    message = tcode.wire(symbols)
+    for n in range(1, 6):
+        cap = tcode.piece_capacity(symbols.size, n)
+        received = []
+        for piece in tcode.pieces(message, n):
+            buf = np.zeros(cap, dtype=np.uint16)              # a receive buffer, longer
+            buf[: piece.size] = piece
+            assert np.array_equal(tcode.trim(buf), piece)     # forwarded as it came
+            received.append(buf)
+        order = rng.permutation(n)
+        joined = tcode.join([received[j] for j in order])
+        assert np.array_equal(tcode.unwire(joined, symbols.size), symbols)
+    assert tcode.piece_index(tcode.no_piece(4)) is None

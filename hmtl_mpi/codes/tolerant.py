@@ -191,6 +191,53 @@ def unwire(buf: np.ndarray, L: int) -> np.ndarray:
     return coding.unpack(buf[2: 2 + L + 2 * E], (L,))
 
 
+NO_PIECE = 0xFFFF       # a piece header's index when the relay gets no piece to forward
+
+
+def pieces(message: np.ndarray, n: int) -> list:
+    """A wire message cut into n near-equal pieces, each headed by ``uint16[4]``: its index,
+    n, and the message's length (uint32); the relays forward them to each other."""
+    total = np.array([message.size], dtype=np.uint32).view(np.uint16)
+    return [np.concatenate([np.array([j, n], dtype=np.uint16), total, part])
+            for j, part in enumerate(np.array_split(message, n))]
+
+
+def no_piece(n: int) -> np.ndarray:
+    """The header sent to a relay that did not answer in time: nothing to forward."""
+    return np.array([NO_PIECE, n, 0, 0], dtype=np.uint16)
+
+
+def piece_index(buf: np.ndarray) -> int | None:
+    return None if int(buf[0]) == NO_PIECE else int(buf[0])
+
+
+def _sizes(buf: np.ndarray) -> list:
+    n, total = int(buf[1]), int(buf[2:4].copy().view(np.uint32)[0])
+    base, extra = divmod(total, n)                # np.array_split's sizes
+    return [base + (1 if j < extra else 0) for j in range(n)]
+
+
+def trim(buf: np.ndarray) -> np.ndarray:
+    """A received piece without the unused end of its receive buffer (to forward it)."""
+    return buf[: 4 + _sizes(buf)[int(buf[0])]]
+
+
+def join(bufs: list) -> np.ndarray:
+    """The wire message from all n pieces (received into larger buffers), any order."""
+    sizes = _sizes(bufs[0])
+    out = np.empty(sum(sizes), dtype=np.uint16)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for buf in bufs:
+        j = int(buf[0])
+        out[starts[j]: starts[j + 1]] = buf[4: 4 + sizes[j]]
+    return out
+
+
+def piece_capacity(L: int, n: int) -> int:
+    """uint16 slots a receive of one of n pieces of an L-symbol message needs."""
+    return 4 + -(-capacity(L) // n)
+
+
 def capacity(L: int) -> int:
     """uint16 slots a receive of an L-symbol message needs (every symbol escaped at worst)."""
     return 2 + 3 * L

@@ -98,9 +98,19 @@ class TolerantRelay(RelayPart):
         if net.delay_unless_model(scheme.straggle.relay_delay(net.rank), down_tag(it)):
             message = GAVE_UP              # the server went on without this relay
         net.isend_to_server(message, up_tag(it))
-        L = tcode.downlink_symbols(code, dim)
-        posted = net.post_from_server((tcode.capacity(L),), np.uint16, down_tag(it))
-        (_, buf), = net.first(posted, 1, f"the server's broadcast of iteration {it}")
+        # the server's message: one piece from the server (or none, to a relay it did not
+        # wait for), forwarded to every other relay; the other pieces from the relays
+        n, L = job.H - code.S, tcode.downlink_symbols(code, dim)
+        others = [j for j in range(job.H) if j != self.i]
+        cap = tcode.piece_capacity(L, n)
+        from_relays = net.post_from_relays(others, (cap,), np.uint16, down_tag(it))
+        (_, first), = net.first(net.post_from_server((cap,), np.uint16, down_tag(it)), 1,
+                                f"the server's message of iteration {it}")
+        mine = [] if tcode.piece_index(first) is None else [tcode.trim(first)]
+        net.isend_to_relays(mine[0] if mine else GAVE_UP, others, down_tag(it))
+        got = net.first(from_relays, n - len(mine), f"the pieces of the server's message of "
+                        f"iteration {it} from the relays it heard")
+        buf = tcode.join(mine + [b for _, b in got])
         ivs = tcode.relay_decode(code, self.i, own, tcode.unwire(buf, L), dim)
         stacked = np.stack([ivs[k] for k in range(job.K)])
         self.chains = [_chain(c, stacked[k]) for k, c in enumerate(self.chains)]
@@ -143,11 +153,15 @@ class TolerantServer(ServerPart):
         t1 = net.clock()
         xs = self.decoder.decode({i: tcode.unwire(buf, sizes[i]) for i, buf in got})
         t2 = net.clock()
-        down = tcode.wire(self.decoder.downlink(xs))
+        answered = sorted(int(i) for i, _ in got)
+        cut = tcode.pieces(tcode.wire(self.decoder.downlink(xs)), len(answered))
         t3 = net.clock()
-        net.isend_to_relays(down, range(H), down_tag(it))
+        piece_of = dict(zip(answered, cut))
+        for i in range(H):             # one copy leaves the server; the relays forward it
+            net.isend_to_relays(piece_of.get(i, tcode.no_piece(len(answered))), [i],
+                                down_tag(it))
         t4 = net.clock()
-        self.answered.append(sorted(int(i) + 1 for i, _ in got))
+        self.answered.append([i + 1 for i in answered])
         self.seconds.append({"relay_to_server": t1 - t0, "decode": t2 - t1, "encode": t3 - t2,
                              "server_to_relay": t4 - t3,
                              "total": t4 - (self.last if self.last is not None else t0)})
@@ -224,11 +238,11 @@ class TolerantExchange(Scheme):
     @property
     def planned_loads(self):
         """Uplink: every relay's combinations (a late relay gives its up, so the measured
-        load is lower when one straggles). Downlink: the broadcast's R/F IVs sent point to
-        point, once to each of the H relays (a collective would wait for the slow one)."""
+        load is lower when one straggles). Downlink: the broadcast, R/F IVs per block,
+        leaving the server once (in H - S pieces the answering relays forward)."""
         up = sum((Fraction(int(b.units[i]), b.F) for b in self.code.blocks
                   for i in range(self.H)), Fraction(0))
-        return up, self.H * self.broadcast_load
+        return up, self.broadcast_load
 
     @property
     def broadcast_load(self) -> Fraction:
@@ -245,10 +259,11 @@ class TolerantExchange(Scheme):
         return out
 
     def format_plan(self):
-        up = self.planned_loads[0]
+        up, down = self.planned_loads
+        n = self.H - self.code.S
         text = (f"{self.name}: H = {self.H} relays, K = {self.K} users; loads: uplink {up}, "
-                f"downlink {self.H * self.broadcast_load} IVs per iteration (the broadcast's "
-                f"{self.broadcast_load} sent to each of the {self.H} relays)")
+                f"downlink {down} IVs per iteration (in {n} pieces, one to each relay the "
+                f"server heard, which forwards it to the others)")
         if self.planned is not None:
             text += "\n" + tplan.format_tolerant_plan(self.planned)
         return text + (f"\n  code: random, seed {self.code.seed} after {self.code.attempts} "
@@ -266,7 +281,7 @@ class TolerantExchange(Scheme):
 
     def link_loads(self):
         out = super().link_loads()
-        out["downlink_rounds"] = 1
+        out["downlink_rounds"] = 2           # the server's pieces, then the relays' forwards
         return out
 
     def coding_work(self, dim):

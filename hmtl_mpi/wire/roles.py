@@ -161,6 +161,15 @@ class RelayNet(Net):
     def post_from_users(self, users, shape, dtype, tag: int) -> tuple:
         return self._post([user_rank(k, self.H) for k in users], shape, dtype, tag)
 
+    def post_from_relays(self, relays, shape, dtype, tag: int) -> tuple:
+        """Receives from each of the other ``relays`` (for :meth:`first`)."""
+        return self._post([relay_rank(i) for i in relays], shape, dtype, tag)
+
+    def isend_to_relays(self, buf: np.ndarray, relays, tag: int) -> None:
+        """The same buffer to each of the other ``relays``, without waiting."""
+        for i in relays:
+            self._isend(relay_rank(i), buf, tag, "relay_to_relay")
+
     def post_from_server(self, shape, dtype, tag: int) -> tuple:
         """A receive from the server (for :meth:`first`): no collective, so that nobody
         waits for a slow relay."""
