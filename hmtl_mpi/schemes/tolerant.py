@@ -9,12 +9,15 @@ Barrier-free, like the gradient schemes (:mod:`hmtl_mpi.schemes.gradient`): one
 * A user computes its IV, sends it to every relay it is linked to, and takes its model
   from the first of its relays to send it (they all compute the same models).
 * A relay takes its users' IVs, encodes its uplink, is late if ``--straggle`` says so (cut
-  short, and the uplink given up, if the server's broadcast of the iteration arrives
-  meanwhile), sends the uplink, decodes the broadcast into every IV, runs the global
-  update and sends every one of its users its model.
+  short, and the uplink given up, if the server's message of the iteration arrives
+  meanwhile), sends the uplink, forwards its piece of the broadcast, decodes the whole
+  broadcast into every IV, runs the global update and sends every one of its users its
+  model.
 * The server takes the first H - S relays' uplinks, decodes every IV that some relay
-  lacks, and sends each relay the broadcast (point to point: a collective would wait for
-  the slow relay).
+  lacks, and sends its broadcast once, in H - S pieces, one to each relay it heard; each
+  of those forwards its piece to every other relay (point to point: the allgather
+  collective would wait for the slow relay). A relay gathers the H - S pieces and
+  decodes.
 
 Nobody waits for a slow relay: the server needs H - S of them, a user one relay, and the
 slow relay's own late messages are drained after the last iteration. The iteration time
