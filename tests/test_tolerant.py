@@ -174,3 +174,30 @@ def test_the_servers_message_cut_into_pieces_and_joined_in_any_order():
         joined = tcode.join([received[j] for j in order])
         assert np.array_equal(tcode.unwire(joined, symbols.size), symbols)
     assert tcode.piece_index(tcode.no_piece(4)) is None
+
+
+def test_a_corrupted_decode_is_caught(tmp_path, monkeypatch):
+    """The digest chains are not vacuous: one bit flipped in one IV one relay decoded, in
+    one iteration, and the run reports it."""
+    from hmtl_mpi.schemes import tolerant as scheme_module
+
+    real = scheme_module.tcode.relay_decode
+    calls = {"n": 0}
+
+    def corrupt(code, i, ivs, downlink, dim):
+        out = real(code, i, ivs, downlink, dim)
+        calls["n"] += 1
+        if i == 3 and calls["n"] > 5 and not calls.get("done"):
+            k = next(k for k in out if k not in ivs)           # an IV relay 4 decoded
+            out[k] = out[k].copy()
+            out[k].view(np.uint64)[0] ^= 1
+            calls["done"] = True
+        return out
+    monkeypatch.setattr(scheme_module.tcode, "relay_decode", corrupt)
+    path = tmp_path / "r.json"
+    config = JobConfig(topology="paper-fig2", schemes=("coded",), scheme_arg="coded",
+                       relay_stragglers=1, iterations=3, quiet=True, straggle=straggle("none"),
+                       report=str(path))
+    run_inprocess(config)
+    rep = json.loads(path.read_text())
+    assert calls.get("done") and rep["ivs_bit_exact"] is False
