@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,loads,paper} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,loads,paper,users} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -17,6 +17,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 * hgc      gradient coding under injected stragglers: uncoded, gc, hgc, hgc-jncss (:mod:`.hgc`)
 * loads    the paper's Fig. 3 / Fig. 4: planned loads over random placements, no MPI (:mod:`.loads`)
 * paper    every figure of the paper (Figs. 3-7) into one folder (root for 5-7; :mod:`.paper`)
+* users    K = 1,000 users on 21 MPI ranks (``--users-per-rank``) against one rank per user
+           in one process: wall time, memory, loads, digests (:mod:`.users`)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "loads",
-        "paper")
+        "paper", "users")
 
 
 def main(argv=None) -> int:
