@@ -274,7 +274,8 @@ def users_per_rank_problem(workload: str, layout: str, per_rank: int) -> str | N
     it can; :mod:`hmtl_mpi.job.hosting`)."""
     if per_rank > MAX_USERS_PER_RANK:
         return (f"--users-per-rank {per_rank}: at most {MAX_USERS_PER_RANK} users per rank "
-                f"(each user's slot goes into its messages' tags, and MPI guarantees tags up to 32767 only)")
+                f"(each user's slot goes into its messages' tags, and MPI guarantees tags up "
+                f"to 32767 only)")
     if per_rank == 1:
         return None
     if workload == "gd":

@@ -18,9 +18,9 @@ import sys
 import numpy as np
 import pytest
 
-from hmtl_mpi.vocabulary import (EXIT_BAD_INPUT, EXIT_FAULT, TAG_IV, TAG_MODEL, group_members,
-                                 host_rank, ranks_formula, ranks_needed, role_names, user_tag,
-                                 users_of_rank)
+from hmtl_mpi.vocabulary import (EXIT_BAD_INPUT, EXIT_FAULT, EXIT_HANG, TAG_IV, TAG_MODEL,
+                                 group_members, host_rank, ranks_formula, ranks_needed,
+                                 role_names, user_tag, users_of_rank)
 from mpi_util import REPO, run_job
 
 COMMON = ("--iterations", "4", "--quiet")
@@ -135,7 +135,7 @@ def test_checkpoint_and_resume_with_users_sharing_ranks(tmp_path, one_per_rank):
     assert "users_per_rank: 3 in the checkpoint, 4 now" in proc.stderr
 
 
-# --- under mpirun ----------------------------------------------------------------------------------
+# --- under mpirun ------------------------------------------------------------------------------
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("n", [3, 4])
@@ -180,3 +180,12 @@ def test_users_on_one_rank_are_told_apart_by_tag():
     assert fabric.run(rank_job) == [0, 0, 0]
     assert {k: v.tolist() for k, v in got["ivs"].items()} == {0: [10.0] * 3, 1: [11.0] * 3}
     assert {k: v.tolist() for k, v in got["models"].items()} == {0: [20.0] * 2, 1: [21.0] * 2}
+
+
+@pytest.mark.mpi
+def test_mpirun_a_hanging_hosting_rank_is_named_with_its_users():
+    proc, _ = run_job(10, "--iterations", "3", "--quiet", "--users-per-rank", "3", "--dataset",
+                      "synthetic", "--dim", "16", "--timeout", "10", "--inject-fault", "7:1:hang",
+                      timeout=180)
+    assert proc.returncode == EXIT_HANG, proc.stderr[-3000:]
+    assert "rank 7 (users 4-6) stopped answering in iteration 1 of the uncoded run" in proc.stderr
