@@ -11,8 +11,8 @@ users k in [j N, (j + 1) N) share the MPI rank H + 1 + j (:func:`host_rank`), wh
 runs their parts one after the other, and every message to or from a user carries
 the user's slot on its rank in its tag (:func:`user_tag`). The flat layout (seed
 001's system) has no user ranks: relay i is the worker of every task in its row of
-G. Inside the code relays and users
-are numbered from 0; whatever is printed for people numbers them from 1.
+G. Inside the code relays and users are numbered from 0; whatever is printed for
+people numbers them from 1.
 
 Message tags are listed with what they carry in docs/wire.md.
 """
