@@ -189,3 +189,20 @@ def test_mpirun_a_hanging_hosting_rank_is_named_with_its_users():
                       timeout=180)
     assert proc.returncode == EXIT_HANG, proc.stderr[-3000:]
     assert "rank 7 (users 4-6) stopped answering in iteration 1 of the uncoded run" in proc.stderr
+
+
+def test_the_prediction_puts_a_ranks_users_on_its_link():
+    from hmtl_mpi.job.hosting import rank_link_loads
+    from hmtl_mpi.job.predict import phase_seconds
+
+    loads = {"user_up_max": 2, "user_down_max": 1, "relay_to_server": 8.5,
+             "server_to_relay": 7.0, "uplink_rounds": 1, "downlink_rounds": 2}
+    assert rank_link_loads(loads, 10, 1) is loads
+    hosted = rank_link_loads(loads, 10, 3)
+    assert (hosted["user_up_max"], hosted["user_down_max"], hosted["user_rounds"]) == (6, 3, 3)
+    assert rank_link_loads(loads, 2, 5)["user_rounds"] == 2          # no more users than K
+    links = {"w1": (1e-3, 1e6), "w2": (2e-3, 1e6)}
+    one, three = (phase_seconds(x, 1000, links, {}, 1e9) for x in (loads, hosted))
+    assert one["user_to_relay"] == pytest.approx(1e-3 + 2e-3)
+    assert three["user_to_relay"] == pytest.approx(3e-3 + 6e-3)
+    assert three["relay_to_server"] == one["relay_to_server"]

@@ -94,6 +94,22 @@ class HostedUsers:
                               if key.startswith(prefix)})
 
 
+def rank_link_loads(loads: dict, K: int, per_rank: int) -> dict:
+    """A scheme's :meth:`~hmtl_mpi.schemes.base.Scheme.link_loads` for the time prediction
+    when a user rank's one link carries its users (:mod:`hmtl_mpi.job.predict`): the
+    busiest user's share times the most users a rank runs, in as many rounds (the rank
+    sends and receives for one user after the other). An upper bound: the busiest
+    users need not share a rank."""
+    n = min(per_rank, K)
+    if n <= 1:
+        return loads
+    out = dict(loads)
+    out["user_up_max"] = loads["user_up_max"] * n
+    out["user_down_max"] = loads["user_down_max"] * n
+    out["user_rounds"] = n
+    return out
+
+
 def rank_part(scheme, job, endpoint, downlink: str, per_rank: int):
     """This rank's part: its role's (:meth:`hmtl_mpi.schemes.base.Scheme.part`), or on a
     user rank with ``per_rank`` > 1, its users' (:class:`HostedUsers`)."""

@@ -53,7 +53,7 @@ from . import checks
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
                        end_job)
-from .hosting import rank_part
+from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
@@ -337,7 +337,8 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
     speed = coding_speed(dim)
     runs = {}
     for s in timed:
-        runs[s.name] = {"predicted_seconds": phase_seconds(s.link_loads(), 8 * dim, rates,
+        loads = rank_link_loads(s.link_loads(), G.shape[1], config.users_per_rank)
+        runs[s.name] = {"predicted_seconds": phase_seconds(loads, 8 * dim, rates,
                                                          s.coding_work(dim), speed)}
     probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
              "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
