@@ -45,7 +45,6 @@ from ..vocabulary import (
     USER,
     WORLD,
     group_members,
-    relay_rank,
     role_of,
 )
 from .interfaces import Endpoint, PhaseTimeout
