@@ -125,7 +125,9 @@ def plan_on_server(config: JobConfig, world_size: int):
     if world_size != need:
         who = f"1 server and {H} workers" if config.flat else f"1 server, {H} relays, {K} users"
         if per_rank > 1:
-            who += f" on {need - 1 - H} ranks of up to {per_rank}, --users-per-rank {per_rank}"
+            m = need - 1 - H
+            who += (f" on {m} rank{'s' if m != 1 else ''} of up to {per_rank}, "
+                    f"--users-per-rank {per_rank}")
         formula = ranks_formula(config.flat, per_rank)
         raise SetupError(
             f"topology {config.topology} has H = {H} relays and K = {K} users, so the job needs "
@@ -606,7 +608,8 @@ def run_job(config: JobConfig, endpoint, state) -> int:
     if rank == 0:
         who = f"{H} workers" if config.flat else f"{H} relays, {K} users"
         if config.users_per_rank > 1:
-            who += f" on {endpoint.size - 1 - H} ranks, --users-per-rank {config.users_per_rank}"
+            m = endpoint.size - 1 - H
+            who += f" on {m} rank{'s' if m != 1 else ''}, --users-per-rank {config.users_per_rank}"
         loads = ", ".join(f"{s.name} ({float(s.planned_loads[0]):.4g}, "
                           f"{float(s.planned_loads[1]):.4g})" for s in schemes)
         where = (f"on {os.cpu_count()} cores{' (oversubscribed)' if oversubscribed else ''}"
