@@ -11,7 +11,7 @@ from .job.config import JobConfig
 from .learning.learners import DATASETS
 from .learning.straggle import StraggleError, parse
 from .schemes import REGISTRY, names
-from .vocabulary import EXIT_BAD_INPUT
+from .vocabulary import EXIT_BAD_INPUT, MAX_USERS_PER_RANK
 
 
 def positive_int(text) -> int:
@@ -74,7 +74,8 @@ DEFAULT_SCHEMES = {"mtl": "both", "gd": "uncoded,gc,hgc"}
 EPILOG = """\
 ranks: world rank 0 is the server, ranks 1..H the relays, ranks H+1..H+K the
 users, so the job needs exactly 1 + H + K ranks (16 for paper-fig2); with
---layout flat there are no user ranks and the job needs 1 + H.
+--users-per-rank N, rank H+1+j runs users jN .. jN+N-1 and the job needs
+1 + H + ceil(K/N); with --layout flat there are no user ranks and the job needs 1 + H.
 
 schemes:
 {schemes}
@@ -262,12 +263,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same parts, checks, summary and report, on a virtual clock that "
                         "counts only computation (links cost nothing; --straggle delays order "
                         "the arrivals instead of sleeping)")
+    p.add_argument("--users-per-rank", type=positive_int, default=1, metavar="N",
+                   help="each user rank runs N users (users k in [jN, (j+1)N) on rank 1+H+j), "
+                        "so the job needs 1 + H + ceil(K/N) ranks; every user keeps its own "
+                        "model, IV and messages (default 1; --workload mtl, hierarchical)")
     p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:KIND]",
                    help="testing aid: on world rank RANK in iteration ITERATION (0-based, "
                         "mid-iteration, at relay_to_server) raise an exception (KIND raise, the "
                         "default), stop responding (hang) or die by SIGKILL (kill); the job "
                         "must end naming that rank")
     return p
+
+
+def users_per_rank_problem(workload: str, layout: str, per_rank: int) -> str | None:
+    """Why ``--users-per-rank per_rank`` cannot run with this workload and layout (None:
+    it can; :mod:`hmtl_mpi.job.hosting`)."""
+    if per_rank > MAX_USERS_PER_RANK:
+        return (f"--users-per-rank {per_rank}: at most {MAX_USERS_PER_RANK} users per rank "
+                f"(each user's slot goes into its messages' tags, and MPI guarantees tags up "
+                f"to 32767 only)")
+    if per_rank == 1:
+        return None
+    if workload == "gd":
+        return (f"--users-per-rank {per_rank}: --workload gd needs one rank per user (its "
+                f"workers straggle and give up independently; users sharing a rank run one "
+                f"after the other)")
+    if layout == "flat":
+        return (f"--users-per-rank {per_rank}: --layout flat has no user ranks (relay i "
+                f"computes its tasks itself)")
+    return None
 
 
 def parse_job_args(argv, rank, size):
@@ -337,6 +361,8 @@ def parse_job_args(argv, rank, size):
         problem = "--checkpoint: the folder name is empty"
     elif args.resume is not None and not args.resume.strip():
         problem = "--resume: the folder name is empty"
+    elif users_per_rank_problem(args.workload, args.layout, args.users_per_rank):
+        problem = users_per_rank_problem(args.workload, args.layout, args.users_per_rank)
     elif args.inject_fault and args.transport == "inprocess" and args.inject_fault[2] == "kill":
         problem = ("--inject-fault RANK:ITERATION:kill needs a process per rank (mpirun); "
                    "with --transport inprocess use raise or hang")

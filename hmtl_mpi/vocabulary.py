@@ -6,9 +6,13 @@ bottom of every layer and two layers never disagree on a number.
 
 Ranks (the paper's system, Section II): world rank 0 is the server, ranks 1..H
 the relays (relay i, 0-based, is rank 1 + i), ranks H+1..H+K the users (user k
-is rank H + 1 + k). The flat layout (seed 001's system) has no user ranks: relay
-i is the worker of every task in its row of G. Inside the code relays and users
-are numbered from 0; whatever is printed for people numbers them from 1.
+is rank H + 1 + k). With ``--users-per-rank N`` those user ranks are *logical*: the
+users k in [j N, (j + 1) N) share the MPI rank H + 1 + j (:func:`host_rank`), which
+runs their parts one after the other, and every message to or from a user carries
+the user's slot on its rank in its tag (:func:`user_tag`). The flat layout (seed
+001's system) has no user ranks: relay i is the worker of every task in its row of
+G. Inside the code relays and users are numbered from 0; whatever is printed for
+people numbers them from 1.
 
 Message tags are listed with what they carry in docs/wire.md.
 """
@@ -24,7 +28,8 @@ ROLES = (SERVER, RELAY, USER)
 
 
 def role_of(rank: int, H: int) -> tuple:
-    """(role, index) of a world rank: ("server", 0), ("relay", i) or ("user", k)."""
+    """(role, index) of a world rank: ("server", 0), ("relay", i) or ("user", k); with
+    several users per rank, ("user", j) for the j-th user-hosting rank."""
     if rank == 0:
         return SERVER, 0
     if rank <= H:
@@ -42,17 +47,68 @@ def user_rank(k: int, H: int) -> int:
     return H + 1 + int(k)
 
 
-def ranks_needed(H: int, K: int, flat: bool = False) -> int:
-    """1 + H + K ranks; 1 + H in the flat layout."""
-    return 1 + H + (0 if flat else K)
+def ranks_needed(H: int, K: int, flat: bool = False, per_rank: int = 1) -> int:
+    """1 + H + ceil(K / per_rank) ranks (1 + H + K with one user per rank); 1 + H in the
+    flat layout."""
+    return 1 + H + (0 if flat else -(-K // per_rank))
 
 
-def role_names(H: int, flat: bool = False):
-    """World rank -> role, as messages name it (relays, workers and users numbered from 1)."""
+def ranks_formula(flat: bool = False, per_rank: int = 1) -> str:
+    """How :func:`ranks_needed` counts, as messages print it."""
+    if flat:
+        return "1 + H"
+    return "1 + H + K" if per_rank == 1 else f"1 + H + ceil(K / {per_rank})"
+
+
+# --- several users per MPI rank (--users-per-rank) ------------------------------------------
+
+# A user's messages carry its slot on its hosting rank: tag + USER_TAG_STRIDE * slot. The
+# user tags (TAG_IV, TAG_MODEL) are below the stride, and with at most MAX_USERS_PER_RANK
+# slots every tag stays within 32767, the upper bound every MPI library must accept.
+USER_TAG_STRIDE = 64
+MAX_USERS_PER_RANK = 511
+
+
+def host_rank(k: int, H: int, per_rank: int = 1) -> int:
+    """The MPI rank that runs user k (:func:`user_rank` with one user per rank)."""
+    return H + 1 + int(k) // int(per_rank)
+
+
+def users_of_rank(rank: int, H: int, K: int, per_rank: int = 1) -> list:
+    """The users an MPI rank runs: [j N, min((j + 1) N, K)) on the j-th user rank; none on
+    the server and the relays."""
+    role, j = role_of(rank, H)
+    if role != USER:
+        return []
+    return list(range(j * per_rank, min((j + 1) * per_rank, K)))
+
+
+def user_tag(tag: int, k: int, per_rank: int = 1) -> int:
+    """The tag of a message to or from user k: ``tag`` plus its slot on its rank (the tag
+    itself with one user per rank)."""
+    return int(tag) + USER_TAG_STRIDE * (int(k) % int(per_rank))
+
+
+def group_members(G: np.ndarray, i: int, per_rank: int = 1) -> list:
+    """The MPI ranks of relay i's group: the relay, then the ranks running its users (in
+    rank order, each once)."""
+    H = np.asarray(G).shape[0]
+    hosts = sorted({host_rank(k, H, per_rank) for k in np.flatnonzero(np.asarray(G)[i])})
+    return [relay_rank(i)] + hosts
+
+
+def role_names(H: int, flat: bool = False, K: int | None = None, per_rank: int = 1):
+    """World rank -> role, as messages name it (relays, workers and users numbered from 1;
+    a rank running several users names them all: "users 4-6")."""
     relay = "worker" if flat else RELAY
 
     def name(rank):
         role, index = role_of(rank, H)
+        if role == USER and per_rank > 1 and K is not None:
+            users = users_of_rank(rank, H, K, per_rank)
+            if len(users) == 1:
+                return f"user {users[0] + 1}"
+            return f"users {users[0] + 1}-{users[-1] + 1}"
         return role if role == SERVER else f"{relay if role == RELAY else role} {index + 1}"
     return name
 
@@ -62,21 +118,16 @@ def home_relays(G: np.ndarray) -> np.ndarray:
     return np.argmax(np.asarray(G) != 0, axis=0)
 
 
-def position_in_group(G: np.ndarray, i: int, k: int) -> int:
-    """User k's place in relay i's group (the relay is 0, its users 1.. in user order)."""
-    users = np.flatnonzero(np.asarray(G)[i])
-    return 1 + int(np.searchsorted(users, k))
-
-
-def tasks_of_rank(rank: int, G: np.ndarray, flat: bool) -> list:
-    """The users whose data a rank needs: a user its own, a worker of the flat layout
-    the tasks of its row of G, the server all of them (the SVM baselines), a relay none."""
+def tasks_of_rank(rank: int, G: np.ndarray, flat: bool, per_rank: int = 1) -> list:
+    """The users whose data a rank needs: a user rank those of the users it runs, a
+    worker of the flat layout the tasks of its row of G, the server all of them (the SVM
+    baselines), a relay none."""
     H, K = np.asarray(G).shape
     role, index = role_of(rank, H)
     if role == SERVER:
         return list(range(K))
     if role == USER:
-        return [index]
+        return users_of_rank(rank, H, K, per_rank)
     return [int(k) for k in np.flatnonzero(G[index])] if flat else []
 
 

@@ -352,3 +352,41 @@ def test_long_cut_on_paper_fig2_names_the_cut_rank_not_the_server(tmp_path):
     assert lines and lines[-1].startswith("hmtl_mpi: rank 9 (user 4) stopped answering"), out + err
     assert time.monotonic() - t0 < 100
     assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_users_sharing_a_rank_share_its_link(tmp_path):
+    """--users-per-rank 2 on H = 3, K = 3: 6 ranks, rank 4 runs users 1 and 2 and its one
+    shaped link carries both users' IVs; the same digests as one rank per user; a
+    wrong -n names 1+H+ceil(K/2)."""
+    import numpy as np
+
+    from hmtl_mpi.planning.topology import symmetric
+
+    gpath = tmp_path / "g.npy"
+    np.save(gpath, symmetric(3, 2, 1))
+    job = [sys.executable, "-m", "hmtl_mpi", "--topology", str(gpath), "--dataset",
+           "synthetic", "--dim", "20000", "--iterations", "2", "--quiet"]
+    res = subprocess.run([str(NETNS_RUN), "--w1", "100mbit", "--w2", "100mbit", "-n", "7",
+                          "--", *job, "--users-per-rank", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "N must be 1+H+ceil(K/2) = 6" in res.stderr, res.stderr
+    digests = {}
+    for n, per in ((7, 1), (6, 2)):
+        report, counters = tmp_path / f"r{per}.json", tmp_path / f"c{per}.json"
+        rc, out, err, pid = netns_run(
+            ["--w1", "100mbit", "--w2", "100mbit", "-n", str(n), "--counters", str(counters),
+             "--", *job, "--users-per-rank", str(per), "--report", str(report)], timeout=300)
+        assert rc == 0, out + err
+        assert_no_namespaces_of(pid)
+        data = json.loads(report.read_text())
+        assert data["model_digests_equal"] and data["users_per_rank"] == per
+        digests[per] = {name: run["model_digest"] for name, run in data["runs"].items()}
+        if per == 2:
+            tx = {r["rank"]: r["tx_bytes"] for r in json.loads(counters.read_text())["ranks"]}
+            iv = data["runs"]["coded"]["iv_bytes"]
+            # per user, 2 iterations x (2 relays coded + 1 uncoded) = 6 IVs: rank 4 sends
+            # 12 (and relay 1's link probe answers), rank 5 6 (and TCP/MPI headers)
+            assert tx[4] >= 12 * iv and 6 * iv <= tx[5] < 8 * iv, (tx, iv)
+    assert digests[1] == digests[2]

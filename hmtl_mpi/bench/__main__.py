@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -19,6 +19,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            (:mod:`.tolerant`)
 * loads    the paper's Fig. 3 / Fig. 4: planned loads over random placements, no MPI (:mod:`.loads`)
 * paper    every figure of the paper (Figs. 3-7) into one folder (root for 5-7; :mod:`.paper`)
+* users    K = 1,000 users on 21 MPI ranks (``--users-per-rank``) against one rank per user
+           in one process: wall time, memory, loads, digests (:mod:`.users`)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper")
+        "paper", "users")
 
 
 def main(argv=None) -> int:

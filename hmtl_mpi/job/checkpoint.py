@@ -51,8 +51,9 @@ def unpack(buf) -> dict:
 
 
 def fingerprint(config, G: np.ndarray, schemes: list, ranks: int) -> dict:
-    """What a resumed command must share with the checkpointed one."""
-    return {
+    """What a resumed command must share with the checkpointed one (``--users-per-rank``
+    only when above 1, so that checkpoints written before it existed still match)."""
+    out = {
         "topology_sha256": hashlib.sha256(np.ascontiguousarray(G, dtype=np.uint8).tobytes()
                                           + str(G.shape).encode()).hexdigest(),
         "topology": str(config.topology), "ranks": ranks, "workload": config.workload,
@@ -63,6 +64,9 @@ def fingerprint(config, G: np.ndarray, schemes: list, ranks: int) -> dict:
         "downlink": config.downlink,
         "plans_sha256": [hashlib.sha256(s.to_buffer().tobytes()).hexdigest() for s in schemes],
     }
+    if config.users_per_rank > 1:
+        out["users_per_rank"] = config.users_per_rank
+    return out
 
 
 def differences(saved: dict, now: dict) -> list:

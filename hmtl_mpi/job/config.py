@@ -49,6 +49,7 @@ class JobConfig:
     checkpoint: str | None = None      # folder: write checkpoints there
     checkpoint_every: int = 10         # iterations between two checkpoints
     resume: str | None = None          # folder: resume from its newest checkpoint
+    users_per_rank: int = 1            # users run by each user rank (job/hosting.py)
 
     @property
     def flat(self) -> bool:

@@ -14,7 +14,9 @@ Links, as ``launch/netns-run`` builds them (and as the paper's model has them):
 
 * user -> relay and relay -> user: every user has its own W1 link, so the phase
   takes as long as the busiest user's share (``user_up_max`` IVs sent,
-  ``user_down_max`` received), in one round;
+  ``user_down_max`` received), in one round (``user_rounds``: with several users per
+  rank, the rank's link carries them all, one user after the other:
+  :func:`hmtl_mpi.job.hosting.rank_link_loads`);
 * relay -> server and server -> relay: the server's one W2 link carries every
   relay's uplink (``relay_to_server`` IVs) and the broadcast
   (``server_to_relay`` IVs), in ``uplink_rounds`` / ``downlink_rounds`` rounds.
@@ -45,10 +47,10 @@ def phase_seconds(loads: dict, iv_bytes: int, links: dict, coding_bytes: dict,
     a2, b2 = links["w2"]
     V = float(iv_bytes)
     out = {
-        "user_to_relay": a1 + loads["user_up_max"] * V / b1,
+        "user_to_relay": loads.get("user_rounds", 1) * a1 + loads["user_up_max"] * V / b1,
         "relay_to_server": loads["uplink_rounds"] * a2 + loads["relay_to_server"] * V / b2,
         "server_to_relay": loads["downlink_rounds"] * a2 + loads["server_to_relay"] * V / b2,
-        "relay_to_user": a1 + loads["user_down_max"] * V / b1,
+        "relay_to_user": loads.get("user_rounds", 1) * a1 + loads["user_down_max"] * V / b1,
     }
     work = {k: float(coding_bytes.get(k, 0)) / coding_Bps for k in ("encode", "combine", "decode")}
     out["encode"] = work["encode"] + work["combine"]        # the report's "encode" holds both

@@ -44,17 +44,17 @@ from ..schemes import get
 from ..schemes.base import Job
 from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HANG,
                           EXIT_INTERRUPTED, EXIT_TERMINATED, LINK_CLASSES, PHASES, USER_STEPS,
-                          RELAY, WORLD, down_tag, ranks_needed, role_names, role_of,
+                          RELAY, WORLD, down_tag, ranks_formula, ranks_needed, role_names,
                           tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links
-from ..wire.roles import make_net
 from . import checkpoint as ckpt
 from . import checks
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
                        end_job)
+from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
@@ -82,7 +82,7 @@ def learner_for(config: JobConfig, K: int, tasks=None):
 def read_tasks(config: JobConfig, learner, rank: int, G) -> dict:
     """``--data local``: this rank reads the data set itself and keeps the tasks it needs
     (rank 0 already holds them in its set-up ``learner``). Returns user -> task."""
-    mine = tasks_of_rank(rank, G, config.flat)
+    mine = tasks_of_rank(rank, G, config.flat, config.users_per_rank)
     if learner is not None:
         return {k: learner.task(k) for k in mine}
     if not mine:
@@ -92,14 +92,15 @@ def read_tasks(config: JobConfig, learner, rank: int, G) -> dict:
     return {k: every[k] for k in mine}
 
 
-def share_tasks(endpoint, learner, G, flat: bool, timeout: float) -> dict:
+def share_tasks(endpoint, learner, G, flat: bool, timeout: float, per_rank: int = 1) -> dict:
     """Rank 0 read the data once (its ``learner`` holds every task); every other rank gets
     only the tasks it needs (:func:`~hmtl_mpi.vocabulary.tasks_of_rank`), by one scatter,
     which may take ``timeout`` seconds (it crosses the server's link). Returns user -> task."""
     chunks = None
     if endpoint.rank == 0:
         # rank 0 keeps its learner's own: it is sent an empty share
-        chunks = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat)} if r else {})
+        chunks = [pack_tasks({k: learner.task(k) for k in tasks_of_rank(r, G, flat, per_rank)}
+                             if r else {})
                   for r in range(endpoint.size)]
     mine = endpoint.scatter_arrays(WORLD, chunks, 0, "this rank's data from rank 0", timeout)
     if endpoint.rank == 0:
@@ -120,10 +121,15 @@ def plan_on_server(config: JobConfig, world_size: int):
     H, K = G.shape
     if config.report:
         check_report_path(config.report, config.iterations * len(config.schemes))
-    need = ranks_needed(H, K, config.flat)
+    per_rank = config.users_per_rank
+    need = ranks_needed(H, K, config.flat, per_rank)
     if world_size != need:
         who = f"1 server and {H} workers" if config.flat else f"1 server, {H} relays, {K} users"
-        formula = "1 + H" if config.flat else "1 + H + K"
+        if per_rank > 1:
+            m = need - 1 - H
+            who += (f" on {m} rank{'s' if m != 1 else ''} of up to {per_rank}, "
+                    f"--users-per-rank {per_rank}")
+        formula = ranks_formula(config.flat, per_rank)
         raise SetupError(
             f"topology {config.topology} has H = {H} relays and K = {K} users, so the job needs "
             f"{formula} = {need} ranks ({who}{', --layout flat' if config.flat else ''}); "
@@ -273,7 +279,7 @@ def set_up(config: JobConfig, endpoint, state):
     endpoint.bcast(WORLD, shape, 0, "topology shape")
     G = gbuf.reshape(int(shape[0]), int(shape[1]))
     H, K = G.shape
-    state.set_roles(role_names(H, config.flat))
+    state.set_roles(role_names(H, config.flat, K, config.users_per_rank))
     where = endpoint.gather(WORLD, state.locator(), 0, "where the ranks' state pages are")
     hosts = endpoint.gather(WORLD, encode_record(local_facts()), 0,
                             "what carries the messages (host, namespace, MPI transport)")
@@ -306,7 +312,7 @@ def set_up(config: JobConfig, endpoint, state):
     if config.reads_data and config.data == "scatter":
         state.step("setup (each rank receives its data)")
         tasks = share_tasks(endpoint, planned[2] if rank == 0 else None, G, config.flat,
-                            setup_timeout)
+                            setup_timeout, config.users_per_rank)
     elif config.reads_data:
         state.step("setup (each rank reads its data)")
         tasks = read_tasks(config, planned[2] if rank == 0 else None, rank, G)
@@ -316,7 +322,7 @@ def set_up(config: JobConfig, endpoint, state):
         at[:] = (header["scheme_index"], header["next_iteration"])
     endpoint.bcast(WORLD, at, 0, "where the checkpoint resumes")
     endpoint.barrier(WORLD, "every rank before building the communicators")
-    endpoint.connect(G, config.flat)
+    endpoint.connect(G, config.flat, config.users_per_rank)
     return JobSetup(config=config, G=G, schemes=schemes, tasks=tasks,
                     learner=planned[2] if rank == 0 else None, link_kind=link_kind,
                     rank_hosts=rank_hosts, setup_seconds=setup_seconds,
@@ -331,13 +337,14 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
     timed = [s for s in schemes if not s.barrier_free]
     if not timed or not endpoint.has_links:
         return None
-    rates = measure_links(endpoint, G, config.flat, 8 * dim)
+    rates = measure_links(endpoint, G, config.flat, 8 * dim, config.users_per_rank)
     if endpoint.rank != 0:
         return None
     speed = coding_speed(dim)
     runs = {}
     for s in timed:
-        runs[s.name] = {"predicted_seconds": phase_seconds(s.link_loads(), 8 * dim, rates,
+        loads = rank_link_loads(s.link_loads(), G.shape[1], config.users_per_rank)
+        runs[s.name] = {"predicted_seconds": phase_seconds(loads, 8 * dim, rates,
                                                          s.coding_work(dim), speed)}
     probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
              "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
@@ -429,8 +436,7 @@ def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=No
     state.step("building the learner", scheme=scheme.name, iteration=None)
     learner = learner_for(config, K, setup.tasks)
     job = Job(G, learner, flat=config.flat)
-    role, index_in_role = role_of(rank, H)
-    me = scheme.part(role, job, make_net(endpoint, G, config.downlink), index_in_role)
+    me = rank_part(scheme, job, endpoint, config.downlink, config.users_per_rank)
     start, records = 0, []
     if saved is not None:
         start, mine, records = saved
@@ -612,6 +618,9 @@ def run_job(config: JobConfig, endpoint, state) -> int:
     oversubscribed = endpoint.has_links and endpoint.size > (os.cpu_count() or 1)
     if rank == 0:
         who = f"{H} workers" if config.flat else f"{H} relays, {K} users"
+        if config.users_per_rank > 1:
+            m = endpoint.size - 1 - H
+            who += f" on {m} rank{'s' if m != 1 else ''}, --users-per-rank {config.users_per_rank}"
         loads = ", ".join(f"{s.name} ({float(s.planned_loads[0]):.4g}, "
                           f"{float(s.planned_loads[1]):.4g})" for s in schemes)
         where = (f"on {os.cpu_count()} cores{' (oversubscribed)' if oversubscribed else ''}"
@@ -685,6 +694,7 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
         H, K = setup.G.shape
         payload = job_payload(reports, config.scheme_arg, K, H)
         payload["ranks"] = endpoint.size
+        payload["users_per_rank"] = config.users_per_rank
         payload["cores"] = os.cpu_count()
         payload["topology"] = str(config.topology)
         payload["transport"] = endpoint.kind
@@ -768,7 +778,7 @@ def run_inprocess(config: JobConfig) -> int:
     except TopologyError as exc:
         sys.stderr.write(f"hmtl_mpi: error: {exc}\n")
         return EXIT_BAD_INPUT
-    size = ranks_needed(*G.shape, config.flat)
+    size = ranks_needed(*G.shape, config.flat, config.users_per_rank)
     fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT))
     global _checkpointing
     _checkpointing = bool(config.checkpoint)

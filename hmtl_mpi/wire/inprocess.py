@@ -333,7 +333,7 @@ class InProcessEndpoint(Endpoint):
         self.fabric = fabric
         self.state = state
 
-    def connect(self, G, flat) -> None:
+    def connect(self, G, flat, per_rank=1) -> None:
         if self.rank == 0:
             self.fabric.connect(G.shape[0])
         self.barrier(WORLD, "the groups mirroring G")

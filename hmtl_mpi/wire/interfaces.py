@@ -67,8 +67,9 @@ class Endpoint(ABC):
 
     # --- set-up --------------------------------------------------------------------------
     @abstractmethod
-    def connect(self, G: np.ndarray, flat: bool) -> None:
-        """Collective: from now on the groups mirror G (MPI: the sub-communicators)."""
+    def connect(self, G: np.ndarray, flat: bool, per_rank: int = 1) -> None:
+        """Collective: from now on the groups mirror G (MPI: the sub-communicators);
+        ``per_rank`` users run on each user rank (``--users-per-rank``)."""
 
     # --- point to point ------------------------------------------------------------------
     @abstractmethod

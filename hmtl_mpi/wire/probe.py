@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ..codes import coding
-from ..vocabulary import TAG_PROBE, WORLD, relay_rank, user_rank
+from ..vocabulary import TAG_PROBE, WORLD, host_rank, relay_rank
 
 REPEATS = 5
 
@@ -56,9 +56,10 @@ def probe_size(iv_bytes: int) -> int:
     return int(min(4 << 20, max(64 << 10, 4 * iv_bytes)))
 
 
-def measure_links(endpoint, G, flat: bool, iv_bytes: int):
+def measure_links(endpoint, G, flat: bool, iv_bytes: int, per_rank: int = 1):
     """On rank 0: {"w2": (latency, rate), "w1": (latency, rate)}; None elsewhere.
-    Collective over the world (every rank calls it)."""
+    Collective over the world (every rank calls it). ``per_rank``: users per user rank
+    (W1 is then measured to the rank that runs relay 1's first user)."""
     ep = endpoint
     rank = ep.rank
     size = probe_size(iv_bytes)
@@ -66,7 +67,8 @@ def measure_links(endpoint, G, flat: bool, iv_bytes: int):
     relay1 = relay_rank(0)
     if rank in (0, relay1):                          # W2: the server and relay 1
         w2 = _link(ep, 0, relay1, size)
-    first_user = user_rank(int(np.flatnonzero(G[0])[0]), G.shape[0]) if not flat else None
+    first_user = (host_rank(int(np.flatnonzero(G[0])[0]), G.shape[0], per_rank)
+                  if not flat else None)
     if not flat and rank in (relay1, first_user):   # W1: relay 1 and its first user
         w1 = _link(ep, relay1, first_user, size)
     # relay 1 tells the server what it measured on W1

@@ -10,7 +10,12 @@ where the messages travel on communicators that mirror G) or one process
 business (:mod:`hmtl_mpi.schemes`); here is only where the bytes go, each send
 counted in its link class (:data:`hmtl_mpi.vocabulary.LINK_CLASSES`).
 
-Rank layout and home relays: :mod:`hmtl_mpi.vocabulary`.
+Rank layout and home relays: :mod:`hmtl_mpi.vocabulary`. With several users per MPI
+rank (``per_rank``, ``--users-per-rank``), a user's messages go to and come from the
+rank that runs it (:func:`~hmtl_mpi.vocabulary.host_rank`) with its slot in their tag
+(:func:`~hmtl_mpi.vocabulary.user_tag`): each user on a rank has a :class:`UserNet` of
+its own, and a relay tells its users apart by tag. Bytes are counted per message, as
+with one rank per user.
 
 The broadcast (``downlink``): one buffer whose size every relay knows in advance
 (no length message before it). By default the server scatters it in H pieces to
@@ -27,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..vocabulary import (RELAY, RELAYS, SERVER, TAG_IV, TAG_MODEL, UPLINK, home_relays,
-                          relay_rank, role_of, user_rank)
+                          host_rank, relay_rank, role_of, user_tag)
 
 
 def scatter_layout(total: int, H: int):
@@ -46,13 +51,22 @@ def _usable(nbytes: int) -> bool:
 class Net:
     """What every role's links share: the endpoint, the topology, the messages in flight."""
 
-    def __init__(self, endpoint, G, downlink="scatter-allgather"):
+    def __init__(self, endpoint, G, downlink="scatter-allgather", per_rank=1):
         self.endpoint = endpoint
         self.rank = endpoint.rank
         self.G = G
         self.H, self.K = G.shape
         self.downlink = downlink
+        self.per_rank = per_rank             # users per MPI rank (--users-per-rank)
         self.inflight = []                   # (request, buffer) not yet completed: see drain()
+
+    def user_at(self, k) -> int:
+        """The MPI rank that runs user k."""
+        return host_rank(k, self.H, self.per_rank)
+
+    def tag_of(self, tag: int, k) -> int:
+        """``tag`` for a message to or from user k (its slot on its rank added)."""
+        return user_tag(tag, k, self.per_rank)
 
     def clock(self) -> float:
         return self.endpoint.clock()
@@ -61,6 +75,12 @@ class Net:
     def _post(self, sources, shape, dtype, tag) -> tuple:
         bufs = [np.empty(shape, dtype=dtype) for _ in sources]
         reqs = [self.endpoint.irecv(src, b, tag) for b, src in zip(bufs, sources)]
+        return reqs, bufs
+
+    def _post_users(self, users, shape, dtype, tag) -> tuple:
+        bufs = [np.empty(shape, dtype=dtype) for _ in users]
+        reqs = [self.endpoint.irecv(self.user_at(k), b, self.tag_of(tag, k))
+                for b, k in zip(bufs, users)]
         return reqs, bufs
 
     def _isend(self, dest, buf, tag, link) -> None:
@@ -84,52 +104,52 @@ class Net:
 class UserNet(Net):
     """User k's links (:class:`~hmtl_mpi.wire.interfaces.UserLinks`)."""
 
-    def __init__(self, endpoint, G, k, downlink="scatter-allgather"):
-        super().__init__(endpoint, G, downlink)
+    def __init__(self, endpoint, G, k, downlink="scatter-allgather", per_rank=1):
+        super().__init__(endpoint, G, downlink, per_rank)
         self.k = k
         self.home = relay_rank(home_relays(G)[k])
 
     def send_iv(self, relays, iv: np.ndarray) -> None:
-        ep = self.endpoint
-        reqs = [ep.isend(relay_rank(i), iv, TAG_IV, "user_to_relay") for i in relays]
+        ep, tag = self.endpoint, self.tag_of(TAG_IV, self.k)
+        reqs = [ep.isend(relay_rank(i), iv, tag, "user_to_relay") for i in relays]
         ep.wait(reqs, f"IV sends to relays {', '.join(str(int(i) + 1) for i in relays)}")
 
     def recv_model(self, n: int, tag: int = TAG_MODEL) -> np.ndarray:
         buf = np.empty(n)
-        self.endpoint.wait(self.endpoint.irecv(self.home, buf, tag),
+        self.endpoint.wait(self.endpoint.irecv(self.home, buf, self.tag_of(tag, self.k)),
                            f"model from relay {self.home}")
         return buf
 
     def isend_to_relay(self, buf: np.ndarray, tag: int) -> None:
-        self._isend(self.home, buf, tag, "user_to_relay")
+        self._isend(self.home, buf, self.tag_of(tag, self.k), "user_to_relay")
 
     def isend_to_relays(self, buf: np.ndarray, relays, tag: int) -> None:
         """The same buffer to each of ``relays`` (0-based), without waiting."""
         for i in relays:
-            self._isend(relay_rank(i), buf, tag, "user_to_relay")
+            self._isend(relay_rank(i), buf, self.tag_of(tag, self.k), "user_to_relay")
 
     def post_from_relays(self, relays, shape, dtype, tag: int) -> tuple:
         """Receives from each of ``relays`` (for :meth:`first`)."""
-        return self._post([relay_rank(i) for i in relays], shape, dtype, tag)
+        return self._post([relay_rank(i) for i in relays], shape, dtype, self.tag_of(tag, self.k))
 
     def isend_to_server(self, buf: np.ndarray, tag: int) -> None:
         """Straight to the server, past the relays."""
-        self._isend(0, buf, tag, "user_to_server")
+        self._isend(0, buf, self.tag_of(tag, self.k), "user_to_server")
 
     def model_arrived(self, tag: int) -> bool:
         """Whether the home relay's message with ``tag`` is already waiting here."""
-        return self.endpoint.probe(self.home, tag)
+        return self.endpoint.probe(self.home, self.tag_of(tag, self.k))
 
     def delay_unless_model(self, seconds: float, tag: int) -> bool:
         """An injected delay, cut short by the home relay's message with ``tag``."""
-        return self.endpoint.delay(seconds, self.home, tag)
+        return self.endpoint.delay(seconds, self.home, self.tag_of(tag, self.k))
 
 
 class RelayNet(Net):
     """Relay i's links (:class:`~hmtl_mpi.wire.interfaces.RelayLinks`)."""
 
-    def __init__(self, endpoint, G, i, downlink="scatter-allgather"):
-        super().__init__(endpoint, G, downlink)
+    def __init__(self, endpoint, G, i, downlink="scatter-allgather", per_rank=1):
+        super().__init__(endpoint, G, downlink, per_rank)
         self.i = i
         self.users = np.flatnonzero(G[i])
 
@@ -137,13 +157,13 @@ class RelayNet(Net):
         got, reqs = {}, []
         for k in users:
             got[int(k)] = buf = np.empty(dim)
-            reqs.append(self.endpoint.irecv(user_rank(k, self.H), buf, TAG_IV))
+            reqs.append(self.endpoint.irecv(self.user_at(k), buf, self.tag_of(TAG_IV, k)))
         self.endpoint.wait(reqs, f"IVs from users {', '.join(str(int(k) + 1) for k in users)}")
         return got
 
     def send_models(self, models: dict) -> None:
         ep = self.endpoint
-        reqs = [ep.isend(user_rank(k, self.H), buf, TAG_MODEL, "relay_to_user")
+        reqs = [ep.isend(self.user_at(k), buf, self.tag_of(TAG_MODEL, k), "relay_to_user")
                 for k, buf in models.items()]
         ep.wait(reqs, "model sends to the users")
 
@@ -159,7 +179,7 @@ class RelayNet(Net):
         return buf
 
     def post_from_users(self, users, shape, dtype, tag: int) -> tuple:
-        return self._post([user_rank(k, self.H) for k in users], shape, dtype, tag)
+        return self._post_users(users, shape, dtype, tag)
 
     def post_from_relays(self, relays, shape, dtype, tag: int) -> tuple:
         """Receives from each of the other ``relays`` (for :meth:`first`)."""
@@ -188,7 +208,7 @@ class RelayNet(Net):
 
     def isend_to_users(self, buf: np.ndarray, users, tag: int) -> None:
         for k in users:
-            self._isend(user_rank(k, self.H), buf, tag, "relay_to_user")
+            self._isend(self.user_at(k), buf, self.tag_of(tag, k), "relay_to_user")
 
     def recv_broadcast(self, nbytes: int) -> np.ndarray:
         """The server's broadcast of ``nbytes`` bytes (see the module doc), as uint8."""
@@ -229,7 +249,7 @@ class ServerNet(Net):
 
     def post_from_users(self, users, shape, dtype, tag: int) -> tuple:
         """Messages users send straight to the server."""
-        return self._post([user_rank(k, self.H) for k in users], shape, dtype, tag)
+        return self._post_users(users, shape, dtype, tag)
 
     def isend_to_relays(self, buf: np.ndarray, relays, tag: int) -> None:
         for i in relays:
@@ -253,11 +273,12 @@ class ServerNet(Net):
         ep.scatterv(UPLINK, buf, [0] + counts, [0] + displs, None, 0, "broadcast scatter")
 
 
-def make_net(endpoint, G, downlink="scatter-allgather"):
-    """This rank's links, by its role."""
+def make_net(endpoint, G, downlink="scatter-allgather", per_rank=1, user=None):
+    """This rank's links, by its role; on a user rank, those of ``user`` (default: the
+    rank's one user, with one user per rank)."""
     role, index = role_of(endpoint.rank, G.shape[0])
     if role == SERVER:
-        return ServerNet(endpoint, G, downlink)
+        return ServerNet(endpoint, G, downlink, per_rank)
     if role == RELAY:
-        return RelayNet(endpoint, G, index, downlink)
-    return UserNet(endpoint, G, index, downlink)
+        return RelayNet(endpoint, G, index, downlink, per_rank)
+    return UserNet(endpoint, G, index if user is None else user, downlink, per_rank)

@@ -8,7 +8,9 @@ goes on the wire as payload.
 
 Communicators mirror G (built by :meth:`MpiEndpoint.connect`, collective):
 
-* ``group[i]``: relay i (rank 0 in it) and its users N_i (ranks 1.. in user order);
+* ``group[i]``: relay i (rank 0 in it) and its users N_i (ranks 1.. in user order); with
+  several users per rank (``--users-per-rank``), the ranks that run users of N_i, each
+  once, in rank order (a user's messages are then told apart by their tag);
 * ``uplink``: the server (rank 0) and the relays (relay i is rank 1 + i);
 * ``relays``: the relays only (relay i is rank i), for the downlink's allgather.
 
@@ -42,10 +44,8 @@ from ..vocabulary import (
     UPLINK,
     USER,
     WORLD,
-    position_in_group,
-    relay_rank,
+    group_members,
     role_of,
-    user_rank,
 )
 from .interfaces import Endpoint, PhaseTimeout
 
@@ -83,11 +83,12 @@ class MpiEndpoint(Endpoint):
         self.G = None
         self.flat = False
         self.group = {}                      # relay index -> communicator (on members)
+        self.in_group = {}                   # relay index -> {world rank: rank in the group}
         self.comms = {WORLD: world, UPLINK: None, RELAYS: None}
         self._channels = {}                  # peer world rank -> (communicator, rank in it)
 
     # --- the communicators that mirror G --------------------------------------------------
-    def connect(self, G: np.ndarray, flat: bool) -> None:
+    def connect(self, G: np.ndarray, flat: bool, per_rank: int = 1) -> None:
         """Communicators mirroring G (collective over the world: every rank calls it)."""
         world, rank = self.world, self.rank
         H, K = G.shape
@@ -95,8 +96,9 @@ class MpiEndpoint(Endpoint):
         if not flat:
             world_group = world.Get_group()
             for i in range(H):           # increasing i on every member: deadlock-free
-                members = [relay_rank(i)] + [user_rank(k, H) for k in np.flatnonzero(G[i])]
+                members = group_members(G, i, per_rank)
                 if rank in members:
+                    self.in_group[i] = {r: n for n, r in enumerate(members)}
                     sub = world_group.Incl(members)
                     self.group[i] = world.Create_group(sub, tag=i)
                     sub.Free()
@@ -111,7 +113,7 @@ class MpiEndpoint(Endpoint):
         for comm in list(self.group.values()) + [self.comms[UPLINK], self.comms[RELAYS]]:
             if comm is not None:
                 comm.Free()
-        self.group, self._channels = {}, {}
+        self.group, self.in_group, self._channels = {}, {}, {}
         self.comms[UPLINK] = self.comms[RELAYS] = None
 
     def _channel(self, peer: int) -> tuple:
@@ -125,9 +127,9 @@ class MpiEndpoint(Endpoint):
             (mine, i_me), (theirs, i_peer) = role_of(self.rank, H), role_of(peer, H)
             roles = {mine, theirs}
             if roles == {RELAY, USER} and not self.flat:
-                i, k = (i_me, i_peer) if mine == RELAY else (i_peer, i_me)
-                if self.G[i, k] and i in self.group:
-                    got = (self.group[i], 0 if theirs == RELAY else position_in_group(self.G, i, k))
+                i, user_side = (i_me, peer) if mine == RELAY else (i_peer, self.rank)
+                if user_side in self.in_group.get(i, {}):
+                    got = (self.group[i], self.in_group[i][peer])
             elif roles == {SERVER, RELAY} and self.comms[UPLINK] is not None:
                 got = (self.comms[UPLINK], peer)              # uplink rank = world rank
             elif mine == theirs == RELAY and self.comms[RELAYS] is not None:
