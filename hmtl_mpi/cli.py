@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def users_per_rank_problem(workload: str, layout: str, per_rank: int) -> str | None:
+def users_per_rank_problem(workload: str, layout: str, per_rank: int,
+                           relay_stragglers: int = 0) -> str | None:
     """Why ``--users-per-rank per_rank`` cannot run with this workload and layout (None:
     it can; :mod:`hmtl_mpi.job.hosting`)."""
     if per_rank > MAX_USERS_PER_RANK:
@@ -291,6 +292,10 @@ def users_per_rank_problem(workload: str, layout: str, per_rank: int) -> str | N
     if layout == "flat":
         return (f"--users-per-rank {per_rank}: --layout flat has no user ranks (relay i "
                 f"computes its tasks itself)")
+    if relay_stragglers:
+        return (f"--users-per-rank {per_rank}: --relay-stragglers {relay_stragglers} needs one "
+                f"rank per user (the tolerant exchange has no barriers: each user takes its "
+                f"model from whichever relay answers first, at its own pace)")
     return None
 
 
@@ -361,8 +366,10 @@ def parse_job_args(argv, rank, size):
         problem = "--checkpoint: the folder name is empty"
     elif args.resume is not None and not args.resume.strip():
         problem = "--resume: the folder name is empty"
-    elif users_per_rank_problem(args.workload, args.layout, args.users_per_rank):
-        problem = users_per_rank_problem(args.workload, args.layout, args.users_per_rank)
+    elif users_per_rank_problem(args.workload, args.layout, args.users_per_rank,
+                                args.relay_stragglers):
+        problem = users_per_rank_problem(args.workload, args.layout, args.users_per_rank,
+                                         args.relay_stragglers)
     elif args.inject_fault and args.transport == "inprocess" and args.inject_fault[2] == "kill":
         problem = ("--inject-fault RANK:ITERATION:kill needs a process per rank (mpirun); "
                    "with --transport inprocess use raise or hang")

@@ -98,6 +98,9 @@ def test_gd_and_flat_refuse_it():
     proc = inprocess("--layout", "flat", "--users-per-rank", "2")
     assert proc.returncode == EXIT_BAD_INPUT
     assert "--users-per-rank 2: --layout flat has no user ranks" in proc.stderr
+    proc = inprocess("--scheme", "coded", "--relay-stragglers", "1", "--users-per-rank", "3")
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert "--users-per-rank 3: --relay-stragglers 1 needs one rank per user" in proc.stderr
 
 
 # --- in one process ------------------------------------------------------------------------------
