@@ -118,6 +118,11 @@ def home_relays(G: np.ndarray) -> np.ndarray:
     return np.argmax(np.asarray(G) != 0, axis=0)
 
 
+def home_relay(G: np.ndarray, k: int) -> int:
+    """User k's home relay (one column of :func:`home_relays`)."""
+    return int(np.argmax(np.asarray(G)[:, k] != 0))
+
+
 def tasks_of_rank(rank: int, G: np.ndarray, flat: bool, per_rank: int = 1) -> list:
     """The users whose data a rank needs: a user rank those of the users it runs, a
     worker of the flat layout the tasks of its row of G, the server all of them (the SVM

@@ -307,7 +307,8 @@ def set_up(config: JobConfig, endpoint, state):
         mine = planned[1][b] if rank == 0 else None
         buf = endpoint.bcast_bytes(WORLD, mine.to_buffer() if rank == 0 else None, 0,
                                    f"the {name} scheme's plan")
-        schemes.append(mine if rank == 0 else get(name, config.workload).from_buffer(G, buf))
+        schemes.append(mine if rank == 0 else endpoint.decode_broadcast(
+            buf, lambda b, name=name: get(name, config.workload).from_buffer(G, b)))
     tasks = None
     if config.reads_data and config.data == "scatter":
         state.step("setup (each rank receives its data)")

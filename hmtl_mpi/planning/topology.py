@@ -347,15 +347,25 @@ def random_with_degrees(K: int, degrees, r: int, rng) -> np.ndarray:
 
 # --- for people ---------------------------------------------------------------------------
 
+def _users_text(users, most: int = 12) -> str:
+    """A 0-based user set, 1-based; past ``most`` users, the first and last few and the size."""
+    ones = [str(k + 1) for k in users]
+    if len(ones) > most:
+        return f"{{{', '.join(ones[:6])}, ..., {', '.join(ones[-2:])}}} ({len(ones)} users)"
+    return f"{{{', '.join(ones)}}}"
+
+
 def describe(G: np.ndarray) -> str:
-    """A readable summary: N_i per relay and I_z per round (1-based)."""
+    """A readable summary: N_i per relay and I_z per round (1-based); long sets are cut
+    short and, past 20 relays, the empty rounds I_z are left out."""
     H, K = G.shape
     lines = [f"H = {H} relays, K = {K} users, ranks needed: 1 + H + K = {1 + H + K}"]
     for i, users in enumerate(relay_users(G)):
-        lines.append(f"  N_{i + 1} = {{{', '.join(str(k + 1) for k in users)}}}")
+        lines.append(f"  N_{i + 1} = {_users_text(users)}")
     for z, users in users_by_degree(G).items():
-        lines.append(f"  I_{z} = {{{', '.join(str(k + 1) for k in users)}}}")
+        if len(users) or H <= 20:
+            lines.append(f"  I_{z} = {_users_text(users)}")
     full = np.flatnonzero(user_degrees(G) == H)
     if len(full):
-        lines.append(f"  linked to all relays: {{{', '.join(str(k + 1) for k in full)}}}")
+        lines.append(f"  linked to all relays: {_users_text(full)}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ global update (eq. 3); only the plan, i.e. the list of blocks, differs.
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import cached_property
 
 import numpy as np
 
@@ -36,9 +37,14 @@ class Job:
         self.H, self.K = G.shape
         self.learner = learner
         self.flat = flat                  # seed 001's system: relays compute their own IVs
-        self.home = home_relays(G)
         self.dim = learner.dim
         self.model_len = learner.model_len
+
+    @cached_property
+    def home(self) -> np.ndarray:
+        """Every user's home relay (computed where used: a user needs only its own,
+        :func:`~hmtl_mpi.vocabulary.home_relay`)."""
+        return home_relays(self.G)
 
     def model_values_sent(self, it) -> int:
         """How much of a model message goes down in iteration ``it``: all of it, or

@@ -15,13 +15,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..vocabulary import TAG_IV, TAG_MODEL
+from ..vocabulary import TAG_IV, TAG_MODEL, home_relay
 from .base import RelayPart, Scheme, ServerPart, UserPart
 
 
 class User(UserPart):
     def targets(self):
-        return [int(self.job.home[self.k])]
+        return [home_relay(self.job.G, self.k)]
 
 
 class Relay(RelayPart):

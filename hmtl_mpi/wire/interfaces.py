@@ -149,6 +149,12 @@ class Endpoint(ABC):
         self.bcast(group, buf, root, what, timeout)
         return buf
 
+    def decode_broadcast(self, buf: np.ndarray, decode):
+        """``decode(buf)``, for a :meth:`bcast_bytes` buffer every rank received alike (a
+        plan, a code). Every rank of an MPI job decodes its own copy; ranks sharing one
+        process may share one decoded object (never modified after the set-up)."""
+        return decode(buf)
+
     def scatter_arrays(self, group: str, chunks: list | None, root: int, what: str,
                        timeout: float | None = None, dtype=np.float64) -> np.ndarray:
         """Member m gets the root's ``chunks[m]`` (1-D arrays of ``dtype``, any lengths):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..vocabulary import (RELAY, RELAYS, SERVER, TAG_IV, TAG_MODEL, UPLINK, home_relays,
+from ..vocabulary import (RELAY, RELAYS, SERVER, TAG_IV, TAG_MODEL, UPLINK, home_relay,
                           host_rank, relay_rank, role_of, user_tag)
 
 
@@ -107,7 +107,7 @@ class UserNet(Net):
     def __init__(self, endpoint, G, k, downlink="scatter-allgather", per_rank=1):
         super().__init__(endpoint, G, downlink, per_rank)
         self.k = k
-        self.home = relay_rank(home_relays(G)[k])
+        self.home = relay_rank(home_relay(G, k))
 
     def send_iv(self, relays, iv: np.ndarray) -> None:
         ep, tag = self.endpoint, self.tag_of(TAG_IV, self.k)
