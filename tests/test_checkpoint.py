@@ -168,3 +168,12 @@ def test_sigterm_in_process_checkpoints_and_stops(tmp_path):
     stopped = _sigterm_at(cmd, 3, env)
     assert stopped.returncode == EXIT_TERMINATED, stopped.stderr
     assert "terminated by SIGTERM" in stopped.stderr and len(list(ck.iterdir())) == 1
+
+
+def test_sigterm_in_process_without_checkpoint_ends_with_143(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "hmtl_mpi", "--transport", "inprocess", "--iterations", "400",
+           "--scheme", "coded", "--dataset", "synthetic", "--dim", "20000"]
+    stopped = _sigterm_at(cmd, 3, env)
+    assert stopped.returncode == EXIT_TERMINATED, stopped.stderr
+    assert "terminated by SIGTERM" in stopped.stderr and "Traceback" not in stopped.stderr
