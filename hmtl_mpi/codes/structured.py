@@ -79,6 +79,7 @@ from .coding import (P, Block, BlockLayout, Code, DecodeError, combine_mod_p, do
 
 CONSTRUCTIONS = ("auto",) + coding.CONSTRUCTIONS   # what the schemes accept
 B_CHUNK_ENTRIES = 1 << 20          # entries of B generated at once (8 MiB of float64)
+B_KEPT_ENTRIES = 1 << 25           # -B kept whole, as float64, up to this size (256 MiB)
 RANDOM_MAX_UNKNOWNS = 6000         # auto: largest dense system (units) the random fallback tries
 
 
@@ -389,9 +390,20 @@ class StructuredBlock(BlockLayout):
             t["gamma"][i] = g
         return g
 
-    def _b_rows(self, r: np.ndarray) -> np.ndarray:
-        """Rows r of B: 1 / (beta_r - c) for every column c of Qc."""
-        return cauchy(np.asarray(self.beta)[r], np.arange(len(self.tables()["qc"])))
+    def _b_rows(self, r: np.ndarray, negate: bool = False) -> np.ndarray:
+        """Rows r of B: 1 / (beta_r - c) for every column c of Qc; of -B with ``negate``:
+        1 / (c - beta_r), made as such (not negated after: that pass cost as much as
+        making the rows)."""
+        t = self.tables()
+        nq = len(t["qc"])
+        if negate and self.R * nq <= B_KEPT_ENTRIES:   # every relay's decode reads -B:
+            whole = t.get("minus_b")                    # made once per block, kept
+            if whole is None:
+                whole = t["minus_b"] = np.ascontiguousarray(
+                    cauchy(np.arange(nq), np.asarray(self.beta)).T, dtype=np.float64)
+            return whole[r]
+        beta, cols = np.asarray(self.beta)[r], np.arange(nq)
+        return cauchy(cols, beta).T if negate else cauchy(beta, cols)
 
     def _b_apply(self, r: np.ndarray, values: np.ndarray, out: np.ndarray, add_src: np.ndarray,
                  add_escapes: tuple, values_escapes: tuple | None = None,
@@ -414,10 +426,8 @@ class StructuredBlock(BlockLayout):
         at, ec = at[order], ec[order]
         found = []
         for a in range(0, len(r), step):
-            b = self._b_rows(r[a: a + step]) if len(self.tables()["qc"]) else \
+            b = self._b_rows(r[a: a + step], negate) if len(self.tables()["qc"]) else \
                 np.zeros((len(r[a: a + step]), 0), dtype=np.int64)
-            if negate:
-                b = (P - b) % P
             lo, hi = np.searchsorted(at, (a, a + step))
             f = combine_mod_p(b, values, out[a: a + step], values_escapes,
                               add=add_src[src_rows[a: a + step]],
