@@ -290,15 +290,23 @@ class Scheme:
         """Extra keys for the run's report (e.g. the code's seed)."""
         return {}
 
+    has_load_plan = False        # whether --plan time can choose another plan (coded, joint)
+
+    def time_fields(self, iv_bytes: float | None = None) -> dict:
+        """The report's ``plan`` and ``plans`` for a scheme that has a load plan."""
+        return {}
+
     # --- for the time prediction (hmtl_mpi.job.predict) ----------------------------------
     def link_loads(self) -> dict:
         """IVs per iteration on each link class and the rounds of messages they take: the
         busiest user sends its IV to every relay it is linked to and gets one model;
         relays send the planned uplink in one round, the server its downlink in one."""
         up, down = self.planned_loads
+        home = np.bincount(home_relays(self.G), minlength=self.H).astype(float).tolist()
         return {"user_up_max": int(self.G.sum(axis=0).max()), "user_down_max": 1,
                 "relay_to_server": float(up), "server_to_relay": float(down),
-                "uplink_rounds": 1, "downlink_rounds": 1}
+                "uplink_rounds": 1, "downlink_rounds": 1,
+                "per_relay_up": home, "per_relay_down": home}
 
     def coding_work(self, dim: int) -> dict:
         """Bytes the coding kernels read per iteration: ``encode`` at the busiest relay,
@@ -423,6 +431,7 @@ class CodedExchange(Scheme):
 
     timed = None                 # the TimePlan (both plans side by side) when rates were given
     plan_kind = "load"
+    has_load_plan = True
 
     def time_fields(self, iv_bytes: float | None = None) -> dict:
         """``plan`` (load or time) and, when rates were given, ``plans``: both plans' per-relay
@@ -492,6 +501,10 @@ class CodedExchange(Scheme):
         out = super().link_loads()
         out["uplink_rounds"] = max(1, sum(1 for b in self.code.blocks if b.messages.any()))
         out["downlink_rounds"] = 2
+        out["per_relay_up"] = [float(sum((Fraction(int(b.messages[i]) * int(b.width[i]), b.F)
+                                          for b in self.code.blocks), Fraction(0)))
+                               for i in range(self.H)]
+        out["per_relay_down"] = [float(out["server_to_relay"]) / self.H] * self.H   # scatter
         return out
 
     def coding_work(self, dim):
