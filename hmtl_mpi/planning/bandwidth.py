@@ -21,7 +21,8 @@ Two LPs: the first minimises t subject to ``L_i <= t R_i`` and ``sum_i L_i <= t 
 second, at that t, minimises the total load (so that no relay sends more than it must).
 The floats are made exact (Fractions): the nearest rationals with small denominators
 when they pass the exact checks, else every value rounded *up* to a grid 1/D (coverage
-and T2 only gain), for the smallest D whose time is within ``TIME_RTOL`` of the LP's.
+and T2 only gain), for the smallest D whose time is within ``TIME_RTOL`` of the LP's;
+no IV is cut into more than ``MAX_UNITS`` units (the code grows with them).
 Finally the load plan is kept whenever it is as fast: equal rates on a shared server
 link, or a load plan that is already balanced, give the paper's plan unchanged.
 
@@ -45,6 +46,10 @@ from .lp import lp_solver, solve_quietly
 TIME_RTOL = 0.02
 # Grids 1/D tried in turn when the nearest small-denominator rationals fail the checks.
 GRID_DENOMINATORS = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 30, 32, 40, 48, 60, 64)
+# Largest number of units (coded: D_z per round) or sub-packets (joint: F) per IV a time
+# plan may cut an IV into: the lcm of near-optimal rationals can be huge, and the code's
+# size grows with it.
+MAX_UNITS = 64
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([kmgt]i?)?(bit|bps|b/s|B/s)?\s*$",
                    re.I)
@@ -226,6 +231,8 @@ def _coded_exact(rounds, values, G, candidate):
         if alpha is None:
             return None
         D = math.lcm(*(x.denominator for x in alpha))
+        if D > MAX_UNITS:
+            return None
         plan.rounds.append(hplan.Round(z=z, users=users, n=n, alpha=alpha, alpha_source="time-lp",
                                        D=D, min_known=min_known, lp_optimum=float(n @ a)))
     return plan
@@ -338,13 +345,15 @@ def joint_time_plan(G, rates, server_rate: float | None = None,
         if loads is None or not jplan.satisfies_t2(loads, b):
             return None
         F = math.lcm(*(v.denominator for v in loads))
+        if F > MAX_UNITS:
+            return None
         return jplan.JointPlan(G=G, loads=loads, F=F, users=load_plan.users,
                                dropped=load_plan.dropped, lp_optimum=float(sum(x)),
                                source="time-lp", constraints=int(len(rows)))
 
     cands = [(f"lp-exact (denominators <= {d})",
               lambda d=d: joint_of([Fraction(float(v)).limit_denominator(d) for v in x]))
-             for d in max_denominators]
+             for d in max_denominators if d <= MAX_UNITS]
     cands += [(f"lp-grid 1/{D}",
                lambda D=D: joint_of([Fraction(math.ceil(float(v) * D - 1e-9), D) for v in x]))
               for D in GRID_DENOMINATORS]
