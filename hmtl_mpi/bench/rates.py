@@ -83,11 +83,10 @@ def main(argv=None) -> int:
                 loads.append((plan, rep, job["load_before"], job["load_after"]))
                 for name, run in job["runs"].items():
                     key = (name, plan if name != "uncoded" else f"({plan} job)")
-                    r = row(run)
-                    if name != "uncoded" and plan == "load":
-                        r["loads"] = [float(x) for x in run["plans"]["load"]["per_relay_uplink"]] \
-                            if run.get("plans") else None
-                    rows.setdefault(key, []).append(r)
+                    rows.setdefault(key, []).append(row(run))
+                    if run.get("plans"):              # the load plan's loads, from beside it
+                        for r in rows.get((name, "load"), []):
+                            r["loads"] = run["plans"]["load"]["per_relay_uplink"]
     digests = {r["digest"] for rs in rows.values() for r in rs}
     print(f"paper-fig2, relay rates {args.relay_rates}, W1 {args.w1}, W2 {args.w2}, "
           f"synthetic IVs of {8 * args.dim} bytes, {args.iterations} iterations, "

@@ -20,8 +20,9 @@ decodability conditions as the load plan (docs/bandwidth.md):
 Two LPs: the first minimises t subject to ``L_i <= t R_i`` and ``sum_i L_i <= t S``; the
 second, at that t, minimises the total load (so that no relay sends more than it must).
 The floats are made exact (Fractions): the nearest rationals with small denominators
-when they pass the exact checks, else every value rounded *up* to a grid 1/D (coverage
-and T2 only gain), for the smallest D whose time is within ``TIME_RTOL`` of the LP's;
+when they pass the exact checks, else on a grid 1/D: every value rounded down, then
+raised one step at a time where coverage (or T2) needs it, on the relay that stays
+fastest, for the smallest D whose time is within ``TIME_RTOL`` of the LP's;
 no IV is cut into more than ``MAX_UNITS`` units (the code grows with them).
 Finally the load plan is kept whenever it is as fast: equal rates on a shared server
 link, or a load plan that is already balanced, give the paper's plan unchanged.
@@ -223,11 +224,13 @@ def _coded_rounds(G):
 
 def _coded_exact(rounds, values, G, candidate):
     """A hierarchical Plan from per-round float alphas made exact by ``candidate``
-    (a function from (floats, round) to Fractions or None); None if a round fails."""
+    (a function from (floats, n, relay sets, the other rounds' loads) to Fractions or
+    None); None if a round fails."""
     plan = hplan.Plan(G=G)
+    values = [np.where(rd[4], np.clip(a, 0.0, 1.0), 0.0) for rd, a in zip(rounds, values)]
+    total = sum(rd[2].astype(float) * a for rd, a in zip(rounds, values))
     for (z, users, n, distinct, involved, min_known), a in zip(rounds, values):
-        a = np.where(involved, np.clip(a, 0.0, 1.0), 0.0)
-        alpha = candidate(a, n, distinct)
+        alpha = candidate(a, n, distinct, total - n * a)
         if alpha is None:
             return None
         D = math.lcm(*(x.denominator for x in alpha))
@@ -249,16 +252,41 @@ def _covered(alpha, distinct) -> bool:
 
 
 def _nearest(max_den):
-    def make(a, n, distinct):
+    def make(a, n, distinct, other=None):
         alpha = [Fraction(float(x)).limit_denominator(max_den) for x in a]
         return alpha if _covered(alpha, distinct) else None
     return make
 
 
-def _grid(D):
-    def make(a, n, distinct):
-        alpha = [min(Fraction(1), Fraction(math.ceil(float(x) * D - 1e-9), D)) for x in a]
-        return alpha if _covered(alpha, distinct) else None
+def _repair(units: np.ndarray, rows: np.ndarray, need: np.ndarray, weight: np.ndarray,
+            base: np.ndarray, step: np.ndarray, cap: np.ndarray) -> np.ndarray | None:
+    """Greedy rounding: raise ``units`` (integers, one per relay) until every row's relays
+    (``rows``, 0/1 m x H) hold ``need`` units, each time on the relay of a short row whose
+    time after the step (``(base + step units) / weight``) is least; None if capped out."""
+    units = units.copy()
+    while True:
+        short = np.flatnonzero(rows @ units < need)
+        if not len(short):
+            return units
+        cand = (rows[short[0]] > 0) & (units < cap)
+        if not cand.any():
+            return None
+        after = np.where(cand, (base + step * (units + 1)) / weight, np.inf)
+        units[int(np.argmin(after))] += 1
+
+
+def _grid(D, r):
+    """Round z's alphas on the grid 1/D: down, then up where coverage needs it, the relay
+    that stays fastest first (its other rounds' load counted in)."""
+    def make(rounds_values):
+        def per_round(a, n, distinct, other):
+            H = len(a)
+            rows = hplan.incidence(distinct, H)
+            units = np.floor(np.asarray(a) * D + 1e-9).astype(np.int64)
+            got = _repair(units, rows, np.full(len(rows), D), r, other,
+                          n.astype(float) / D, np.full(H, D))
+            return None if got is None else [Fraction(int(u), D) for u in got]
+        return per_round
     return make
 
 
@@ -312,7 +340,7 @@ def coded_time_plan(G, rates, server_rate: float | None = None,
     tstar_per_byte = tstar / float(R.max())
     cands = [(f"lp-exact (denominators <= {max_denominator})",
               lambda: _coded_exact(rounds, values, G, _nearest(max_denominator)))]
-    cands += [(f"lp-grid 1/{D}", lambda D=D: _coded_exact(rounds, values, G, _grid(D)))
+    cands += [(f"lp-grid 1/{D}", lambda D=D: _coded_exact(rounds, values, G, _grid(D, r)(values)))
               for D in GRID_DENOMINATORS if D <= max(max_denominator, 2)]
     chosen, src = _pick(cands, load_plan, R, server_rate, tstar_per_byte, notes)
     return TimePlan("coded", chosen, load_plan, tuple(R), server_rate, tstar_per_byte, src, notes)
@@ -354,9 +382,15 @@ def joint_time_plan(G, rates, server_rate: float | None = None,
     cands = [(f"lp-exact (denominators <= {d})",
               lambda d=d: joint_of([Fraction(float(v)).limit_denominator(d) for v in x]))
              for d in max_denominators if d <= MAX_UNITS]
-    cands += [(f"lp-grid 1/{D}",
-               lambda D=D: joint_of([Fraction(math.ceil(float(v) * D - 1e-9), D) for v in x]))
-              for D in GRID_DENOMINATORS]
+    rows_b = A.astype(np.int64)
+
+    def grid(D):
+        units = np.floor(x * D + 1e-9).astype(np.int64)
+        got = _repair(units, rows_b, D * b[rows], r, np.zeros(H), np.full(H, 1.0 / D),
+                      np.full(H, np.iinfo(np.int64).max))
+        return None if got is None else joint_of([Fraction(int(u), D) for u in got])
+
+    cands += [(f"lp-grid 1/{D}", lambda D=D: grid(D)) for D in GRID_DENOMINATORS]
     chosen, src = _pick(cands, load_plan, R, server_rate, tstar_per_byte, notes)
     return TimePlan("joint", chosen, load_plan, tuple(R), server_rate, tstar_per_byte, src, notes)
 
