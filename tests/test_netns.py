@@ -436,3 +436,37 @@ def test_relay_rates_shape_each_relays_link_and_plan_time_follows(tmp_path):
     assert coded["median_seconds"]["relay_to_server"] < 0.6, coded["median_seconds"]
     assert d["runs"]["uncoded"]["probe"]["relay_bytes_per_s"] == rates
     assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_docker_entrypoint_shapes_only_the_relays_link_to_the_server():
+    """docker/entrypoint.sh shape with HMTL_RELAY_RATE (run here in a namespace of our own,
+    as a container would): an htb class at the rate, a u32 filter on the server's address
+    both ways (egress on eth0, ingress through the ifb), everything else unclassified."""
+    ns = "hmtl-rates-%d" % os.getpid()
+    run = lambda *a, **k: subprocess.run(list(a), capture_output=True, text=True, timeout=30, **k)
+    try:
+        assert run("ip", "netns", "add", ns).returncode == 0
+        run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "p0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        env = dict(os.environ, HMTL_ROLE="relay", HMTL_RELAY_RATE="2mbit",
+                   HMTL_SERVER_ADDR="10.99.0.1")
+        res = run("ip", "netns", "exec", ns, "bash", str(REPO / "docker" / "entrypoint.sh"),
+                  "shape", env=env)
+        assert res.returncode == 0, res.stderr
+        assert "shaped to 2mbit both ways" in res.stderr, res.stderr
+        for dev in ("eth0", "ifb-hmtl"):
+            classes = run("ip", "netns", "exec", ns, "tc", "class", "show", "dev", dev).stdout
+            assert "rate 2Mbit" in classes, (dev, classes)
+            filters = run("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev).stdout
+            assert "0a630001/ffffffff" in filters and "flowid 1:1" in filters, (dev, filters)
+        # a bad server name is refused naming the problem
+        env2 = dict(env)
+        env2.pop("HMTL_SERVER_ADDR")
+        res = run("ip", "netns", "exec", ns, "bash", str(REPO / "docker" / "entrypoint.sh"),
+                  "shape", env=dict(env2, HMTL_IFACE="eth0"))
+        assert res.returncode == 2, res.stderr        # no host 'server' here
+        assert "cannot resolve the server's address" in res.stderr, res.stderr
+    finally:
+        run("ip", "netns", "del", ns)
