@@ -32,8 +32,8 @@ def replan_for_time(config, endpoint, G, schemes: list, rates) -> None:
             print(f"hmtl_mpi: --plan time for {scheme.name}: relay uplink loads "
                   f"{', '.join(f'{float(x):.3g}' for x in tp.load_relay_loads)} (load plan) -> "
                   f"{', '.join(f'{float(x):.3g}' for x in tp.relay_loads)} ({tp.source}); "
-                  f"slowest relay's uplink predicted {1e3 * tp.seconds(V, tp.load_plan):.1f} -> "
-                  f"{1e3 * tp.seconds(V):.1f} ms", flush=True)
+                  f"slowest relay's uplink predicted {1e3 * tp.seconds(V, tp.load_plan):.4g} -> "
+                  f"{1e3 * tp.seconds(V):.4g} ms", flush=True)
         buf = endpoint.bcast_bytes(WORLD, new.to_buffer() if new is not None else None, 0,
                                    f"the {scheme.name} scheme's time-optimal plan")
         schemes[b] = new if new is not None else type(scheme).from_buffer(G, buf)
