@@ -110,6 +110,7 @@ def _one_way(endpoint, relay: int, size: int, repeats: int) -> float:
 
 
 SERVER_PROBE_REPEATS = 2
+SERVER_PROBE_BYTES = 16 << 20          # at most this much in flight to the server at once
 
 
 def _all_at_once(ep, H: int, size: int, relays: list) -> float:
@@ -158,8 +159,9 @@ def measure_relays(endpoint, H: int, iv_bytes: int):
                 out.append((lat, size / max(t - 2 * lat, 0.5 * t)))
     ep.barrier(WORLD, "after the relay probes")
     server = 0.0
+    together = max(4096, min(size, SERVER_PROBE_BYTES // max(H, 1)))   # the server's memory
     for _ in range(SERVER_PROBE_REPEATS):
-        server = max(server, _all_at_once(ep, H, size, out))
+        server = max(server, _all_at_once(ep, H, together, out))
         ep.barrier(WORLD, "after the server link probe")
     if ep.rank != 0:
         return None
