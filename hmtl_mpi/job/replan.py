@@ -24,9 +24,15 @@ def replan_for_time(config, endpoint, G, schemes: list, rates) -> None:
             continue
         new = None
         if endpoint.rank == 0:
-            new = type(scheme).plan(G, seed=config.seed, plan="time",
-                                    relay_rates=[r for _, r in rates["relays"]],
-                                    server_rate=rates["server"])
+            try:
+                new = type(scheme).plan(G, seed=config.seed, plan="time",
+                                        relay_rates=[r for _, r in rates["relays"]],
+                                        server_rate=rates["server"])
+            except (ValueError, RuntimeError) as exc:    # an LP that did not solve
+                print(f"hmtl_mpi: --plan time for {scheme.name}: no time plan ({exc}); the "
+                      f"load plan is kept", flush=True)
+                new = scheme
+        if endpoint.rank == 0 and new.timed is not None:
             tp = new.timed
             V = 8 * (config.dim or 0)
             print(f"hmtl_mpi: --plan time for {scheme.name}: relay uplink loads "
@@ -37,8 +43,3 @@ def replan_for_time(config, endpoint, G, schemes: list, rates) -> None:
         buf = endpoint.bcast_bytes(WORLD, new.to_buffer() if new is not None else None, 0,
                                    f"the {scheme.name} scheme's time-optimal plan")
         schemes[b] = new if new is not None else type(scheme).from_buffer(G, buf)
-
-
-def time_report_fields(scheme, iv_bytes: int) -> dict:
-    """The report's ``plan`` and, under ``--plan time``, ``plans`` (both side by side)."""
-    return scheme.time_fields(iv_bytes)

@@ -56,7 +56,7 @@ from .failures import (Control, RankState, Terminated, classify, decode_record, 
                        end_job)
 from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
-from .replan import replan_for_time, time_report_fields
+from .replan import replan_for_time
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
 
@@ -333,8 +333,10 @@ def set_up(config: JobConfig, endpoint, state):
 
 
 def predict_times(config: JobConfig, endpoint, G, schemes, dim):
-    """Measure the links and the coding kernel, and print on rank 0 what each scheme with
-    steps should take per iteration (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
+    """Measure the links (every relay's own too) and the coding kernel, re-plan for them
+    under ``--plan time`` (:mod:`hmtl_mpi.job.replan`: ``schemes`` is updated in place),
+    and print on rank 0 what each scheme with steps should take per iteration
+    (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
     report keys per scheme; None elsewhere, when no scheme has steps, or without links."""
     timed = [s for s in schemes if not s.barrier_free]
     if not timed or not endpoint.has_links:
@@ -353,7 +355,7 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
         loads = rank_link_loads(s.link_loads(), G.shape[1], config.users_per_rank)
         runs[s.name] = {"predicted_seconds": phase_seconds(loads, 8 * dim, rates,
                                                          s.coding_work(dim), speed)}
-        runs[s.name].update(time_report_fields(s, 8 * dim))
+        runs[s.name].update(s.time_fields(8 * dim))       # plan (and plans: --plan time)
     probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
              "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
              "coding_bytes_per_s": speed,
