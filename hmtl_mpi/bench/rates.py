@@ -7,7 +7,8 @@ each ``--scheme uncoded,coded,joint`` on paper-fig2 with synthetic IVs: one with
 ``--plan load`` (the papers' plans), one with ``--plan time`` (re-planned for the rates
 the probe measures). Printed per scheme and plan: the relays' planned uplink loads, the
 predicted and measured (median over iterations, then over repeats) relay->server,
-server->relay and iteration times, and the model digest (every run must agree). The
+server->relay and iteration times (the predicted iteration leaves the learning out,
+as the job's own prediction does), and the model digest (every run must agree). The
 1-minute load average (``uptime``) before and after every job is printed beside them:
 the machine is shared, and the times depend on it.
 """
@@ -56,6 +57,7 @@ def row(run: dict) -> dict:
     loads = plans["time"]["per_relay_uplink"] if plans else None
     return {"up": med["relay_to_server"], "down": med["server_to_relay"], "total": med["total"],
             "up_pred": pred["relay_to_server"], "down_pred": pred["server_to_relay"],
+            "total_pred": pred["total"],
             "digest": run["model_digest"], "loads": loads}
 
 
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
           f"synthetic IVs of {8 * args.dim} bytes, {args.iterations} iterations, "
           f"{args.repeats} repeat(s); ms per iteration, predicted / measured (medians)")
     print(f"{'scheme':8} {'plan':12} {'relay->server':>17} {'server->relay':>17} "
-          f"{'iteration':>10}  relay uplink loads (IVs)")
+          f"{'iteration':>17}  relay uplink loads (IVs)")
     out = []
     for (name, plan), rs in rows.items():
         def med(k):
@@ -100,10 +102,11 @@ def main(argv=None) -> int:
         lds = rs[0]["loads"]
         print(f"{name:8} {plan:12} {1e3 * med('up_pred'):>8.0f} / {1e3 * med('up'):<6.0f} "
               f"{1e3 * med('down_pred'):>8.0f} / {1e3 * med('down'):<6.0f} "
-              f"{1e3 * med('total'):>10.0f}  "
+              f"{1e3 * med('total_pred'):>8.0f} / {1e3 * med('total'):<6.0f}  "
               f"{', '.join(f'{x:.3g}' for x in lds) if lds else ''}")
         out.append({"scheme": name, "plan": plan, **{k: med(k) for k in
-                    ("up", "down", "total", "up_pred", "down_pred")}, "loads": lds,
+                    ("up", "down", "total", "up_pred", "down_pred", "total_pred")},
+                    "loads": lds,
                     "runs": rs})
     byk = {(o["scheme"], o["plan"]): o for o in out}
     for s in ("coded", "joint"):
