@@ -397,6 +397,9 @@ def plan_time_problem(args, schemes) -> str | None:
                 f"choose (coded and joint have)")
     if args.transport != "mpi":
         return "--plan time plans for the measured links: it needs --transport mpi"
+    if args.relay_stragglers:
+        return ("--plan time does not go with --relay-stragglers: the tolerant exchange "
+                "has a plan of its own")
     if args.checkpoint or args.resume:
         return ("--plan time follows the links measured at start-up, which a resumed job "
                 "would measure anew: it does not go with --checkpoint or --resume")

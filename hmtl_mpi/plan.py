@@ -128,6 +128,9 @@ def plan_rates(args, G, parser):
     if args.scheme not in ("coded", "joint"):
         parser.error(f"--relay-rates: the {args.scheme} scheme has no plan to choose "
                      f"(coded and joint have)")
+    if args.relay_stragglers:
+        parser.error("--relay-rates does not go with --relay-stragglers: the tolerant "
+                     "exchange has a plan of its own")
     try:
         rates = parse_rates(args.relay_rates, G.shape[0], "--relay-rates")
         server = None if args.server_rate is None else parse_rate(args.server_rate,
