@@ -25,7 +25,10 @@
 #   user:   W1 on eth0 egress and W1 on eth0 ingress (via ifb)
 #   server: W2 on eth0 egress and W2 on eth0 ingress (via ifb); one W2 shared
 #           by all relays, as the paper's shared relay<->server link
-#   relay:  unshaped
+#   relay:  unshaped; with HMTL_RELAY_RATE only its traffic with the server at that
+#           rate, both ways (htb + a u32 filter on the server's address), as
+#           netns-run --relay-rates does
+#   user:   HMTL_USER_RATE, when set, instead of W1 (netns-run --user-rates)
 #   host:   HMTL_RATE on eth0 egress and ingress: a whole machine's link, for the
 #           Slurm nodes of launch/slurm-cluster (several ranks of any role per node)
 # Needs cap_add: [NET_ADMIN]; ingress also needs the host's ifb module
@@ -36,6 +39,9 @@
 #   HMTL_ROLE          server | relay | user (| host: only for 'shape', see above)
 #   HMTL_W1, HMTL_W2   link rates (default none = unshaped)
 #   HMTL_RATE          the link rate of role host (default none)
+#   HMTL_RELAY_RATE    a relay's own link to the server (default none: unshaped)
+#   HMTL_USER_RATE     a user's link instead of HMTL_W1 (default: HMTL_W1)
+#   HMTL_SERVER_ADDR   the server's address for HMTL_RELAY_RATE (default: host 'server')
 #   HMTL_RELAYS        H (default 5), HMTL_USERS: K (default 10)
 #   HMTL_HOSTS         optional: all host names in rank order, space separated
 #                      (default: server relay1..relayH user1..userK)
@@ -96,12 +102,46 @@ print("%db" % max(4096, int(bps / 1000)))
 EOF
 }
 
+# relay with HMTL_RELAY_RATE: only its traffic with the server, both ways, at that
+# rate (an htb class picked by a u32 filter on the server's address; everything
+# else is unclassified and htb passes it straight on); ingress through an ifb
+htb_to() {   # dev direction(dst|src) rate burst server
+    tc qdisc replace dev "$1" root handle 1: htb \
+        || die "tc failed on $1 (is cap_add: [NET_ADMIN] set?)"
+    tc class add dev "$1" parent 1: classid 1:1 htb rate "$3" ceil "$3" \
+        burst "$4" cburst "$4"
+    tc filter add dev "$1" parent 1: protocol ip prio 1 u32 match ip "$2" "$5/32" \
+        flowid 1:1
+}
+
+shape_relay_link() {
+    local rate="$1" server burst ifb="ifb-hmtl"
+    server="${HMTL_SERVER_ADDR:-$( (getent hosts server || true) | awk '{print $1; exit}')}"
+    [ -n "$server" ] || die "relay: cannot resolve the server's address (host 'server')"
+    burst="$(burst_for "$rate")" || die "bad HMTL_RELAY_RATE '$rate'"
+    htb_to "$IFACE" dst "$rate" "$burst" "$server"
+    if ip link add "$ifb" type ifb 2>/dev/null || ip link show "$ifb" >/dev/null 2>&1; then
+        ip link set "$ifb" up
+        htb_to "$ifb" src "$rate" "$burst" "$server"
+        tc qdisc del dev "$IFACE" ingress 2>/dev/null || true
+        tc qdisc add dev "$IFACE" handle ffff: ingress
+        tc filter add dev "$IFACE" parent ffff: protocol all u32 match u32 0 0 \
+            action mirred egress redirect dev "$ifb"
+        log "relay: link to the server $server shaped to $rate both ways (burst $burst)"
+    else
+        log "warning: cannot create an ifb device (modprobe ifb on the Docker host?):" \
+            "only traffic from the relay to the server is shaped to $rate"
+    fi
+}
+
 shape() {
     local rate
     case "$HMTL_ROLE" in
         server) rate="$HMTL_W2" ;;
-        user)   rate="$HMTL_W1" ;;
-        relay)  log "relay: links unshaped"; return 0 ;;
+        user)   rate="${HMTL_USER_RATE:-$HMTL_W1}" ;;
+        relay)
+            if is_unshaped "${HMTL_RELAY_RATE:-}"; then log "relay: links unshaped"; return 0; fi
+            shape_relay_link "$HMTL_RELAY_RATE"; return 0 ;;
         host)   rate="${HMTL_RATE:-none}" ;;
         *)      die "HMTL_ROLE must be server, relay, user or host (got '${HMTL_ROLE}')" ;;
     esac

@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each user rank runs N users (users k in [jN, (j+1)N) on rank 1+H+j), "
                         "so the job needs 1 + H + ceil(K/N) ranks; every user keeps its own "
                         "model, IV and messages (default 1; --workload mtl, hierarchical)")
+    p.add_argument("--plan", choices=("load", "time"), default="load",
+                   help="coded and joint: load (default) plans the papers' least total load; "
+                        "time re-plans after the link probe for the least uplink time under "
+                        "every relay's measured rate to the server (docs/bandwidth.md)")
     p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:KIND]",
                    help="testing aid: on world rank RANK in iteration ITERATION (0-based, "
                         "mid-iteration, at relay_to_server) raise an exception (KIND raise, the "
@@ -379,9 +383,27 @@ def parse_job_args(argv, rank, size):
     elif args.inject_fault and args.inject_fault[1] >= args.iterations:
         problem = (f"--inject-fault: iteration {args.inject_fault[1]} never runs; iterations are "
                    f"0 .. {args.iterations - 1} (--iterations {args.iterations})")
+    if not problem and args.plan == "time":
+        problem = plan_time_problem(args, schemes)
     if problem:
         return None, usage_error(rank, problem)
     return JobConfig.from_args(args, schemes, scheme_arg), None
+
+
+def plan_time_problem(args, schemes) -> str | None:
+    """Why ``--plan time`` cannot be used with these options (None: it can)."""
+    if not any(REGISTRY[(args.workload, n)].has_load_plan for n in schemes):
+        return (f"--plan time: none of the schemes {','.join(schemes)} has a load plan to "
+                f"choose (coded and joint have)")
+    if args.transport != "mpi":
+        return "--plan time plans for the measured links: it needs --transport mpi"
+    if args.relay_stragglers:
+        return ("--plan time does not go with --relay-stragglers: the tolerant exchange "
+                "has a plan of its own")
+    if args.checkpoint or args.resume:
+        return ("--plan time follows the links measured at start-up, which a resumed job "
+                "would measure anew: it does not go with --checkpoint or --resume")
+    return None
 
 
 def usage_error(rank, message) -> int:

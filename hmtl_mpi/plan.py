@@ -9,6 +9,7 @@ awkward bit patterns and checks that every relay recovers every IV bit for bit.
     python -m hmtl_mpi.plan --topology PATH_OR_NAME [--json]
     python -m hmtl_mpi.plan --topology PATH_OR_NAME --verify --dim D [--seed S] [--json]
     python -m hmtl_mpi.plan --topology PATH_OR_NAME --code {auto,structured,random} [--json]
+    python -m hmtl_mpi.plan --topology PATH_OR_NAME --relay-rates R1,...,RH [--plan time] [--json]
 
 The planners themselves live in :mod:`hmtl_mpi.planning`.
 """
@@ -21,6 +22,7 @@ import sys
 
 from .cli import straggle_value, stragglers_pair
 from .job.verify import verify_exchange
+from .planning.bandwidth import RateError, parse_rate, parse_rates
 from .planning.hierarchical import MAX_DENOMINATOR
 from .planning.topology import TopologyError, load_topology
 from .schemes import REGISTRY, get
@@ -68,6 +70,16 @@ def main(argv=None) -> int:
                         help="coded schemes: how the code is built (default auto: structured, "
                              "decodable by construction, where it covers the plan, else random "
                              "and verified; docs/codes.md)")
+    parser.add_argument("--plan", choices=("load", "time"), default="load",
+                        help="coded and joint: the plan the code follows: load (default, the "
+                             "papers': least total load) or time (least uplink time for the "
+                             "rates of --relay-rates; docs/bandwidth.md)")
+    parser.add_argument("--relay-rates", default=None, metavar="R1,...,RH",
+                        help="every relay's rate to the server (tc syntax, e.g. 20mbit, or "
+                             "bytes/s): with it both plans are shown side by side")
+    parser.add_argument("--server-rate", default=None, metavar="RATE",
+                        help="with --relay-rates: the server's own link, shared by every "
+                             "relay (default: not a bottleneck)")
     args = parser.parse_args(argv)
     if args.max_denominator is not None and args.max_denominator < 1:
         parser.error(f"--max-denominator must be at least 1, got {args.max_denominator}")
@@ -77,12 +89,16 @@ def main(argv=None) -> int:
         parser.error(f"--relay-stragglers must be at least 0, got {args.relay_stragglers}")
     if args.partitions is not None and args.partitions < 1:
         parser.error(f"--partitions must be at least 1, got {args.partitions}")
+    if args.server_rate is not None and args.relay_rates is None:
+        parser.error("--server-rate goes with --relay-rates")
     try:
         G = load_topology(args.topology)
+        rates, server = plan_rates(args, G, parser)
         scheme = get(args.scheme, args.workload).plan(
             G, seed=args.seed, max_denominator=args.max_denominator, stragglers=args.stragglers,
             partitions=args.partitions or G.shape[1], straggle=args.straggle,
-            construction=args.code, relay_stragglers=args.relay_stragglers)
+            construction=args.code, relay_stragglers=args.relay_stragglers, plan=args.plan,
+            relay_rates=rates, server_rate=server)
     except (TopologyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -100,6 +116,28 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     return 0 if verify is None or verify.get("bit_exact", verify.get("exact")) else 1
+
+
+def plan_rates(args, G, parser):
+    """(--relay-rates as bytes/s, --server-rate) checked against G; exit 2 naming the value."""
+    if args.plan == "time" and args.relay_rates is None:
+        parser.error("--plan time needs --relay-rates R1,...,RH (every relay's rate to the "
+                     "server)")
+    if args.relay_rates is None:
+        return None, None
+    if args.scheme not in ("coded", "joint"):
+        parser.error(f"--relay-rates: the {args.scheme} scheme has no plan to choose "
+                     f"(coded and joint have)")
+    if args.relay_stragglers:
+        parser.error("--relay-rates does not go with --relay-stragglers: the tolerant "
+                     "exchange has a plan of its own")
+    try:
+        rates = parse_rates(args.relay_rates, G.shape[0], "--relay-rates")
+        server = None if args.server_rate is None else parse_rate(args.server_rate,
+                                                                  "--server-rate")
+    except RateError as exc:
+        parser.error(str(exc))
+    return rates, server
 
 
 def _print_result(args, scheme, out, verify) -> None:

@@ -178,3 +178,24 @@ def test_bad_topology_is_refused_before_any_container(docker_engine, project_ima
     assert "Traceback" not in res.stderr
     assert "job:" not in res.stderr          # no container of the job was started
     assert_nothing_left(docker_engine)
+
+
+def test_compose_gen_per_link_rates():
+    """--relay-rates / --user-rates: each relay's (user's) own rate in its service's
+    environment (HMTL_RELAY_RATE / HMTL_USER_RATE, what docker/entrypoint.sh shapes by);
+    a wrong count or a bad rate is refused with exit 2 naming the option and value."""
+    res = sh([COMPOSE_GEN, "--relay-rates", "20mbit,2mbit,20mbit,20mbit,none",
+              "--user-rates", ",".join(["1mbit"] * 9 + ["5mbit"])], timeout=30, check=True)
+    blocks = res.stdout.split("\n\n")
+    relay2 = next(b for b in blocks if b.lstrip().startswith("relay2:"))
+    assert 'HMTL_RELAY_RATE: "2mbit"' in relay2
+    user10 = next(b for b in blocks if b.lstrip().startswith("user10:"))
+    assert 'HMTL_USER_RATE: "5mbit"' in user10
+    assert res.stdout.count("HMTL_RELAY_RATE:") == 5 and res.stdout.count("HMTL_USER_RATE:") == 10
+    for args, needle in (
+            (["--relay-rates", "20mbit,2mbit"], "has 2 rate(s) but the topology has 5 relays"),
+            (["--relay-rates", "1mbit,2xbit,1mbit,1mbit,1mbit"], "rate '2xbit' is not a tc rate"),
+            (["--user-rates", "1mbit"], "--user-rates '1mbit' has 1 rate(s) but the topology "
+                                        "has 10 users")):
+        bad = sh([COMPOSE_GEN] + args, timeout=30)
+        assert bad.returncode == 2 and needle in bad.stderr, bad.stderr

@@ -233,6 +233,15 @@ def test_cleanup_removes_leftovers_of_dead_runs():
     ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--loss", "100", "--", "true"],
     ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--loss", "-1", "--", "true"],
     ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--loss", "x", "--", "true"],
+    # --relay-rates / --user-rates: a bad rate, an empty one, the wrong count
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--relay-rates", "2xbit",
+     "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--user-rates",
+     "1mbit,,1mbit", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--relay-rates",
+     "1mbit,2mbit", "--", "true"],
+    ["--w1", "10mbit", "--w2", "1gbit", "-n", "4", "--relays", "1", "--user-rates",
+     "1mbit", "--", "true"],
 ])
 def test_bad_options_exit_2(args):
     res = subprocess.run([str(NETNS_RUN)] + args, capture_output=True, text=True,
@@ -245,6 +254,9 @@ def test_bad_options_exit_2(args):
         if opt in ("--cut", "--loss"):
             value = value if eq else args[i + 1]
             assert "%s %r" % (opt, value) in res.stderr, res.stderr
+        if opt in ("--relay-rates", "--user-rates"):   # names the option (and value/count)
+            assert opt in res.stderr, res.stderr
+            assert args[i + 1] in res.stderr or "rate(s) but the job has" in res.stderr
 
 
 def test_help_explains_roles_and_env():
@@ -390,3 +402,71 @@ def test_users_sharing_a_rank_share_its_link(tmp_path):
             # 12 (and relay 1's link probe answers), rank 5 6 (and TCP/MPI headers)
             assert tx[4] >= 12 * iv and 6 * iv <= tx[5] < 8 * iv, (tx, iv)
     assert digests[1] == digests[2]
+
+
+@pytest.mark.netns
+@needs_netns
+def test_relay_rates_shape_each_relays_link_and_plan_time_follows(tmp_path):
+    """--relay-rates: relay 2's link to the server at a tenth of the others'. The probe
+    measures every relay's rate (in the report), --plan time moves relay 2's uplink to the
+    others, its relay->server time is a fraction of the load plan's, models unchanged."""
+    report = tmp_path / "r.json"
+    rc, out, err, pid = netns_run(
+        ["--w1", "100mbit", "--w2", "none", "--relay-rates", "20mbit,2mbit,20mbit,20mbit,20mbit",
+         "-n", "16", "--", sys.executable, "-m", "hmtl_mpi", "--dataset", "synthetic",
+         "--dim", "20000", "--iterations", "2", "--scheme", "uncoded,coded", "--plan", "time",
+         "--quiet", "--report", str(report)], timeout=300)
+    assert rc == 0, out + err
+    assert "relay rates 20mbit,2mbit,20mbit,20mbit,20mbit" in err
+    d = json.loads(report.read_text())
+    assert d["model_digests_equal"] is True
+    coded = d["runs"]["coded"]
+    rates = coded["probe"]["relay_bytes_per_s"]
+    assert len(rates) == 5
+    fast = [r for i, r in enumerate(rates) if i != 1]
+    # shaped: 2mbit = 250 kB/s and 20mbit = 2.5 MB/s (measured under load: wide margins)
+    assert 0.5 * 2.5e5 < rates[1] < 1.5 * 2.5e5, rates
+    assert all(0.5 * 2.5e6 < r < 1.5 * 2.5e6 for r in fast), rates
+    assert coded["plan"] == "time"
+    plans = coded["plans"]
+    assert plans["time"]["per_relay_uplink"][1] < 0.25 * plans["load"]["per_relay_uplink"][1]
+    assert plans["time"]["uplink_seconds"] < 0.5 * plans["load"]["uplink_seconds"]
+    # relay 2's own link carried its share at its rate: the time plan's uplink is fast
+    # (the load plan would send 2 IVs of 160 kB over 250 kB/s, 1.28 s)
+    assert coded["median_seconds"]["relay_to_server"] < 0.6, coded["median_seconds"]
+    assert d["runs"]["uncoded"]["probe"]["relay_bytes_per_s"] == rates
+    assert_no_namespaces_of(pid)
+
+
+@pytest.mark.netns
+@needs_netns
+def test_docker_entrypoint_shapes_only_the_relays_link_to_the_server():
+    """docker/entrypoint.sh shape with HMTL_RELAY_RATE (run here in a namespace of our own,
+    as a container would): an htb class at the rate, a u32 filter on the server's address
+    both ways (egress on eth0, ingress through the ifb), everything else unclassified."""
+    ns = "hmtl-rates-%d" % os.getpid()
+    run = lambda *a, **k: subprocess.run(list(a), capture_output=True, text=True, timeout=30, **k)
+    try:
+        assert run("ip", "netns", "add", ns).returncode == 0
+        run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "p0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        env = dict(os.environ, HMTL_ROLE="relay", HMTL_RELAY_RATE="2mbit",
+                   HMTL_SERVER_ADDR="10.99.0.1")
+        res = run("ip", "netns", "exec", ns, "bash", str(REPO / "docker" / "entrypoint.sh"),
+                  "shape", env=env)
+        assert res.returncode == 0, res.stderr
+        assert "shaped to 2mbit both ways" in res.stderr, res.stderr
+        for dev in ("eth0", "ifb-hmtl"):
+            classes = run("ip", "netns", "exec", ns, "tc", "class", "show", "dev", dev).stdout
+            assert "rate 2Mbit" in classes, (dev, classes)
+            filters = run("ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev).stdout
+            assert "0a630001/ffffffff" in filters and "flowid 1:1" in filters, (dev, filters)
+        # a bad server name is refused naming the problem
+        env2 = dict(env)
+        env2.pop("HMTL_SERVER_ADDR")
+        res = run("ip", "netns", "exec", ns, "bash", str(REPO / "docker" / "entrypoint.sh"),
+                  "shape", env=dict(env2, HMTL_IFACE="eth0"))
+        assert res.returncode == 2, res.stderr        # no host 'server' here
+        assert "cannot resolve the server's address" in res.stderr, res.stderr
+    finally:
+        run("ip", "netns", "del", ns)

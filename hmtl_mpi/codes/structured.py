@@ -723,7 +723,8 @@ def build_block(G: np.ndarray, layout: BlockLayout) -> StructuredBlock:
     messages = np.asarray(layout.messages, dtype=np.int64)
 
     # D0: every IV unit in some relay's row
-    cover = np.zeros((len(users), F + int(width.max(initial=0)) + 1), dtype=np.int64)
+    reach = max([F] + [int(r[:, 1].max()) + int(w) for r, w in zip(rows, width) if len(r)])
+    cover = np.zeros((len(users), reach + 1), dtype=np.int64)   # rows may end past F: padding
     for i in range(H):
         if len(rows[i]) and width[i]:
             np.add.at(cover, (rows[i][:, 0], rows[i][:, 1]), 1)

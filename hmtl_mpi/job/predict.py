@@ -20,6 +20,11 @@ Links, as ``launch/netns-run`` builds them (and as the paper's model has them):
 * relay -> server and server -> relay: the server's one W2 link carries every
   relay's uplink (``relay_to_server`` IVs) and the broadcast
   (``server_to_relay`` IVs), in ``uplink_rounds`` / ``downlink_rounds`` rounds.
+  When every relay's own link was measured (``links["relays"]``, rates R_i, and
+  ``links["server"]``, the server's link S under all of them: ``--relay-rates``), a
+  direction takes ``max(max_i L_i V / R_i, sum_i L_i V / S)`` instead, with L_i relay
+  i's share (``per_relay_up``; ``per_relay_down``: its part of the broadcast's scatter
+  or its home users' models), the time model of ``--plan time`` (docs/bandwidth.md).
 
 Coding (``encode`` at the busiest relay, ``combine`` at the server, ``decode`` at
 the busiest relay) takes its input bytes over the kernel's measured speed. The
@@ -28,6 +33,8 @@ is left out: the prediction is of what the schemes change; the run measures all.
 """
 
 from __future__ import annotations
+
+from ..planning.bandwidth import uplink_seconds
 
 LINK_PHASES = ("user_to_relay", "relay_to_server", "server_to_relay", "relay_to_user")
 CODING_PHASES = ("encode", "decode")
@@ -46,10 +53,15 @@ def phase_seconds(loads: dict, iv_bytes: int, links: dict, coding_bytes: dict,
     a1, b1 = links["w1"]
     a2, b2 = links["w2"]
     V = float(iv_bytes)
+    up, down = loads["relay_to_server"] * V / b2, loads["server_to_relay"] * V / b2
+    if links.get("relays") and "per_relay_up" in loads:
+        rates = [r for _, r in links["relays"]]
+        up = uplink_seconds(loads["per_relay_up"], rates, V, links.get("server"))
+        down = uplink_seconds(loads["per_relay_down"], rates, V, links.get("server"))
     out = {
         "user_to_relay": loads.get("user_rounds", 1) * a1 + loads["user_up_max"] * V / b1,
-        "relay_to_server": loads["uplink_rounds"] * a2 + loads["relay_to_server"] * V / b2,
-        "server_to_relay": loads["downlink_rounds"] * a2 + loads["server_to_relay"] * V / b2,
+        "relay_to_server": loads["uplink_rounds"] * a2 + up,
+        "server_to_relay": loads["downlink_rounds"] * a2 + down,
         "relay_to_user": loads.get("user_rounds", 1) * a1 + loads["user_down_max"] * V / b1,
     }
     work = {k: float(coding_bytes.get(k, 0)) / coding_Bps for k in ("encode", "combine", "decode")}

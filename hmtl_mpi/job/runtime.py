@@ -48,7 +48,7 @@ from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HA
                           tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
-from ..wire.probe import coding_speed, measure_links
+from ..wire.probe import coding_speed, measure_links, measure_relays
 from . import checkpoint as ckpt
 from . import checks
 from .config import JobConfig
@@ -56,6 +56,7 @@ from .failures import (Control, RankState, Terminated, classify, decode_record, 
                        end_job)
 from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
+from .replan import replan_for_time
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
 
@@ -332,13 +333,20 @@ def set_up(config: JobConfig, endpoint, state):
 
 
 def predict_times(config: JobConfig, endpoint, G, schemes, dim):
-    """Measure the links and the coding kernel, and print on rank 0 what each scheme with
-    steps should take per iteration (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
+    """Measure the links (every relay's own too) and the coding kernel, re-plan for them
+    under ``--plan time`` (:mod:`hmtl_mpi.job.replan`: ``schemes`` is updated in place),
+    and print on rank 0 what each scheme with steps should take per iteration
+    (:mod:`hmtl_mpi.job.predict`). Returns, on rank 0, the
     report keys per scheme; None elsewhere, when no scheme has steps, or without links."""
     timed = [s for s in schemes if not s.barrier_free]
     if not timed or not endpoint.has_links:
         return None
     rates = measure_links(endpoint, G, config.flat, 8 * dim, config.users_per_rank)
+    relays = measure_relays(endpoint, G.shape[0], 8 * dim)
+    if rates is not None:
+        rates.update(relays)
+    replan_for_time(config, endpoint, G, schemes, rates)
+    timed = [s for s in schemes if not s.barrier_free]
     if endpoint.rank != 0:
         return None
     speed = coding_speed(dim)
@@ -347,9 +355,13 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
         loads = rank_link_loads(s.link_loads(), G.shape[1], config.users_per_rank)
         runs[s.name] = {"predicted_seconds": phase_seconds(loads, 8 * dim, rates,
                                                          s.coding_work(dim), speed)}
+        runs[s.name].update(s.time_fields(8 * dim))       # plan (and plans: --plan time)
     probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
              "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
-             "coding_bytes_per_s": speed}
+             "coding_bytes_per_s": speed,
+             "relay_latency_s": [a for a, _ in rates["relays"]],
+             "relay_bytes_per_s": [b for _, b in rates["relays"]],
+             "server_bytes_per_s": rates["server"]}
     for r in runs.values():
         r["probe"] = probe
 
@@ -359,7 +371,9 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
         return f"{8 * b / 1e9:.1f} Gbit/s" if b >= 1.25e8 else f"{8 * b / 1e6:.1f} Mbit/s"
     print(f"hmtl_mpi: measured links W1 {rate(rates['w1'][1])} + "
           f"{1e6 * rates['w1'][0]:.0f} us, W2 {rate(rates['w2'][1])} + "
-          f"{1e6 * rates['w2'][0]:.0f} us per round; coding {speed / 1e6:.0f} MB/s.\n"
+          f"{1e6 * rates['w2'][0]:.0f} us per round; coding {speed / 1e6:.0f} MB/s; relays to "
+          f"the server {', '.join(rate(b) for _, b in rates['relays'])}, the server's link "
+          f"at least {rate(rates['server'])}.\n"
           f"hmtl_mpi: predicted per iteration (eq. 13 + latency; learning not included): "
           + "; ".join(verdict({n: r["predicted_seconds"] for n, r in runs.items()},
                               timed[0].name)), flush=True)

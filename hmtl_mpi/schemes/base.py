@@ -27,6 +27,7 @@ from functools import cached_property
 import numpy as np
 
 from ..codes import coding, structured
+from ..planning import bandwidth
 from ..vocabulary import home_relays, uplink_tag
 
 class Job:
@@ -289,15 +290,23 @@ class Scheme:
         """Extra keys for the run's report (e.g. the code's seed)."""
         return {}
 
+    has_load_plan = False        # whether --plan time can choose another plan (coded, joint)
+
+    def time_fields(self, iv_bytes: float | None = None) -> dict:
+        """The report's ``plan`` and ``plans`` for a scheme that has a load plan."""
+        return {}
+
     # --- for the time prediction (hmtl_mpi.job.predict) ----------------------------------
     def link_loads(self) -> dict:
         """IVs per iteration on each link class and the rounds of messages they take: the
         busiest user sends its IV to every relay it is linked to and gets one model;
         relays send the planned uplink in one round, the server its downlink in one."""
         up, down = self.planned_loads
+        home = np.bincount(home_relays(self.G), minlength=self.H).astype(float).tolist()
         return {"user_up_max": int(self.G.sum(axis=0).max()), "user_down_max": 1,
                 "relay_to_server": float(up), "server_to_relay": float(down),
-                "uplink_rounds": 1, "downlink_rounds": 1}
+                "uplink_rounds": 1, "downlink_rounds": 1,
+                "per_relay_up": home, "per_relay_down": home}
 
     def coding_work(self, dim: int) -> dict:
         """Bytes the coding kernels read per iteration: ``encode`` at the busiest relay,
@@ -399,13 +408,38 @@ class CodedExchange(Scheme):
         self.planned = planned       # the planner's own object (rank 0 only), for the plan CLI
 
     @classmethod
-    def plan(cls, G, seed=0, max_denominator=None, construction="auto", **options):
+    def plan(cls, G, seed=0, max_denominator=None, construction="auto", plan="load",
+             relay_rates=None, server_rate=None, **options):
         """The plan and its code: structured (:mod:`hmtl_mpi.codes.structured`) where it
         covers the plan, else random and verified (``construction``: ``"auto"``,
-        ``"structured"`` or ``"random"``)."""
-        planned = cls.make_plan(G, max_denominator)
+        ``"structured"`` or ``"random"``). Given per-relay ``relay_rates`` (bytes/s; and
+        the server's ``server_rate``), the time-optimal plan is made beside the load plan
+        (:mod:`hmtl_mpi.planning.bandwidth`) and ``plan`` ("load" or "time") says which
+        one the code follows."""
+        timed = None
+        if relay_rates is not None:
+            timed = bandwidth.time_plan(cls.name, G, relay_rates, server_rate, max_denominator)
+            planned = timed.planned if plan == "time" else timed.load_plan
+        elif plan == "time":
+            raise ValueError("--plan time needs every relay's rate to the server")
+        else:
+            planned = cls.make_plan(G, max_denominator)
         code = structured.build_code(G, cls.layouts(planned), seed=seed, construction=construction)
-        return cls(G, code, planned)
+        scheme = cls(G, code, planned)
+        scheme.timed, scheme.plan_kind = timed, plan
+        return scheme
+
+    timed = None                 # the TimePlan (both plans side by side) when rates were given
+    plan_kind = "load"
+    has_load_plan = True
+
+    def time_fields(self, iv_bytes: float | None = None) -> dict:
+        """``plan`` (load or time) and, when rates were given, ``plans``: both plans' per-relay
+        loads and predicted uplink times (for ``plan --json`` and the report)."""
+        out = {"plan": self.plan_kind}
+        if self.timed is not None:
+            out["plans"] = self.timed.to_dict(iv_bytes)
+        return out
 
     @classmethod
     def make_plan(cls, G: np.ndarray, max_denominator: int | None = None):
@@ -447,7 +481,7 @@ class CodedExchange(Scheme):
             out["code_fallback"] = self.code.fallback
         return out
 
-    def format_code(self) -> str:
+    def format_construction(self) -> str:
         """One line on how the code was built (for the readable plan)."""
         code = self.code
         if code.construction == "structured":
@@ -456,12 +490,21 @@ class CodedExchange(Scheme):
             if code.fallback else ""
         return f"code: random, seed {code.seed} after {code.attempts} draw(s){why}"
 
+    def format_code(self) -> str:
+        """How the code was built, and with rates both plans side by side."""
+        line = self.format_construction()
+        return line if self.timed is None else line + "\n\n" + bandwidth.format_time_plan(self.timed)
+
     def link_loads(self):
         """Each block is its own uplink message; the broadcast takes two rounds, the
         server's scatter and the relays' allgather (:mod:`hmtl_mpi.wire.roles`)."""
         out = super().link_loads()
         out["uplink_rounds"] = max(1, sum(1 for b in self.code.blocks if b.messages.any()))
         out["downlink_rounds"] = 2
+        out["per_relay_up"] = [float(sum((Fraction(int(b.messages[i]) * int(b.width[i]), b.F)
+                                          for b in self.code.blocks), Fraction(0)))
+                               for i in range(self.H)]
+        out["per_relay_down"] = [float(out["server_to_relay"]) / self.H] * self.H   # scatter
         return out
 
     def coding_work(self, dim):

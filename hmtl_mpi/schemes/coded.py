@@ -87,7 +87,8 @@ class Coded(CodedExchange):
         return [round_layout(planned.G, rnd) for rnd in planned.rounds]
 
     def plan_dict(self):
-        return dict(self.planned.to_dict(), scheme=self.name, **self.code_fields())
+        return dict(self.planned.to_dict(), scheme=self.name, **self.code_fields(),
+                    **self.time_fields())
 
     def format_plan(self):
         return hplan.format_plan(self.planned) + "\n" + self.format_code()

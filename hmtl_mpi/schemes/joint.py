@@ -63,7 +63,7 @@ class Joint(CodedExchange):
         return [block_layout(planned)] if len(planned.users) else []
 
     def plan_dict(self):
-        return dict(self.planned.to_dict(), **self.code_fields())
+        return dict(self.planned.to_dict(), **self.code_fields(), **self.time_fields())
 
     def format_plan(self):
         return format_joint_plan(self.planned) + "\n" + self.format_code()

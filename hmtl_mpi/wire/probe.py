@@ -85,6 +85,89 @@ def measure_links(endpoint, G, flat: bool, iv_bytes: int, per_rank: int = 1):
     return {"w2": w2, "w1": w1 if w1 is not None else (0.0, float("inf"))}
 
 
+# Bytes of every relay's own rate probe: enough for a tc-shaped link (1 ms buckets) to
+# show its rate, small enough that a slow relay does not hold the start-up for long.
+RELAY_PROBE_MAX = 256 << 10
+
+
+def _one_way(endpoint, relay: int, size: int, repeats: int) -> float:
+    """Median time for ``size`` bytes from ``relay`` to the server plus an 8-byte answer,
+    as the server sees it (meaningful on rank 0)."""
+    ep = endpoint
+    buf = np.zeros(max(size, 1), dtype=np.uint8)
+    ack = np.zeros(1, dtype=np.uint8)
+    times = []
+    for _ in range(repeats + 1):                      # the first is a warm-up
+        if ep.rank == 0:
+            t0 = ep.clock()
+            ep.wait(ep.isend(relay, ack, TAG_PROBE, None), "relay probe (go)")
+            ep.wait(ep.irecv(relay, buf, TAG_PROBE), "relay probe (receive)")
+            times.append(ep.clock() - t0)
+        else:
+            ep.wait(ep.irecv(0, ack, TAG_PROBE), "relay probe (go)")
+            ep.wait(ep.isend(0, buf, TAG_PROBE, None), "relay probe (send)")
+    return float(np.median(times[1:])) if times else 0.0
+
+
+SERVER_PROBE_REPEATS = 2
+SERVER_PROBE_BYTES = 16 << 20          # at most this much in flight to the server at once
+
+
+def _all_at_once(ep, H: int, size: int, relays: list) -> float:
+    """Every relay sends ``size`` bytes to the server at once; on rank 0 the largest
+    ``k size / t_k`` over the arrivals (the k-th at t_k after the start, less a latency)."""
+    if ep.rank != 0:
+        ep.barrier(WORLD, "all relays send to the server at once")
+        if 1 <= ep.rank <= H:
+            ep.wait(ep.isend(0, np.zeros(size, dtype=np.uint8), TAG_PROBE, None),
+                    "server link probe")
+        return 0.0
+    bufs = [np.zeros(size, dtype=np.uint8) for _ in range(H)]
+    pending = [ep.irecv(relay_rank(i), bufs[i], TAG_PROBE) for i in range(H)]
+    ep.barrier(WORLD, "all relays send to the server at once")
+    t0 = ep.clock()
+    arrivals = []
+    while pending:                                    # every arrival timed as it comes
+        done = set(ep.wait_first(pending, 1, "server link probe"))
+        arrivals += [ep.clock() - t0] * len(done)
+        pending = [q for j, q in enumerate(pending) if j not in done]
+    lat = float(np.median([a for a, _ in relays])) if relays else 0.0
+    arrivals.sort()
+    return max((k + 1) * size / max(t - lat, 0.5 * t) for k, t in enumerate(arrivals))
+
+
+def measure_relays(endpoint, H: int, iv_bytes: int):
+    """Every relay's own link to the server, then the server's link under all of them.
+
+    One relay at a time: latency (half an 8-byte round trip) and rate (``size`` bytes
+    from the relay to the server after a go message, minus a round trip's latency).
+    Then every relay sends ``size`` bytes at once and the server notes each arrival:
+    the server's link carries at least ``k size / t_k`` bytes/s for the k-th arrival at
+    t_k, the largest of which (over SERVER_PROBE_REPEATS rounds: the first meets TCP's
+    slow start) is ``server``'s rate (a lower bound when the relays' own links are slower
+    than the server's). On rank 0: {"relays": [(latency, rate)...],
+    "server": rate}; None elsewhere. Collective over the world."""
+    ep = endpoint
+    size = min(probe_size(iv_bytes), RELAY_PROBE_MAX)
+    out = []
+    for i in range(H):
+        r = relay_rank(i)
+        if ep.rank in (0, r):
+            lat = _ping_pong(ep, 0, r, 8, REPEATS) / 2
+            t = _one_way(ep, r, size, 2)
+            if ep.rank == 0:
+                out.append((lat, size / max(t - 2 * lat, 0.5 * t)))
+    ep.barrier(WORLD, "after the relay probes")
+    server = 0.0
+    together = max(4096, min(size, SERVER_PROBE_BYTES // max(H, 1)))   # the server's memory
+    for _ in range(SERVER_PROBE_REPEATS):
+        server = max(server, _all_at_once(ep, H, together, out))
+        ep.barrier(WORLD, "after the server link probe")
+    if ep.rank != 0:
+        return None
+    return {"relays": out, "server": server}
+
+
 def coding_speed(dim: int, repeats: int = 3) -> float:
     """Input bytes per second of :func:`hmtl_mpi.codes.coding.combine_mod_p` on 8 combinations of
     10 rows of one IV's symbols each (the uplink's shape, eq. 26), median of ``repeats``."""
