@@ -49,6 +49,7 @@ from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HA
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links
+from . import auto
 from . import checkpoint as ckpt
 from . import checks
 from .config import JobConfig
@@ -157,7 +158,7 @@ def plan_on_server(config: JobConfig, world_size: int):
             config.straggle.check_relays_only(H)
     except ValueError as exc:
         raise SetupError(str(exc)) from None
-    schemes = []
+    schemes, skipped = [], {}
     for name in config.schemes:
         try:
             schemes.append(get(name, config.workload).plan(
@@ -165,14 +166,19 @@ def plan_on_server(config: JobConfig, world_size: int):
                 partitions=config.partitions or K, straggle=config.straggle,
                 relay_stragglers=config.relay_stragglers))
         except ValueError as exc:
-            raise SetupError(f"--scheme {name}: {exc}") from None
+            if not config.auto:                # --scheme auto leaves it out (job/auto.py)
+                raise SetupError(f"--scheme {name}: {exc}") from None
+            skipped[name] = str(exc)
+    if not schemes:
+        raise SetupError(f"--scheme auto: no scheme plans on topology {config.topology}: "
+                         + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     if config.checkpoint:
         check_checkpoint_folder(config.checkpoint)
     resumed = None
     if config.resume:
         resumed = read_resume(config.resume, config.decided(dim=learner.dim), G, schemes,
                               world_size)
-    return G, schemes, learner, config, resumed
+    return G, schemes, learner, config, resumed, skipped
 
 
 def check_checkpoint_folder(folder: str) -> None:
@@ -249,6 +255,8 @@ class JobSetup:
     setup_seconds: float = 0.0
     resume_at: tuple | None = None  # (scheme index, next iteration) of --resume's checkpoint
     resumed: tuple | None = None  # rank 0: (path, header, per-rank states) of that checkpoint
+    skipped: dict | None = None   # rank 0, --scheme auto: the schemes that did not plan, and why
+    auto: dict | None = None      # rank 0, --scheme auto: the report's "auto" (job/auto.py)
 
 
 def set_up(config: JobConfig, endpoint, state):
@@ -302,6 +310,12 @@ def set_up(config: JobConfig, endpoint, state):
                             local_kernel=KERNELS[int(facts[1])] if config.reads_data
                             else config.local_kernel,
                             dim=int(facts[2]))
+    if config.auto:                 # only the schemes that planned are candidates
+        ok = np.zeros(len(config.schemes), dtype=np.int64)
+        if rank == 0:
+            ok[:] = [name not in planned[5] for name in config.schemes]
+        endpoint.bcast(WORLD, ok, 0, "the schemes that planned (--scheme auto)")
+        config = config.decided(schemes=tuple(n for n, o in zip(config.schemes, ok) if o))
     schemes = []
     for b, name in enumerate(config.schemes):
         mine = planned[1][b] if rank == 0 else None
@@ -328,7 +342,8 @@ def set_up(config: JobConfig, endpoint, state):
                     learner=planned[2] if rank == 0 else None, link_kind=link_kind,
                     rank_hosts=rank_hosts, setup_seconds=setup_seconds,
                     resume_at=(int(at[0]), int(at[1])) if at[0] >= 0 else None,
-                    resumed=planned[4] if rank == 0 else None)
+                    resumed=planned[4] if rank == 0 else None,
+                    skipped=planned[5] if rank == 0 else None)
 
 
 def predict_times(config: JobConfig, endpoint, G, schemes, dim):
@@ -630,7 +645,12 @@ def run_job(config: JobConfig, endpoint, state) -> int:
               f"{config.topology}{' (flat layout, ' + str(K) + ' tasks)' if config.flat else ''}; "
               f"dataset {config.dataset}; setup {setup.setup_seconds:.2f} s; planned loads "
               f"{loads}", flush=True)
-    predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
+    if config.auto:                  # measure, predict, keep the fastest (job/auto.py)
+        setup, predicted = auto.select(setup, endpoint, state, run_steps,
+                                       lambda tasks: learner_for(config, K, tasks))
+        config, schemes = setup.config, setup.schemes
+    else:
+        predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
     reports = []
     try:
         for b, scheme in enumerate(schemes):
@@ -689,6 +709,9 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
         for r in reports:
             r["accuracy"].update(baselines)
             r["accuracy"]["lambda"] = config.lam if config.lam is not None else "default"
+    if setup.auto is not None:
+        for r in reports:
+            r["auto"] = setup.auto
     print(summary(reports, oversubscribed, setup.link_kind), flush=True)
     if config.report:
         state.step("writing the report")

@@ -304,6 +304,15 @@ class Scheme:
         ``combine`` at the server, ``decode`` at the busiest relay (none uncoded)."""
         return {}
 
+    def global_updates(self) -> int:
+        """How many ranks run the global update (eq. 3) every iteration: the server alone."""
+        return 1
+
+    def coding_ranks(self) -> int:
+        """How many ranks run the coding kernels at once (the busiest one's work is
+        :meth:`coding_work`'s): none here."""
+        return 0
+
     def downlink_method(self, requested: str, flat: bool) -> str:
         return requested if self.broadcasts else "point-to-point"
 
@@ -463,6 +472,14 @@ class CodedExchange(Scheme):
         out["uplink_rounds"] = max(1, sum(1 for b in self.code.blocks if b.messages.any()))
         out["downlink_rounds"] = 2
         return out
+
+    def global_updates(self):
+        """Every relay decodes every IV and runs the global update itself."""
+        return self.H
+
+    def coding_ranks(self):
+        """Every relay encodes and decodes (the server's combining is the smaller part)."""
+        return self.H
 
     def coding_work(self, dim):
         code, two = self.code, 2                               # bytes per symbol
