@@ -51,7 +51,7 @@ from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links
 from . import auto
 from . import checkpoint as ckpt
-from . import checks
+from . import checks, plancache
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
                        end_job)
@@ -161,10 +161,10 @@ def plan_on_server(config: JobConfig, world_size: int):
     schemes, skipped = [], {}
     for name in config.schemes:
         try:
-            schemes.append(get(name, config.workload).plan(
-                G, seed=config.seed, stragglers=config.stragglers,
+            schemes.append(plancache.plan(
+                get(name, config.workload), G, seed=config.seed, stragglers=config.stragglers,
                 partitions=config.partitions or K, straggle=config.straggle,
-                relay_stragglers=config.relay_stragglers))
+                relay_stragglers=config.relay_stragglers)[0])
         except ValueError as exc:
             if not config.auto:                # --scheme auto leaves it out (job/auto.py)
                 raise SetupError(f"--scheme {name}: {exc}") from None

@@ -240,6 +240,7 @@ class Scheme:
     relay_part = RelayPart
     server_part = ServerPart
     broadcasts = False           # whether the downlink is a broadcast (else point to point)
+    cache_plan = False           # whether the job caches the plan per topology (hmtl_mpi.job.plancache)
 
     def __init__(self, G: np.ndarray):
         self.G = np.asarray(G, dtype=np.uint8)
@@ -401,6 +402,7 @@ class CodedExchange(Scheme):
     relay_part = CodedRelay
     server_part = CodedServer
     broadcasts = True
+    cache_plan = True            # LPs (cvxpy) and a code: worth keeping per topology
 
     def __init__(self, G, code: coding.Code, planned=None):
         super().__init__(G)
