@@ -12,7 +12,9 @@ what it decided (lambda, the local kernel, the data's dimension: a new frozen
 :class:`~hmtl_mpi.job.config.JobConfig`) and each scheme as one byte buffer; every
 rank gets its data and connects the groups that mirror G. A set-up error (bad
 topology, wrong number of ranks, bad data, a plan the scheme refuses) is printed
-once by rank 0 and every rank exits with status 2.
+once by rank 0 and every rank exits with status 2. With ``--scheme auto`` every
+scheme that plans is a candidate and :mod:`hmtl_mpi.job.auto` keeps the one
+predicted fastest before the loop.
 
 The loop (:func:`run_steps`): every iteration is delimited by barriers and each
 step of the scheme (:attr:`hmtl_mpi.schemes.base.Scheme.steps`) is timed from the
