@@ -14,6 +14,9 @@ Measured in one run, alternating so that the machine's load hits every variant a
   bytecode);
 * ``--against DIR``: the same job from another checkout of the package (e.g. a
   ``git worktree`` of an older commit), run from that folder, for a before/after;
+* ``imports``: CPU seconds one rank spends importing the job's modules (NumPy already
+  loaded), compiling them from source as under ``PYTHONDONTWRITEBYTECODE=1`` and
+  reading the bytecode the job keeps in its cache (:mod:`hmtl_mpi.job.bytecode`);
 * ``barrier``: seconds per barrier of N ranks with the runtime's way of waiting
   (``Ibarrier`` + ``Test`` + the sleep of :mod:`hmtl_mpi.wire.transport`), with the earlier
   way (sleeps doubling from 20 us to 1 ms) and with a blocking ``MPI_Barrier``.
@@ -69,6 +72,35 @@ if comm.rank == 0:
 """
 
 
+IMPORTS = r"""
+import sys, time
+import numpy
+from hmtl_mpi.job.bytecode import kept
+t0 = time.process_time()
+if sys.argv[1] == "kept":
+    with kept():
+        import hmtl_mpi.job.runtime
+else:
+    import hmtl_mpi.job.runtime
+print(time.process_time() - t0)
+"""
+
+
+def import_cpu(repeats: int) -> dict:
+    """Median CPU seconds of one rank's imports: compiled from source, and kept bytecode
+    (filled by an untimed first run)."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    out = {}
+    for how in ("source", "kept"):
+        subprocess.run([sys.executable, "-c", IMPORTS, how], env=env, check=True,
+                       capture_output=True)
+        out[how] = statistics.median(float(subprocess.run(
+            [sys.executable, "-c", IMPORTS, how], env=env, check=True, capture_output=True,
+            text=True).stdout) for _ in range(repeats))
+    return out
+
+
 def _timed(cmd, cwd=None, timeout=600) -> tuple:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
@@ -105,13 +137,14 @@ def run(repeats: int = 3, against: str | None = None, barriers: int = 200,
         _, proc = _timed([mpiexec(), "-n", str(ranks), sys.executable, "-c", BARRIERS,
                           str(barriers)])
     barrier = json.loads(proc.stdout.strip().splitlines()[-1])
+    imports = import_cpu(max(repeats, 3))
     med = statistics.median
     result = {"ranks": ranks, "cores": os.cpu_count(), "repeats": repeats,
               "load_average_end": os.getloadavg()[0],
               "bare_s": med(rows["bare"]),
               "job_wall_s": med(r["wall_s"] for r in rows["job"]),
               "job_iterations_s": med(r["iterations_s"] for r in rows["job"]),
-              "barrier_s": barrier}
+              "barrier_s": barrier, "import_cpu_s": imports}
     result["target_s"] = 2.5 * (result["bare_s"] + result["job_iterations_s"])
     result["startup_s"] = med(r["wall_s"] - r["iterations_s"] for r in rows["job"])
     result["startup_x_bare"] = result["startup_s"] / result["bare_s"]
@@ -147,6 +180,8 @@ def run(repeats: int = 3, against: str | None = None, barriers: int = 200,
               f"bare); median iteration: "
               + ", ".join(f"{k} {1e3 * v:.1f} ms"
                           for k, v in result["against_median_total_s"].items()))
+    print(f"  one rank's imports of the job, CPU: compiled from source {imports['source']:.3f} s, "
+          f"kept bytecode {imports['kept']:.3f} s (x {ranks} ranks on {result['cores']} cores)")
     print(f"  one barrier of {ranks} ranks: " + ", ".join(f"{k} {1e3 * v:.2f} ms"
                                                        for k, v in barrier.items()))
     return result
