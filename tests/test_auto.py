@@ -143,6 +143,17 @@ def test_inprocess_auto_leaves_out_a_scheme_that_does_not_plan(tmp_path):
     assert "not applicable: joint (H = 17 relays is more than" in rep["auto"]["reason"]
 
 
+def test_inprocess_auto_in_the_flat_layout(tmp_path):
+    path = tmp_path / "auto.json"
+    config, _ = parse_job_args(["--transport", "inprocess", "--layout", "flat", "--topology",
+                                "example-a", "--scheme", "auto", "--iterations", "2", "--quiet",
+                                "--report", str(path)], -1, None)
+    assert run_inprocess(config) == 0
+    rep = json.loads(path.read_text())
+    check_auto(rep, {"uncoded", "coded", "joint"})
+    assert rep["layout"] == "flat" and rep["ranks"] == 4
+
+
 @pytest.mark.mpi
 def test_mpirun_auto_reports_its_choice_and_why(tmp_path):
     report = tmp_path / "r.json"

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..learning.learners import SyntheticLearner
 from ..schemes.base import Job
-from ..vocabulary import WORLD, role_of
+from ..vocabulary import WORLD, role_of, user_rank
 from ..wire.probe import coding_speed, measure_links
 from ..wire.roles import make_net
 from .predict import phase_seconds
@@ -146,10 +146,10 @@ def trials(schemes, setup, endpoint, state, run_steps) -> dict | None:
 
 def select(setup, endpoint, state, run_steps, make_learner):
     """Every rank: probe, time, predict, and keep the scheme predicted fastest. Returns
-    (the set-up with only that scheme, its ``config.schemes`` too, and on rank 0 the
-    report's ``auto`` field; rank 0's per-scheme link prediction, as
-    ``predict_times`` gives it, or None elsewhere). ``make_learner(tasks)``: a
-    fresh learner of the job's (:func:`hmtl_mpi.job.runtime.learner_for`)."""
+    (the set-up with that scheme alone in ``schemes`` and ``config.schemes``, and on rank
+    0 the report's ``auto`` field in ``auto``; on rank 0 the per-scheme link prediction
+    that ``predict_times`` would give, None elsewhere or without links).
+    ``make_learner(tasks)`` builds a fresh learner of the job's (``learner_for``)."""
     config, G, schemes = setup.config, setup.G, setup.schemes
     H, K = G.shape
     dim = config.dim
@@ -169,10 +169,12 @@ def select(setup, endpoint, state, run_steps, make_learner):
         learning = time_learning(setup.learner, K, make_learner)
         hosts = list(setup.rank_hosts) or ["one"] * endpoint.size
         cores = max(1, os.cpu_count() or 1) if endpoint.has_links else 10 ** 9
-        user_hosts = [hosts[r] for r in _user_ranks(H, K, config.flat, endpoint.size)]
-        local = concurrent(learning["local_each"], user_hosts, cores) if not config.flat else \
-            concurrent([sum(learning["local_each"][k] for k in np.flatnonzero(G[i]))
-                        for i in range(H)], hosts[1:1 + H], cores)
+        if config.flat:          # relay i runs the local updates of its row of G itself
+            local = concurrent([sum(learning["local_each"][k] for k in np.flatnonzero(G[i]))
+                                for i in range(H)], hosts[1:1 + H], cores)
+        else:
+            local = concurrent(learning["local_each"], [hosts[user_rank(k, H)]
+                                                        for k in range(K)], cores)
         relay_hosts = Counter(hosts[1:1 + H])
         busiest = max(relay_hosts.values()) if relay_hosts else 1
 
@@ -207,10 +209,6 @@ def select(setup, endpoint, state, run_steps, make_learner):
     setup = replace(setup, schemes=[kept], config=config.decided(schemes=(kept.name,)),
                     auto=info)
     return setup, predicted_links
-
-
-def _user_ranks(H: int, K: int, flat: bool, size: int) -> list:
-    return [] if flat else list(range(1 + H, min(size, 1 + H + K)))
 
 
 def _finite(x: float):
