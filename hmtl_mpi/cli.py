@@ -331,7 +331,9 @@ def parse_job_args(argv, rank, size):
         if auto and args.workload != "mtl":
             raise argparse.ArgumentTypeError("auto chooses among the multi-task schemes "
                                              "(--workload mtl) only")
-        schemes = tuple(names(args.workload)) if auto else scheme_list(text, args.workload)
+        schemes = (tuple(n for (w, n), cls in REGISTRY.items()     # auto: those with steps
+                         if w == args.workload and not cls.barrier_free)
+                   if auto else scheme_list(text, args.workload))
     except argparse.ArgumentTypeError as exc:
         return None, usage_error(rank, f"argument --scheme: {exc}")
     scheme_arg = ("auto" if auto else
@@ -367,6 +369,9 @@ def parse_job_args(argv, rank, size):
         problem = "give either --lam or --cv, not both"
     elif args.dataset == "har" and not args.data_dir:
         problem = "--dataset har needs --data-dir (the UCI HAR folder)"
+    elif auto and args.relay_stragglers:
+        problem = ("--scheme auto compares the schemes that run in steps; --relay-stragglers "
+                   "makes coded and joint barrier-free: name the scheme instead")
     elif auto and (args.checkpoint or args.resume):
         problem = ("--scheme auto cannot be checkpointed or resumed (its choice is measured "
                    "anew every run): name the scheme it chose instead")

@@ -86,6 +86,7 @@ def test_the_prediction_adds_fixed_cost_bytes_coding_and_learning():
     (["--scheme", "auto", "--workload", "gd"], "multi-task schemes"),
     (["--scheme", "auto", "--checkpoint", "ck"], "cannot be checkpointed or resumed"),
     (["--scheme", "auto", "--resume", "ck"], "cannot be checkpointed or resumed"),
+    (["--scheme", "auto", "--relay-stragglers", "1"], "makes coded and joint barrier-free"),
 ])
 def test_auto_refuses_what_it_cannot_do(args, words, capsys):
     config, code = parse_job_args(args, 0, 16)
@@ -115,10 +116,11 @@ def check_auto(rep: dict, candidates: set) -> None:
     assert rep["ivs_bit_exact"] is True and rep["models_delivered_intact"] is True
 
 
-def test_inprocess_auto_runs_one_scheme_with_the_models_of_that_scheme_alone(tmp_path):
+@pytest.mark.parametrize("more", [[], ["--users-per-rank", "5"]])
+def test_inprocess_auto_runs_one_scheme_with_the_models_of_that_scheme_alone(tmp_path, more):
     path = tmp_path / "auto.json"
     config, _ = parse_job_args(["--transport", "inprocess", "--scheme", "auto", "--iterations",
-                                "3", "--quiet", "--report", str(path)], -1, None)
+                                "3", "--quiet", "--report", str(path), *more], -1, None)
     assert run_inprocess(config) == 0
     rep = json.loads(path.read_text())
     check_auto(rep, {"uncoded", "coded", "joint"})
@@ -126,7 +128,8 @@ def test_inprocess_auto_runs_one_scheme_with_the_models_of_that_scheme_alone(tmp
     # the trials and the timed warm-up leave the run's learning untouched
     alone = tmp_path / "alone.json"
     config, _ = parse_job_args(["--transport", "inprocess", "--scheme", rep["scheme"],
-                                "--iterations", "3", "--quiet", "--report", str(alone)], -1, None)
+                                "--iterations", "3", "--quiet", "--report", str(alone), *more],
+                               -1, None)
     assert run_inprocess(config) == 0
     assert json.loads(alone.read_text())["model_digest"] == rep["model_digest"]
 

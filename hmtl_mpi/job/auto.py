@@ -42,9 +42,9 @@ import numpy as np
 
 from ..learning.learners import SyntheticLearner
 from ..schemes.base import Job
-from ..vocabulary import WORLD, role_of, user_rank
+from ..vocabulary import WORLD, host_rank
 from ..wire.probe import coding_speed, measure_links
-from ..wire.roles import make_net
+from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds
 
 TRIAL_DIM = 16          # values per IV in the fixed-cost trial: every cost that does not grow
@@ -81,14 +81,16 @@ def concurrent(seconds: list, hosts: list, cores: int) -> float:
 
 
 def predict(scheme, fixed_s: float, iv_bytes: int, dim: int, links: dict, speed: float,
-            learning: dict, parallel) -> dict:
+            learning: dict, parallel, per_rank: int = 1) -> dict:
     """Seconds per iteration of ``scheme``, by part (see the module doc). ``fixed_s``: its
     trial's median iteration; ``links``: per link class (latency, bytes/s); ``speed``: the
     kernel's bytes/s; ``learning``: {"local": seconds of the local updates run at once,
     "global": one global update}; ``parallel(n)``: how many times longer n ranks take
-    than one to do the same work at once (1 with a core each)."""
+    than one to do the same work at once (1 with a core each); ``per_rank``: users per
+    user rank (``--users-per-rank``), whose one link carries them all."""
     rates = {c: (0.0, b) for c, (_, b) in links.items()}    # latencies: in the trial
-    phases = phase_seconds(scheme.link_loads(), iv_bytes, rates, scheme.coding_work(dim), speed)
+    loads = rank_link_loads(scheme.link_loads(), scheme.K, per_rank)
+    phases = phase_seconds(loads, iv_bytes, rates, scheme.coding_work(dim), speed)
     transfer = sum(phases[p] for p in ("user_to_relay", "relay_to_server", "server_to_relay",
                                        "relay_to_user"))
     coding = (phases["encode"] + phases["decode"]) * parallel(max(1, scheme.coding_ranks()))
@@ -123,12 +125,10 @@ def trials(schemes, setup, endpoint, state, run_steps) -> dict | None:
     a change in the machine's load hits them alike); rank 0 returns name -> the median
     iteration after the first."""
     config, G = setup.config, setup.G
-    H = G.shape[0]
-    role, index = role_of(endpoint.rank, H)
     parts = []
     for scheme in schemes:
         job = Job(G, SyntheticLearner(G.shape[1], TRIAL_DIM, config.seed), flat=config.flat)
-        parts.append(scheme.part(role, job, make_net(endpoint, G, config.downlink), index))
+        parts.append(rank_part(scheme, job, endpoint, config.downlink, config.users_per_rank))
     records = {s.name: [] for s in schemes}
     for it in range(TRIAL_ITERATIONS):
         for scheme, me in zip(schemes, parts):
@@ -157,7 +157,7 @@ def select(setup, endpoint, state, run_steps, make_learner):
     links = None
     if endpoint.has_links:
         state.step("--scheme auto: probing the links")
-        links = measure_links(endpoint, G, config.flat, iv_bytes)
+        links = measure_links(endpoint, G, config.flat, iv_bytes, config.users_per_rank)
     fixed = trials(schemes, setup, endpoint, state, run_steps)
     choice = np.zeros(1, dtype=np.int64)
     info = predicted_links = None
@@ -172,16 +172,19 @@ def select(setup, endpoint, state, run_steps, make_learner):
         if config.flat:          # relay i runs the local updates of its row of G itself
             local = concurrent([sum(learning["local_each"][k] for k in np.flatnonzero(G[i]))
                                 for i in range(H)], hosts[1:1 + H], cores)
-        else:
-            local = concurrent(learning["local_each"], [hosts[user_rank(k, H)]
-                                                        for k in range(K)], cores)
+        else:                    # a rank with several users runs them one after the other
+            ranks = [host_rank(k, H, config.users_per_rank) for k in range(K)]
+            per_rank = {r: sum(t for t, q in zip(learning["local_each"], ranks) if q == r)
+                        for r in sorted(set(ranks))}
+            local = concurrent(list(per_rank.values()), [hosts[r] for r in per_rank], cores)
         relay_hosts = Counter(hosts[1:1 + H])
         busiest = max(relay_hosts.values()) if relay_hosts else 1
 
         def parallel(n):
             return 1 if n <= 1 else math.ceil(min(n, busiest) / cores)
         parts = {s.name: predict(s, fixed[s.name], iv_bytes, dim, links, speed,
-                                 {"local": local, "global": learning["global"]}, parallel)
+                                 {"local": local, "global": learning["global"]}, parallel,
+                                 config.users_per_rank)
                  for s in schemes}
         seconds = {n: p["total"] for n, p in parts.items()}
         chosen, reason = choose(seconds, dict(setup.skipped))
@@ -198,7 +201,8 @@ def select(setup, endpoint, state, run_steps, make_learner):
                  "w2_latency_s": links["w2"][0], "w2_bytes_per_s": links["w2"][1],
                  "coding_bytes_per_s": speed}
         predicted_links = {s.name: {"predicted_seconds": phase_seconds(
-            s.link_loads(), iv_bytes, links, s.coding_work(dim), speed), "probe": probe}
+            rank_link_loads(s.link_loads(), K, config.users_per_rank), iv_bytes, links,
+            s.coding_work(dim), speed), "probe": probe}
             for s in schemes} if endpoint.has_links else None
         print(f"hmtl_mpi: --scheme auto chose {chosen}: {reason} (fixed cost per "
               f"iteration measured with {TRIAL_DIM}-value IVs, plus {iv_bytes}-byte IVs "
