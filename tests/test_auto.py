@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hmtl_mpi.bench.auto import medians_of, right
 from hmtl_mpi.cli import parse_job_args
 from hmtl_mpi.job.auto import choose, concurrent, predict
 from hmtl_mpi.job.config import JobConfig
@@ -170,3 +171,14 @@ def test_mpirun_auto_reports_its_choice_and_why(tmp_path):
     assert measured["w2_bytes_per_s"] > 0 and measured["coding_bytes_per_s"] > 0
     assert len(measured["local_update_s"]) == 10 and measured["cores"] == os.cpu_count()
     assert rep["predicted_seconds"]["total"] > 0            # the link prediction, as before
+
+
+def test_the_sweep_counts_a_choice_right_within_the_tolerance():
+    measured = {"uncoded": 0.0901, "coded": 0.0879, "joint": 0.0784}
+    assert right("joint", measured, 0.05)
+    assert not right("uncoded", measured, 0.05)             # 14.9% slower
+    assert right("coded", measured, 0.13) and not right("coded", measured, 0.12)
+    report = {"scheme": "uncoded,joint", "runs": {
+        "uncoded": {"median_seconds": {"total": 2.0}}, "joint": {"median_seconds": {"total": 1.5}}}}
+    assert medians_of(report) == {"uncoded": 2.0, "joint": 1.5}
+    assert medians_of({"scheme": "joint", "median_seconds": {"total": 1.5}}) == {"joint": 1.5}
