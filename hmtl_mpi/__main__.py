@@ -6,10 +6,14 @@ The watcher is forked first, before NumPy and MPI are loaded
 
 import sys
 
+from .job.bytecode import kept
 from .job.supervisor import start
 
 page = start()
 
-from .job.runtime import main  # noqa: E402  (after the fork, on purpose)
+import numpy  # noqa: E402,F401  (NumPy reads its own installed bytecode, outside kept())
+
+with kept():                      # the package compiled once, not by every rank of every job
+    from .job.runtime import main  # noqa: E402  (after the fork, on purpose)
 
 sys.exit(main(page=page))

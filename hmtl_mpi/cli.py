@@ -169,10 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mtl: K users learn K related models with MOCHA (the IV exchange of "
                         "the source papers; default); gd: full-batch gradient descent on one "
                         "shared model, coded partial gradients, stragglers (HGC)")
-    p.add_argument("--scheme", default=None, metavar="NAME[,NAME...]",
+    p.add_argument("--scheme", default=None, metavar="NAME[,NAME...]|auto",
                    help="the schemes to run, one after the other on identical inputs, and "
                         "compare (listed below; default: both = uncoded,coded for mtl, "
-                        "uncoded,gc,hgc for gd)")
+                        "uncoded,gc,hgc for gd); auto (mtl): measure the links, the coding "
+                        "kernel, the learning and each scheme's fixed cost per iteration, "
+                        "and run only the scheme predicted fastest")
     p.add_argument("--stragglers", type=stragglers_pair, default=(1, 1), metavar="S_E,S_W",
                    help="gd: tolerated straggling edges, and straggling workers in every other "
                         "edge (default 1,1)")
@@ -329,10 +331,17 @@ def parse_job_args(argv, rank, size):
     problem = None
     try:
         text = args.scheme if args.scheme is not None else DEFAULT_SCHEMES[args.workload]
-        schemes = scheme_list(text, args.workload)
+        auto = text.strip() == "auto"
+        if auto and args.workload != "mtl":
+            raise argparse.ArgumentTypeError("auto chooses among the multi-task schemes "
+                                             "(--workload mtl) only")
+        schemes = (tuple(n for (w, n), cls in REGISTRY.items()     # auto: those with steps
+                         if w == args.workload and not cls.barrier_free)
+                   if auto else scheme_list(text, args.workload))
     except argparse.ArgumentTypeError as exc:
         return None, usage_error(rank, f"argument --scheme: {exc}")
-    scheme_arg = ("both" if args.workload == "mtl" and schemes == scheme_list("both")
+    scheme_arg = ("auto" if auto else
+                  "both" if args.workload == "mtl" and schemes == scheme_list("both")
                   else ",".join(schemes))
     gd_only = [flag for flag, given in (("--partitions", args.partitions is not None),)
                if given and args.workload != "gd"]
@@ -364,6 +373,12 @@ def parse_job_args(argv, rank, size):
         problem = "give either --lam or --cv, not both"
     elif args.dataset == "har" and not args.data_dir:
         problem = "--dataset har needs --data-dir (the UCI HAR folder)"
+    elif auto and args.relay_stragglers:
+        problem = ("--scheme auto compares the schemes that run in steps; --relay-stragglers "
+                   "makes coded and joint barrier-free: name the scheme instead")
+    elif auto and (args.checkpoint or args.resume):
+        problem = ("--scheme auto cannot be checkpointed or resumed (its choice is measured "
+                   "anew every run): name the scheme it chose instead")
     elif args.report is not None and not args.report.strip():
         problem = "--report: the path is empty"
     elif args.checkpoint is not None and not args.checkpoint.strip():
@@ -384,14 +399,17 @@ def parse_job_args(argv, rank, size):
         problem = (f"--inject-fault: iteration {args.inject_fault[1]} never runs; iterations are "
                    f"0 .. {args.iterations - 1} (--iterations {args.iterations})")
     if not problem and args.plan == "time":
-        problem = plan_time_problem(args, schemes)
+        problem = plan_time_problem(args, schemes, auto)
     if problem:
         return None, usage_error(rank, problem)
     return JobConfig.from_args(args, schemes, scheme_arg), None
 
 
-def plan_time_problem(args, schemes) -> str | None:
+def plan_time_problem(args, schemes, auto: bool = False) -> str | None:
     """Why ``--plan time`` cannot be used with these options (None: it can)."""
+    if auto:
+        return ("--plan time does not go with --scheme auto: auto predicts and chooses "
+                "among the load plans (give the scheme, e.g. --scheme coded --plan time)")
     if not any(REGISTRY[(args.workload, n)].has_load_plan for n in schemes):
         return (f"--plan time: none of the schemes {','.join(schemes)} has a load plan to "
                 f"choose (coded and joint have)")

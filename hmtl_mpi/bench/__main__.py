@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -23,6 +23,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            in one process: wall time, memory, loads, digests (:mod:`.users`)
 * rates    one slow relay link: the time-optimal plan against the load plan and uncoded
            (root; :mod:`.rates`)
+* auto     ``--scheme auto``'s choice against every scheme measured, on the default job and
+           the emulated network (root; :mod:`.auto`)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper", "users", "rates")
+        "paper", "users", "rates", "auto")
 
 
 def main(argv=None) -> int:

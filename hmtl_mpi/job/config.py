@@ -58,6 +58,11 @@ class JobConfig:
         return self.layout == "flat"
 
     @property
+    def auto(self) -> bool:
+        """``--scheme auto``: the scheme predicted fastest runs (:mod:`hmtl_mpi.job.auto`)."""
+        return self.scheme_arg == "auto"
+
+    @property
     def reads_data(self) -> bool:
         """Whether the learner has data that rank 0 reads and sends (MOCHA's tasks)."""
         return self.workload == "mtl" and self.dataset != "synthetic"

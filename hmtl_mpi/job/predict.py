@@ -30,6 +30,8 @@ Coding (``encode`` at the busiest relay, ``combine`` at the server, ``decode`` a
 the busiest relay) takes its input bytes over the kernel's measured speed. The
 learning itself (local and global updates) is the same work in every scheme and
 is left out: the prediction is of what the schemes change; the run measures all.
+``--scheme auto`` (:mod:`hmtl_mpi.job.auto`) predicts whole iterations instead: the
+links' bytes from here, plus the learning and each scheme's measured fixed cost.
 """
 
 from __future__ import annotations

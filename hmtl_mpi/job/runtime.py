@@ -12,7 +12,9 @@ what it decided (lambda, the local kernel, the data's dimension: a new frozen
 :class:`~hmtl_mpi.job.config.JobConfig`) and each scheme as one byte buffer; every
 rank gets its data and connects the groups that mirror G. A set-up error (bad
 topology, wrong number of ranks, bad data, a plan the scheme refuses) is printed
-once by rank 0 and every rank exits with status 2.
+once by rank 0 and every rank exits with status 2. With ``--scheme auto`` every
+scheme that plans is a candidate and :mod:`hmtl_mpi.job.auto` keeps the one
+predicted fastest before the loop.
 
 The loop (:func:`run_steps`): every iteration is delimited by barriers and each
 step of the scheme (:attr:`hmtl_mpi.schemes.base.Scheme.steps`) is timed from the
@@ -49,8 +51,9 @@ from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HA
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
 from ..wire.probe import coding_speed, measure_links, measure_relays
+from . import auto
 from . import checkpoint as ckpt
-from . import checks
+from . import checks, plancache
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
                        end_job)
@@ -158,22 +161,27 @@ def plan_on_server(config: JobConfig, world_size: int):
             config.straggle.check_relays_only(H)
     except ValueError as exc:
         raise SetupError(str(exc)) from None
-    schemes = []
+    schemes, skipped = [], {}
     for name in config.schemes:
         try:
-            schemes.append(get(name, config.workload).plan(
-                G, seed=config.seed, stragglers=config.stragglers,
+            schemes.append(plancache.plan(
+                get(name, config.workload), G, seed=config.seed, stragglers=config.stragglers,
                 partitions=config.partitions or K, straggle=config.straggle,
-                relay_stragglers=config.relay_stragglers))
+                relay_stragglers=config.relay_stragglers)[0])
         except ValueError as exc:
-            raise SetupError(f"--scheme {name}: {exc}") from None
+            if not config.auto:                # --scheme auto leaves it out (job/auto.py)
+                raise SetupError(f"--scheme {name}: {exc}") from None
+            skipped[name] = str(exc)
+    if not schemes:
+        raise SetupError(f"--scheme auto: no scheme plans on topology {config.topology}: "
+                         + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     if config.checkpoint:
         check_checkpoint_folder(config.checkpoint)
     resumed = None
     if config.resume:
         resumed = read_resume(config.resume, config.decided(dim=learner.dim), G, schemes,
                               world_size)
-    return G, schemes, learner, config, resumed
+    return G, schemes, learner, config, resumed, skipped
 
 
 def check_checkpoint_folder(folder: str) -> None:
@@ -250,6 +258,8 @@ class JobSetup:
     setup_seconds: float = 0.0
     resume_at: tuple | None = None  # (scheme index, next iteration) of --resume's checkpoint
     resumed: tuple | None = None  # rank 0: (path, header, per-rank states) of that checkpoint
+    skipped: dict | None = None   # rank 0, --scheme auto: the schemes that did not plan, and why
+    auto: dict | None = None      # rank 0, --scheme auto: the report's "auto" (job/auto.py)
 
 
 def set_up(config: JobConfig, endpoint, state):
@@ -303,6 +313,12 @@ def set_up(config: JobConfig, endpoint, state):
                             local_kernel=KERNELS[int(facts[1])] if config.reads_data
                             else config.local_kernel,
                             dim=int(facts[2]))
+    if config.auto:                 # only the schemes that planned are candidates
+        ok = np.zeros(len(config.schemes), dtype=np.int64)
+        if rank == 0:
+            ok[:] = [name not in planned[5] for name in config.schemes]
+        endpoint.bcast(WORLD, ok, 0, "the schemes that planned (--scheme auto)")
+        config = config.decided(schemes=tuple(n for n, o in zip(config.schemes, ok) if o))
     schemes = []
     for b, name in enumerate(config.schemes):
         mine = planned[1][b] if rank == 0 else None
@@ -329,7 +345,8 @@ def set_up(config: JobConfig, endpoint, state):
                     learner=planned[2] if rank == 0 else None, link_kind=link_kind,
                     rank_hosts=rank_hosts, setup_seconds=setup_seconds,
                     resume_at=(int(at[0]), int(at[1])) if at[0] >= 0 else None,
-                    resumed=planned[4] if rank == 0 else None)
+                    resumed=planned[4] if rank == 0 else None,
+                    skipped=planned[5] if rank == 0 else None)
 
 
 def predict_times(config: JobConfig, endpoint, G, schemes, dim):
@@ -644,7 +661,12 @@ def run_job(config: JobConfig, endpoint, state) -> int:
               f"{config.topology}{' (flat layout, ' + str(K) + ' tasks)' if config.flat else ''}; "
               f"dataset {config.dataset}; setup {setup.setup_seconds:.2f} s; planned loads "
               f"{loads}", flush=True)
-    predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
+    if config.auto:                  # measure, predict, keep the fastest (job/auto.py)
+        setup, predicted = auto.select(setup, endpoint, state, run_steps,
+                                       lambda tasks: learner_for(config, K, tasks))
+        config, schemes = setup.config, setup.schemes
+    else:
+        predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
     reports = []
     try:
         for b, scheme in enumerate(schemes):
@@ -703,6 +725,9 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
         for r in reports:
             r["accuracy"].update(baselines)
             r["accuracy"]["lambda"] = config.lam if config.lam is not None else "default"
+    if setup.auto is not None:
+        for r in reports:
+            r["auto"] = setup.auto
     print(summary(reports, oversubscribed, setup.link_kind), flush=True)
     if config.report:
         state.step("writing the report")

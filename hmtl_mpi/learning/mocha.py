@@ -650,20 +650,31 @@ def _cv_best(data, errors_fn, grid=LAMBDA_GRID, folds=5):
     return float(grid[int(np.argmin(scores))])
 
 
-def baseline_cache_path(data) -> Path | None:
-    """Where the baselines of these data are cached: ``$HMTL_CACHE`` or
-    ``$XDG_CACHE_HOME/hmtl_mpi`` (default ``~/.cache/hmtl_mpi``), one JSON file named by a
-    SHA-256 of the data, the lambda grid and scikit-learn's version; None when
-    ``HMTL_CACHE`` is empty (no cache)."""
-
-    import sklearn  # local: scikit-learn costs ~0.9 s to import, only for the baselines
-
+def cache_root() -> Path | None:
+    """The folder of the job's caches: ``$HMTL_CACHE`` or ``$XDG_CACHE_HOME/hmtl_mpi``
+    (default ``~/.cache/hmtl_mpi``); None when ``HMTL_CACHE`` is empty (no cache)."""
     root = os.environ.get("HMTL_CACHE")
     if root == "":
         return None
     if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hmtl_mpi"
-    h = hashlib.sha256(f"svm-baselines {LAMBDA_GRID} sklearn {sklearn.__version__}".encode())
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hmtl_mpi"
+    return Path(root)
+
+
+def baseline_cache_path(data) -> Path | None:
+    """Where the baselines of these data are cached (:func:`cache_root`), one JSON file
+    named by a SHA-256 of the data, the lambda grid and scikit-learn's version (read from
+    its installed metadata: importing scikit-learn costs ~0.9 s, which a cached run no
+    longer pays); None without a cache."""
+    import importlib.metadata  # local: it imports email, zipfile...; only rank 0 at the end
+    root = cache_root()
+    if root is None:
+        return None
+    try:
+        version = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    h = hashlib.sha256(f"svm-baselines {LAMBDA_GRID} sklearn {version}".encode())
     for arrays in data:
         for a in arrays:
             h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())

@@ -241,6 +241,7 @@ class Scheme:
     relay_part = RelayPart
     server_part = ServerPart
     broadcasts = False           # whether the downlink is a broadcast (else point to point)
+    cache_plan = False           # whether the job caches the plan per topology (hmtl_mpi.job.plancache)
 
     def __init__(self, G: np.ndarray):
         self.G = np.asarray(G, dtype=np.uint8)
@@ -312,6 +313,15 @@ class Scheme:
         """Bytes the coding kernels read per iteration: ``encode`` at the busiest relay,
         ``combine`` at the server, ``decode`` at the busiest relay (none uncoded)."""
         return {}
+
+    def global_updates(self) -> int:
+        """How many ranks run the global update (eq. 3) every iteration: the server alone."""
+        return 1
+
+    def coding_ranks(self) -> int:
+        """How many ranks run the coding kernels at once (the busiest one's work is
+        :meth:`coding_work`'s): none here."""
+        return 0
 
     def downlink_method(self, requested: str, flat: bool) -> str:
         return requested if self.broadcasts else "point-to-point"
@@ -401,6 +411,7 @@ class CodedExchange(Scheme):
     relay_part = CodedRelay
     server_part = CodedServer
     broadcasts = True
+    cache_plan = True            # LPs (cvxpy) and a code: worth keeping per topology
 
     def __init__(self, G, code: coding.Code, planned=None):
         super().__init__(G)
@@ -506,6 +517,14 @@ class CodedExchange(Scheme):
                                for i in range(self.H)]
         out["per_relay_down"] = [float(out["server_to_relay"]) / self.H] * self.H   # scatter
         return out
+
+    def global_updates(self):
+        """Every relay decodes every IV and runs the global update itself."""
+        return self.H
+
+    def coding_ranks(self):
+        """Every relay encodes and decodes (the server's combining is the smaller part)."""
+        return self.H
 
     def coding_work(self, dim):
         code, two = self.code, 2                               # bytes per symbol
