@@ -180,6 +180,7 @@ def test_plan_cli_json_shows_both_plans():
     (["--plan", "time", "--checkpoint", "ck"], "does not go with --checkpoint or --resume"),
     (["--plan", "fast"], "invalid choice: 'fast'"),
     (["--plan", "time", "--relay-stragglers", "1"], "does not go with --relay-stragglers"),
+    (["--plan", "time", "--scheme", "auto"], "does not go with --scheme auto"),
 ])
 def test_job_cli_plan_time_errors(argv, needle, capsys):
     config, code = parse_job_args(argv, 0, 16)
