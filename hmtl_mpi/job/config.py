@@ -50,6 +50,7 @@ class JobConfig:
     checkpoint_every: int = 10         # iterations between two checkpoints
     resume: str | None = None          # folder: resume from its newest checkpoint
     users_per_rank: int = 1            # users run by each user rank (job/hosting.py)
+    on_failure: str = "abort"          # "continue": survive a lost relay or user
 
     @property
     def flat(self) -> bool:

@@ -48,6 +48,7 @@ from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HA
                           tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
+from ..wire.interfaces import ProcessFailed
 from ..wire.probe import coding_speed, measure_links
 from . import checkpoint as ckpt
 from . import checks
@@ -56,6 +57,7 @@ from .failures import (Control, RankState, Terminated, classify, decode_record, 
                        end_job)
 from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
+from .recovery import Survival, loss_lines
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
 
@@ -382,9 +384,16 @@ class Saver:
     agree on it after every iteration of a scheme with steps, at the checkpoints of a
     barrier-free one). Never after a run's last iteration: the run then just ends."""
 
-    def __init__(self, config: JobConfig, setup: JobSetup, index: int, done: list):
+    def __init__(self, config: JobConfig, setup: JobSetup, index: int, done: list,
+                 survival=None):
         self.config, self.setup, self.index, self.done = config, setup, index, done
         self._fingerprint = None      # rank 0: computed once (it hashes every plan and code)
+        self.survival = survival      # --on-failure continue: keeps every iteration's state
+
+    def completed(self, me, it: int, records) -> None:
+        """Iteration ``it`` completed on this rank (``--on-failure continue`` keeps its state)."""
+        if self.survival is not None:
+            self.survival.completed(me, it, records)
 
     def due(self, endpoint, it: int, agree: bool = True) -> bool:
         """Whether a checkpoint follows iteration ``it`` (decided alike on every rank)."""
@@ -428,9 +437,10 @@ class Saver:
 
 
 def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=None,
-               saved=None):
+               saved=None, survival=None):
     """Run the iterations of one scheme; rank 0 returns its report. ``saved``: this
-    rank's state and (rank 0) the records so far, from the checkpoint being resumed."""
+    rank's state and (rank 0) the records so far, from the checkpoint being resumed.
+    ``survival``: ``--on-failure continue`` (:mod:`hmtl_mpi.job.recovery`)."""
     config, G = setup.config, setup.G
     rank = endpoint.rank
     H, K = G.shape
@@ -447,8 +457,23 @@ def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=No
     state.step("warm-up (JIT compilation)")
     learner.warm_up()                  # JIT compilation stays out of every timed phase
     run = run_free if scheme.barrier_free else run_steps
-    saver = Saver(config, setup, index, done or [])
-    iterations = run(scheme, me, endpoint, state, config, saver, start, records)
+    saver = Saver(config, setup, index, done or [], survival)
+    while True:
+        try:
+            iterations = run(scheme, me, endpoint, state, config, saver, start, records)
+            break
+        except ProcessFailed:
+            if survival is None:
+                raise
+            back = survival.recover(index)
+            if back is None:             # this rank left the job (a user with no relay)
+                return None
+            scheme, me, start, records = back
+            setup, rank = survival.setup, endpoint.rank
+            H, K = setup.G.shape
+            learner = me.job.learner
+            run = run_free if scheme.barrier_free else run_steps
+            saver = Saver(config.decided(checkpoint=None), setup, index, done or [], survival)
     state.step("final checks (model digests, test errors)", iteration=None)
     digest, delivered = checks.model_digests(endpoint, me, K)
     accuracy = checks.gather_accuracy(endpoint, me, K) if learner.evaluates else None
@@ -457,6 +482,8 @@ def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=No
     report = run_report(scheme, config, learner, K, H, iterations,
                         {"digest": digest, "delivered": delivered, "accuracy": accuracy})
     report.update(me.results())
+    if survival is not None:
+        survival.annotate(report, index)
     return report
 
 
@@ -496,7 +523,7 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
         start = endpoint.clock()
         for n, (key, step) in enumerate(steps):
             state.step(f"phase {step}")
-            if config.inject_fault and config.inject_fault[:2] == (rank, it) \
+            if config.inject_fault and config.inject_fault[:2] == (state.rank, it) \
                     and step == "relay_to_server":
                 inject_fault(endpoint, config.inject_fault[2], rank, it)
             late = config.straggle.relay_delay(rank) if me.role == RELAY else 0.0
@@ -538,6 +565,8 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
                       f"{acc['mean_test_error']:.4f}", flush=True)
         if saver is not None and saver.due(endpoint, it):
             saver.save(endpoint, state, me, it, iterations)
+        if saver is not None:
+            saver.completed(me, it, iterations)
     return iterations
 
 
@@ -558,7 +587,7 @@ def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: 
     for it in range(start, n):
         state.step("its iteration (no barriers)", iteration=it)
         endpoint.iteration = it
-        if config.inject_fault and config.inject_fault[:2] == (rank, it):
+        if config.inject_fault and config.inject_fault[:2] == (state.rank, it):
             inject_fault(endpoint, config.inject_fault[2], rank, it)
         me.iterate(it)
         if rank == 0 and not config.quiet:
@@ -632,8 +661,16 @@ def run_job(config: JobConfig, endpoint, state) -> int:
               f"{loads}", flush=True)
     predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
     reports = []
+    survival = (Survival(setup, endpoint, state, learner_for)
+                if config.on_failure == "continue" else None)
     try:
-        for b, scheme in enumerate(schemes):
+        for b in range(len(schemes)):
+            if survival is not None:
+                setup, scheme = survival.setup, survival.setup.schemes[b]
+                if survival.out:
+                    return 0             # this rank left the job after a loss
+            else:
+                scheme = schemes[b]
             saved = resumed_state(setup, endpoint, b)
             if saved == "done":
                 reports.append(setup.resumed[1]["reports"][b] if rank == 0 else None)
@@ -641,19 +678,27 @@ def run_job(config: JobConfig, endpoint, state) -> int:
             state.step("start of the run", scheme=scheme.name, iteration=None)
             endpoint.barrier(WORLD, f"start of {scheme.name}")
             reports.append(run_scheme(scheme, setup, endpoint, state, b,
-                                      [r for r in reports if r is not None], saved))
+                                      [r for r in reports if r is not None], saved, survival))
     except Stopped as stop:
         if rank == 0:
             sys.stderr.write(f"hmtl_mpi: terminated by SIGTERM {stop.where}; checkpoint "
                              f"{stop.path} written: resume with --resume {config.checkpoint}\n")
         return EXIT_TERMINATED
+    if survival is not None:
+        if survival.out:
+            return 0
+        setup = survival.setup
     state.step("summary and report", scheme=None, iteration=None)
+    losses = survival.report_losses() if survival is not None else []
     if rank == 0:
+        for r in reports:
+            if survival is not None:
+                r["losses"] = losses
         finish(config, setup, reports, predicted, oversubscribed, endpoint, state)
     state.step("end of the job")
     endpoint.barrier(WORLD, "end of job (rank 0 computing baselines, writing the report)",
                      max(config.timeout, SETUP_TIMEOUT))
-    if rank == 0 and len({r["model_digest"] for r in reports}) > 1:
+    if rank == 0 and len({r["model_digest"] for r in reports}) > 1 and not losses:
         sys.stderr.write(f"hmtl_mpi: the runs of {', '.join(r['scheme'] for r in reports)} "
                          f"ended with different models (lossless check failed)\n")
         return EXIT_CHECK_FAILED
@@ -690,6 +735,10 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
             r["accuracy"].update(baselines)
             r["accuracy"]["lambda"] = config.lam if config.lam is not None else "default"
     print(summary(reports, oversubscribed, setup.link_kind), flush=True)
+    if reports[0].get("losses"):
+        print("\n".join(["", "Ranks lost and recovered from (--on-failure continue; the runs "
+                                "after a loss train a smaller G, so their models differ):"]
+                         + loss_lines(reports[0]["losses"])), flush=True)
     if config.report:
         state.step("writing the report")
         H, K = setup.G.shape
@@ -780,7 +829,8 @@ def run_inprocess(config: JobConfig) -> int:
         sys.stderr.write(f"hmtl_mpi: error: {exc}\n")
         return EXIT_BAD_INPUT
     size = ranks_needed(*G.shape, config.flat, config.users_per_rank)
-    fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT))
+    fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT),
+                    survive=config.on_failure == "continue")
     global _checkpointing
     _checkpointing = bool(config.checkpoint)
     signal.signal(signal.SIGTERM, _terminate)
