@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cli import parse_job_args
+from ..cli import parse_job_args, usage_error
 from ..learning.datasets import load_tasks, pack_tasks, unpack_tasks
 from ..learning.gd import GradientLearner
 from ..learning.learners import make_learner
@@ -48,6 +48,7 @@ from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HA
                           tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
+from ..wire import ulfm
 from ..wire.interfaces import ProcessFailed
 from ..wire.probe import coding_speed, measure_links
 from . import checkpoint as ckpt
@@ -790,6 +791,8 @@ def main(argv=None, page=None) -> int:
     early, _ = parse_job_args(argv, -1, None)            # silent: which transport?
     if early is not None and early.transport == "inprocess":
         return run_inprocess(early)
+    if early is not None and early.on_failure == "continue":
+        ulfm.prepare()                                   # before MPI_Init
     from mpi4py import MPI   # local: the in-process transport never loads MPI
 
     from ..wire.transport import MpiEndpoint  # local: it loads MPI, as above
@@ -805,10 +808,14 @@ def main(argv=None, page=None) -> int:
         config, exit_code = parse_job_args(argv, rank, world.Get_size())
         if config is None:
             return exit_code
+        survive = config.on_failure == "continue"
+        if survive and (problem := ulfm.problem(MPI)):
+            return usage_error(rank, problem)
         global _checkpointing
         _checkpointing = bool(config.checkpoint)
         timeout = config.timeout
-        return run_job(config, MpiEndpoint(world, config.timeout, control, state), state)
+        return run_job(config, MpiEndpoint(world, config.timeout, control, state, survive),
+                       state)
     except BaseException as exc:   # noqa: BLE001 - any failure on any rank ends the whole job
         end_job(exc, state, control, timeout)
         return 1
