@@ -184,6 +184,7 @@ class Control:
 
         self.MPI = MPI
         self.comm = world.Dup()
+        self.survive = False          # --on-failure continue: a dead rank is acknowledged
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.state = state
@@ -230,6 +231,8 @@ class Control:
         try:
             found = self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=self._status)
         except self.MPI.Exception:
+            if not self.survive:
+                raise
             # ULFM (--on-failure continue): a rank died; the job's own communicators
             # report it (hmtl_mpi.wire.transport); here it is only acknowledged
             self.acknowledge()

