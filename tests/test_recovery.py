@@ -168,3 +168,17 @@ def test_continue_is_refused_where_it_is_not_handled():
     proc = cli("--workload", "gd", "--on-failure", "continue")
     assert proc.returncode == EXIT_BAD_INPUT
     assert "--on-failure continue" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_users_left_without_a_relay_are_removed_and_named(tmp_path):
+    topology, report = tmp_path / "t.npy", tmp_path / "r.json"
+    np.save(topology, np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]],
+                               dtype=np.uint8))                  # tree 2,2,2
+    proc = cli("--topology", str(topology), "--scheme", "coded", "--iterations", "5", "--quiet",
+               "--on-failure", "continue", "--inject-fault", "1:2", "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert [(x["rank"], x["role"], x.get("removed") is not None) for x in r["losses"]] == [
+        (1, "relay", False), (4, "user", True), (5, "user", True)]
+    assert (r["H"], r["K"]) == (2, 4) and r["ivs_bit_exact"]
+    assert "user 1 (rank 4) removed" in proc.stdout and "user 2 (rank 5) removed" in proc.stdout
