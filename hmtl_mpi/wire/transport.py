@@ -181,7 +181,7 @@ class MpiEndpoint(Endpoint):
 
     def remap(self, ranks, mine) -> None:
         shrunk, alive = self._shrunk
-        self.group, self._channels, self.G = {}, {}, None
+        self.group, self.in_group, self._channels, self.G = {}, {}, {}, None
         self.comms = {WORLD: None, UPLINK: None, RELAYS: None}
         comm = shrunk.Split(0 if mine is not None else MPI.UNDEFINED, 0 if mine is None else mine)
         self.physical = [self.physical[r] for r in ranks]
