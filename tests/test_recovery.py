@@ -164,8 +164,10 @@ def test_losing_the_server_still_ends_the_job():
     assert "rank 0 (server)" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_continue_is_refused_where_it_is_not_handled():
-    proc = cli("--workload", "gd", "--on-failure", "continue")
+@pytest.mark.parametrize("flags", [("--workload", "gd"), ("--layout", "flat"),
+                                   ("--users-per-rank", "2")])
+def test_continue_is_refused_where_it_is_not_handled(flags):
+    proc = cli(*flags, "--on-failure", "continue")
     assert proc.returncode == EXIT_BAD_INPUT
     assert "--on-failure continue" in proc.stderr and "Traceback" not in proc.stderr
 
