@@ -36,13 +36,20 @@ import numpy as np
 from ..schemes import get
 from ..schemes.base import Job
 from ..vocabulary import RELAY, SERVER, USER, WORLD, ranks_needed, role_names, role_of
+from ..wire.interfaces import ProcessFailed
 from .hosting import rank_part
 
 KEEP = 3       # snapshots kept per rank: survivors are at most one iteration apart
 
 
-class Unrecoverable(RuntimeError):
-    """A loss the job cannot go on after (rank 0, every relay, every user)."""
+class Unrecoverable(ProcessFailed):
+    """A loss the job cannot go on after (rank 0, every relay, every user): it ends the
+    job like any failure (a ProcessFailed, so that the in-process fabric does not take it
+    for one more rank's death)."""
+
+    def __init__(self, text: str):
+        RuntimeError.__init__(self, text)
+        self.what = text
 
 
 @dataclass(frozen=True)
@@ -251,13 +258,14 @@ class Survival:
                                                "downlink": float(scheme.planned_loads[1])}
                 loss["topology_after"] = {"H": Hn, "K": Kn}
                 print(f"hmtl_mpi: {loss['name']} (rank {loss['rank']}) lost in iteration "
-                      f"{(loss['iteration'] or 0) + 1}; going on with H = {Hn} relays, K = {Kn} "
-                      f"users from iteration {it0 + 2}, planned loads ({float(scheme.planned_loads[0]):.4g}, "
+                      f"{loss['iteration']}; going on with H = {Hn} relays, K = {Kn} "
+                      f"users from iteration {it0 + 1}, planned loads "
+                      f"({float(scheme.planned_loads[0]):.4g}, "
                       f"{float(scheme.planned_loads[1]):.4g})", flush=True)
             for k in reduction.dropped:
                 gone = was(H + 1 + k)
-                print(f"hmtl_mpi: {self.first_names(gone)} (rank {gone}) removed: no relay of its own is left",
-                      flush=True)
+                print(f"hmtl_mpi: {self.first_names(gone)} (rank {gone}) removed: no relay of "
+                      f"its own is left", flush=True)
         self.resumed_at[scheme_index] = it0 + 1
         records = [r for r in self.records if r["iteration"] <= it0] if ep.rank == 0 else []
         return scheme, me, it0 + 1, records
@@ -295,9 +303,9 @@ def loss_lines(losses) -> list:
             continue
         rec = loss.get("recovered_s")
         lines.append(f"  lost: {loss['name']} (rank {loss['rank']}) in iteration "
-                     f"{(loss['iteration'] or 0) + 1}: detected after {loss['detected_s']:.3f} s, "
+                     f"{loss['iteration']}: detected after {loss['detected_s']:.3f} s, "
                      f"training again after {rec:.3f} s" if rec is not None else
                      f"  lost: {loss['name']} (rank {loss['rank']}) in iteration "
-                     f"{(loss['iteration'] or 0) + 1}: detected after {loss['detected_s']:.3f} s, "
+                     f"{loss['iteration']}: detected after {loss['detected_s']:.3f} s, "
                      f"no iteration completed after it")
     return lines
