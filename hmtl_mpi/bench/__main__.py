@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,recovery} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -21,6 +21,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 * paper    every figure of the paper (Figs. 3-7) into one folder (root for 5-7; :mod:`.paper`)
 * users    K = 1,000 users on 21 MPI ranks (``--users-per-rank``) against one rank per user
            in one process: wall time, memory, loads, digests (:mod:`.users`)
+* recovery a relay, then a user, killed mid-run with ``--on-failure continue`` under Open
+           MPI's ULFM: detection and recovery times, loads after the loss (:mod:`.recovery`)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper", "users")
+        "paper", "users", "recovery")
 
 
 def main(argv=None) -> int:

@@ -293,6 +293,14 @@ class Survival:
         return [{k: v for k, v in loss.items() if not k.startswith("_")} for loss in self.losses]
 
 
+def users_lost(losses) -> bool:
+    """Whether a user left the job: then the runs after it learn K - 1 tasks and their
+    models differ from the others'. A lost relay whose users all keep one changes nothing
+    the learning sees (the exchange is lossless): the models stay those of a run that
+    lost nothing, and the schemes' final models are still compared."""
+    return any(loss["role"] == USER for loss in losses)
+
+
 def loss_lines(losses) -> list:
     """The summary's lines, one per lost rank."""
     lines = []

@@ -58,7 +58,7 @@ from .failures import (Control, RankState, Terminated, classify, decode_record, 
                        end_job)
 from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
-from .recovery import Survival, loss_lines
+from .recovery import Survival, loss_lines, users_lost
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
 
@@ -699,7 +699,7 @@ def run_job(config: JobConfig, endpoint, state) -> int:
     state.step("end of the job")
     endpoint.barrier(WORLD, "end of job (rank 0 computing baselines, writing the report)",
                      max(config.timeout, SETUP_TIMEOUT))
-    if rank == 0 and len({r["model_digest"] for r in reports}) > 1 and not losses:
+    if rank == 0 and len({r["model_digest"] for r in reports}) > 1 and not users_lost(losses):
         sys.stderr.write(f"hmtl_mpi: the runs of {', '.join(r['scheme'] for r in reports)} "
                          f"ended with different models (lossless check failed)\n")
         return EXIT_CHECK_FAILED
@@ -737,8 +737,7 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
             r["accuracy"]["lambda"] = config.lam if config.lam is not None else "default"
     print(summary(reports, oversubscribed, setup.link_kind), flush=True)
     if reports[0].get("losses"):
-        print("\n".join(["", "Ranks lost and recovered from (--on-failure continue; the runs "
-                                "after a loss train a smaller G, so their models differ):"]
+        print("\n".join(["", "Ranks lost and recovered from (--on-failure continue):"]
                          + loss_lines(reports[0]["losses"])), flush=True)
     if config.report:
         state.step("writing the report")
