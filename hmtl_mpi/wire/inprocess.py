@@ -400,9 +400,12 @@ class Fabric:
             c.ts = max(ts for ts, _ in c.arrivals.values())
             finish({m: c.arrivals[m][1] for m in c.members})
             c.done = True
+            spent = time.thread_time()
             for m in c.members:
                 if m != r:
                     self._recheck(m)
+            # waking the members is the scheduler's work, not this rank's: off its clock
+            self.resumed[r] += time.thread_time() - spent
         self.block(r, lambda: c.ts if c.done else None, f"{what} (collective on {group})")
 
 
@@ -417,7 +420,7 @@ class InProcessEndpoint(Endpoint):
         self.fabric = fabric
         self.state = state
         self.me = int(rank)                     # the fabric's rank (its greenlet), for good
-        self.peer = range(fabric.size)          # job rank -> fabric rank (see remap)
+        self.peer = None                        # job rank -> fabric rank after a loss (remap)
 
     def connect(self, G, flat, per_rank=1) -> None:
         if self.rank == 0:
@@ -438,11 +441,11 @@ class InProcessEndpoint(Endpoint):
     def isend(self, dest, buf, tag, link):
         if link is not None:
             self.count(link, buf.nbytes)
-        self.fabric.send(self.me, self.peer[dest], buf, tag)
+        self.fabric.send(self.me, self._p(dest), buf, tag)
         return _Send()
 
     def irecv(self, source, buf, tag):
-        return self.fabric.recv(self.me, self.peer[source], buf, tag)
+        return self.fabric.recv(self.me, self._p(source), buf, tag)
 
     def wait(self, requests, what, timeout=None) -> None:
         requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
@@ -482,7 +485,7 @@ class InProcessEndpoint(Endpoint):
         fabric, r = self.fabric, self.me
         now = fabric.clock(r)
         t = self._block(lambda: now, f"a look for a message from rank {source}", ordered=True)
-        msg = fabric.first_message(r, self.peer[source], tag)
+        msg = fabric.first_message(r, self._p(source), tag)
         return msg is not None and msg.ts <= t
 
     def delay(self, seconds, source, tag) -> bool:
@@ -492,37 +495,41 @@ class InProcessEndpoint(Endpoint):
         wake = fabric.clock(r) + seconds
 
         def when():
-            msg = fabric.first_message(r, self.peer[source], tag)
+            msg = fabric.first_message(r, self._p(source), tag)
             return min(wake, msg.ts) if msg is not None else wake
         t = self._block(when, f"an injected delay of {seconds:g} s", ordered=True)
-        msg = fabric.first_message(r, self.peer[source], tag)
+        msg = fabric.first_message(r, self._p(source), tag)
         return msg is not None and msg.ts <= t
 
     def recv_variable(self, expected, dtype, what) -> dict:
         fabric, r = self.fabric, self.me
 
         def when():
-            firsts = [fabric.first_message(r, self.peer[s], t) for s, t in expected]
+            firsts = [fabric.first_message(r, self._p(s), t) for s, t in expected]
             if all(m is not None for m in firsts):
                 return max((m.ts for m in firsts), default=0.0)
             return None
         self._block(when, what)
         out = {}
         for source, tag in expected:
-            msg = fabric.mail[r][(self.peer[source], tag)].popleft()
+            msg = fabric.mail[r][(self._p(source), tag)].popleft()
             out[(source, tag)] = msg.data.view(np.dtype(dtype)).copy()
         return out
 
     def clock(self) -> float:
         return self.fabric.clock(self.me)
 
+    def _p(self, r: int) -> int:
+        """The fabric rank of job rank ``r`` (itself until a loss renumbers the ranks)."""
+        return r if self.peer is None else self.peer[r]
+
     def shrink(self):
         lost, when = self.fabric.shrink(self.me)
-        job_rank = {p: r for r, p in enumerate(self.peer)}
+        job_rank = {self._p(r): r for r in range(self.size)}
         return [job_rank[p] for p in lost], {job_rank[p]: t for p, t in when.items()}
 
     def remap(self, ranks, mine) -> None:
-        self.peer = [self.peer[r] for r in ranks]
+        self.peer = [self._p(r) for r in ranks]
         self.size = len(self.peer)
         if mine is not None:
             self.rank = int(mine)
@@ -538,7 +545,7 @@ class InProcessEndpoint(Endpoint):
         self.fabric.collective(self.me, group, None, lambda arrivals: None, what)
 
     def bcast(self, group, buf, root, what, timeout=None) -> None:
-        root = self.peer[root]
+        root = self._p(root)
 
         def finish(arrivals):
             data = _bytes_of(arrivals[root])
@@ -551,7 +558,7 @@ class InProcessEndpoint(Endpoint):
         """Every rank gets the root's own buffer, read-only: one copy in the process, not
         one per rank (at K = 10,000 users, 10,101 copies of G would take 10 GB)."""
         box = {}
-        root = self.peer[root]
+        root = self._p(root)
 
         def finish(arrivals):
             shared = np.asarray(arrivals[root][0]).view()
@@ -570,7 +577,7 @@ class InProcessEndpoint(Endpoint):
 
     def gather(self, group, array, root, what, timeout=None):
         box = {}
-        phys = self.peer[root]
+        phys = self._p(root)
         self.fabric.collective(self.me, group, (array, box), lambda a: finish_gather(a, phys),
                                what)
         return box.get("out") if self.rank == root else None
@@ -578,7 +585,7 @@ class InProcessEndpoint(Endpoint):
     def reduce(self, group, array, op, root, what):
         box = {}
         fn = {"sum": np.add, "max": np.maximum}[op]
-        phys = self.peer[root]
+        phys = self._p(root)
 
         def finish(arrivals):
             values = [a for a, _ in arrivals.values()]
@@ -591,7 +598,7 @@ class InProcessEndpoint(Endpoint):
 
     def scatterv(self, group, sendbuf, counts, displs, recvbuf, root, what, timeout=None):
         members = self.fabric.groups.get(group, [])
-        phys = self.peer[root]
+        phys = self._p(root)
 
         def finish(arrivals):
             send, cnt, dsp, _ = arrivals[phys]
