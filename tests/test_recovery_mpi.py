@@ -72,6 +72,7 @@ def test_continue_is_refused_by_open_mpi_started_without_ulfm(ompi_python):
     proc = ompi_job(ompi_python, 16, "--on-failure", "continue", "--iterations", "2", ft=False)
     assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
     assert "started without --with-ft ulfm" in proc.stderr and "Traceback" not in proc.stderr
+    assert "goes on without it" not in proc.stderr     # no watcher takes the end for a loss
 
 
 @pytest.mark.parametrize("lost,role", [(3, "relay"), (8, "user")])

@@ -45,6 +45,7 @@ import termios
 import time
 import zlib
 
+from ..wire.ulfm import enabled as ulfm_enabled
 from ..wire.ulfm import write_death
 
 PAGE_BYTES = 1024
@@ -217,7 +218,7 @@ def _watch(child: int, state: StatePage) -> None:
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
-        going_on = _continues() and launcher_rank() not in ("0", "?")
+        going_on = _continues() and ulfm_enabled() and launcher_rank() not in ("0", "?")
         try:
             who, _, where = state.read().partition("\t")
             sys.stderr.write(f"hmtl_mpi: {who} was killed by signal {signum} ({name}) {where}; "

@@ -40,6 +40,11 @@ def prepare() -> None:
         os.environ.setdefault(name, value)
 
 
+def enabled() -> bool:
+    """Whether the launcher started this job with ULFM (``mpirun --with-ft ulfm``)."""
+    return os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes")
+
+
 def problem(MPI) -> str | None:
     """Why this MPI cannot survive a lost rank (None: it can)."""
     library = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
@@ -47,7 +52,7 @@ def problem(MPI) -> str | None:
         return f"{INSTALL}; this job runs on {library.strip()}, which has no ULFM"
     if not hasattr(MPI.Comm, "Shrink"):
         return f"{INSTALL}; this mpi4py has no Comm.Shrink (mpi4py 4 or newer has it)"
-    if os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() not in ("1", "true", "yes"):
+    if not enabled():
         return (f"{INSTALL}; this {library.split(',')[0]} job was started without "
                 f"--with-ft ulfm")
     return None
