@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -25,6 +25,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            (root; :mod:`.rates`)
 * auto     ``--scheme auto``'s choice against every scheme measured, on the default job and
            the emulated network (root; :mod:`.auto`)
+* recovery a relay, then a user, killed mid-run with ``--on-failure continue`` under Open
+           MPI's ULFM: detection and recovery times, loads after the loss (:mod:`.recovery`)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper", "users", "rates", "auto")
+        "paper", "users", "rates", "auto", "recovery")
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,7 @@ class JobConfig:
     resume: str | None = None          # folder: resume from its newest checkpoint
     users_per_rank: int = 1            # users run by each user rank (job/hosting.py)
     plan: str = "load"                 # coded/joint: load (the papers') or time (--plan)
+    on_failure: str = "abort"          # "continue": survive a lost relay or user
 
     @property
     def flat(self) -> bool:

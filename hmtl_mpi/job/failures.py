@@ -184,6 +184,7 @@ class Control:
 
         self.MPI = MPI
         self.comm = world.Dup()
+        self.survive = False          # --on-failure continue: a dead rank is acknowledged
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.state = state
@@ -227,9 +228,16 @@ class Control:
         return decode_record(buf)
 
     def _probe(self, tag: int):
-        if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=self._status):
-            return self._status.Get_source()
-        return None
+        try:
+            found = self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=self._status)
+        except self.MPI.Exception:
+            if not self.survive:
+                raise
+            # ULFM (--on-failure continue): a rank died; the job's own communicators
+            # report it (hmtl_mpi.wire.transport); here it is only acknowledged
+            self.acknowledge()
+            return None
+        return self._status.Get_source() if found else None
 
     def _answer_requests(self) -> None:
         while (source := self._probe(TAG_STATUS_REQUEST)) is not None:
@@ -244,6 +252,14 @@ class Control:
 
     def report(self, record: dict) -> None:
         self._send(0, TAG_REPORT, encode_record(record))
+
+    def acknowledge(self) -> None:
+        """``--on-failure continue``: the ranks known dead are acknowledged on this
+        communicator (ULFM), so that polling from any source works again."""
+        try:
+            self.comm.Ack_failed(self.size)
+        except (self.MPI.Exception, AttributeError):
+            pass
 
     def collect_reports(self, seconds: float) -> list:
         """Rank 0: the reports that arrive within ``seconds``."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cli import parse_job_args
+from ..cli import parse_job_args, usage_error
 from ..learning.datasets import load_tasks, pack_tasks, unpack_tasks
 from ..learning.gd import GradientLearner
 from ..learning.learners import make_learner
@@ -50,6 +50,8 @@ from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HA
                           tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
+from ..wire import ulfm
+from ..wire.interfaces import ProcessFailed
 from ..wire.probe import coding_speed, measure_links, measure_relays
 from . import auto
 from . import checkpoint as ckpt
@@ -59,6 +61,7 @@ from .failures import (Control, RankState, Terminated, classify, decode_record, 
                        end_job)
 from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
+from .recovery import Survival, loss_lines, users_lost
 from .replan import replan_for_time
 from .report import job_payload, progress_line, run_report, summary, write_report
 from .supervisor import launcher_rank, orphaned
@@ -413,9 +416,16 @@ class Saver:
     agree on it after every iteration of a scheme with steps, at the checkpoints of a
     barrier-free one). Never after a run's last iteration: the run then just ends."""
 
-    def __init__(self, config: JobConfig, setup: JobSetup, index: int, done: list):
+    def __init__(self, config: JobConfig, setup: JobSetup, index: int, done: list,
+                 survival=None):
         self.config, self.setup, self.index, self.done = config, setup, index, done
         self._fingerprint = None      # rank 0: computed once (it hashes every plan and code)
+        self.survival = survival      # --on-failure continue: keeps every iteration's state
+
+    def completed(self, me, it: int, records) -> None:
+        """Iteration ``it`` completed on this rank (``--on-failure continue`` keeps its state)."""
+        if self.survival is not None:
+            self.survival.completed(me, it, records)
 
     def due(self, endpoint, it: int, agree: bool = True) -> bool:
         """Whether a checkpoint follows iteration ``it`` (decided alike on every rank)."""
@@ -459,9 +469,10 @@ class Saver:
 
 
 def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=None,
-               saved=None):
+               saved=None, survival=None):
     """Run the iterations of one scheme; rank 0 returns its report. ``saved``: this
-    rank's state and (rank 0) the records so far, from the checkpoint being resumed."""
+    rank's state and (rank 0) the records so far, from the checkpoint being resumed.
+    ``survival``: ``--on-failure continue`` (:mod:`hmtl_mpi.job.recovery`)."""
     config, G = setup.config, setup.G
     rank = endpoint.rank
     H, K = G.shape
@@ -478,8 +489,23 @@ def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=No
     state.step("warm-up (JIT compilation)")
     learner.warm_up()                  # JIT compilation stays out of every timed phase
     run = run_free if scheme.barrier_free else run_steps
-    saver = Saver(config, setup, index, done or [])
-    iterations = run(scheme, me, endpoint, state, config, saver, start, records)
+    saver = Saver(config, setup, index, done or [], survival)
+    while True:
+        try:
+            iterations = run(scheme, me, endpoint, state, config, saver, start, records)
+            break
+        except ProcessFailed:
+            if survival is None:
+                raise
+            back = survival.recover(index)
+            if back is None:             # this rank left the job (a user with no relay)
+                return None
+            scheme, me, start, records = back
+            setup, rank = survival.setup, endpoint.rank
+            H, K = setup.G.shape
+            learner = me.job.learner
+            run = run_free if scheme.barrier_free else run_steps
+            saver = Saver(config.decided(checkpoint=None), setup, index, done or [], survival)
     state.step("final checks (model digests, test errors)", iteration=None)
     digest, delivered = checks.model_digests(endpoint, me, K)
     accuracy = checks.gather_accuracy(endpoint, me, K) if learner.evaluates else None
@@ -488,6 +514,8 @@ def run_scheme(scheme, setup: JobSetup, endpoint, state, index: int = 0, done=No
     report = run_report(scheme, config, learner, K, H, iterations,
                         {"digest": digest, "delivered": delivered, "accuracy": accuracy})
     report.update(me.results())
+    if survival is not None:
+        survival.annotate(report, index)
     return report
 
 
@@ -527,7 +555,7 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
         start = endpoint.clock()
         for n, (key, step) in enumerate(steps):
             state.step(f"phase {step}")
-            if config.inject_fault and config.inject_fault[:2] == (rank, it) \
+            if config.inject_fault and config.inject_fault[:2] == (state.rank, it) \
                     and step == "relay_to_server":
                 inject_fault(endpoint, config.inject_fault[2], rank, it)
             late = config.straggle.relay_delay(rank) if me.role == RELAY else 0.0
@@ -569,6 +597,8 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
                       f"{acc['mean_test_error']:.4f}", flush=True)
         if saver is not None and saver.due(endpoint, it):
             saver.save(endpoint, state, me, it, iterations)
+        if saver is not None:
+            saver.completed(me, it, iterations)
     return iterations
 
 
@@ -589,7 +619,7 @@ def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: 
     for it in range(start, n):
         state.step("its iteration (no barriers)", iteration=it)
         endpoint.iteration = it
-        if config.inject_fault and config.inject_fault[:2] == (rank, it):
+        if config.inject_fault and config.inject_fault[:2] == (state.rank, it):
             inject_fault(endpoint, config.inject_fault[2], rank, it)
         me.iterate(it)
         if rank == 0 and not config.quiet:
@@ -668,8 +698,16 @@ def run_job(config: JobConfig, endpoint, state) -> int:
     else:
         predicted = predict_times(config, endpoint, G, schemes, config.dim or 0)
     reports = []
+    survival = (Survival(setup, endpoint, state, learner_for)
+                if config.on_failure == "continue" else None)
     try:
-        for b, scheme in enumerate(schemes):
+        for b in range(len(schemes)):
+            if survival is not None:
+                setup, scheme = survival.setup, survival.setup.schemes[b]
+                if survival.out:
+                    return 0             # this rank left the job after a loss
+            else:
+                scheme = schemes[b]
             saved = resumed_state(setup, endpoint, b)
             if saved == "done":
                 reports.append(setup.resumed[1]["reports"][b] if rank == 0 else None)
@@ -677,19 +715,27 @@ def run_job(config: JobConfig, endpoint, state) -> int:
             state.step("start of the run", scheme=scheme.name, iteration=None)
             endpoint.barrier(WORLD, f"start of {scheme.name}")
             reports.append(run_scheme(scheme, setup, endpoint, state, b,
-                                      [r for r in reports if r is not None], saved))
+                                      [r for r in reports if r is not None], saved, survival))
     except Stopped as stop:
         if rank == 0:
             sys.stderr.write(f"hmtl_mpi: terminated by SIGTERM {stop.where}; checkpoint "
                              f"{stop.path} written: resume with --resume {config.checkpoint}\n")
         return EXIT_TERMINATED
+    if survival is not None:
+        if survival.out:
+            return 0
+        setup = survival.setup
     state.step("summary and report", scheme=None, iteration=None)
+    losses = survival.report_losses() if survival is not None else []
     if rank == 0:
+        for r in reports:
+            if survival is not None:
+                r["losses"] = losses
         finish(config, setup, reports, predicted, oversubscribed, endpoint, state)
     state.step("end of the job")
     endpoint.barrier(WORLD, "end of job (rank 0 computing baselines, writing the report)",
                      max(config.timeout, SETUP_TIMEOUT))
-    if rank == 0 and len({r["model_digest"] for r in reports}) > 1:
+    if rank == 0 and len({r["model_digest"] for r in reports}) > 1 and not users_lost(losses):
         sys.stderr.write(f"hmtl_mpi: the runs of {', '.join(r['scheme'] for r in reports)} "
                          f"ended with different models (lossless check failed)\n")
         return EXIT_CHECK_FAILED
@@ -729,6 +775,9 @@ def finish(config, setup, reports, predicted, oversubscribed, endpoint, state) -
         for r in reports:
             r["auto"] = setup.auto
     print(summary(reports, oversubscribed, setup.link_kind), flush=True)
+    if reports[0].get("losses"):
+        print("\n".join(["", "Ranks lost and recovered from (--on-failure continue):"]
+                         + loss_lines(reports[0]["losses"])), flush=True)
     if config.report:
         state.step("writing the report")
         H, K = setup.G.shape
@@ -780,6 +829,8 @@ def main(argv=None, page=None) -> int:
     early, _ = parse_job_args(argv, -1, None)            # silent: which transport?
     if early is not None and early.transport == "inprocess":
         return run_inprocess(early)
+    if early is not None and early.on_failure == "continue":
+        ulfm.prepare()                                   # before MPI_Init
     from mpi4py import MPI   # local: the in-process transport never loads MPI
 
     from ..wire.transport import MpiEndpoint  # local: it loads MPI, as above
@@ -795,10 +846,15 @@ def main(argv=None, page=None) -> int:
         config, exit_code = parse_job_args(argv, rank, world.Get_size())
         if config is None:
             return exit_code
+        survive = config.on_failure == "continue"
+        if survive and (problem := ulfm.problem(MPI)):
+            return usage_error(rank, problem)
+        control.survive = survive
         global _checkpointing
         _checkpointing = bool(config.checkpoint)
         timeout = config.timeout
-        return run_job(config, MpiEndpoint(world, config.timeout, control, state), state)
+        return run_job(config, MpiEndpoint(world, config.timeout, control, state, survive),
+                       state)
     except BaseException as exc:   # noqa: BLE001 - any failure on any rank ends the whole job
         end_job(exc, state, control, timeout)
         return 1
@@ -819,7 +875,8 @@ def run_inprocess(config: JobConfig) -> int:
         sys.stderr.write(f"hmtl_mpi: error: {exc}\n")
         return EXIT_BAD_INPUT
     size = ranks_needed(*G.shape, config.flat, config.users_per_rank)
-    fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT))
+    fabric = Fabric(size, watchdog=max(config.timeout, SETUP_TIMEOUT),
+                    survive=config.on_failure == "continue")
     global _checkpointing
     _checkpointing = bool(config.checkpoint)
     signal.signal(signal.SIGTERM, _terminate)

@@ -17,6 +17,12 @@ Signals: SIGINT is ignored here (terminals and hydra send Ctrl-C to the whole
 process group, so the rank gets it directly); SIGTERM and SIGHUP are passed on
 to the rank. Set ``HMTL_NO_SUPERVISOR=1`` to run without the watcher.
 
+Under ``--on-failure continue`` (an MPI with ULFM, :mod:`hmtl_mpi.wire.ulfm`) the job
+survives a relay or user killed by a signal: its watcher then says so ("the job goes on
+without it"), writes the time of the death where rank 0 reads it (the loss's
+``detected_s``), and exits 0, so that the launcher does not end the job and ``mpirun``'s
+exit code is the survivors'. Rank 0's watcher still exits with 128 + the signal.
+
 No orphan: the rank dies with its watcher, and the watcher with the process that
 started it (the launcher's proxy), through the kernel's parent-death signal
 (``prctl(PR_SET_PDEATHSIG)``). A rank whose watcher was killed gets SIGTERM, says
@@ -38,6 +44,9 @@ import sys
 import termios
 import time
 import zlib
+
+from ..wire.ulfm import enabled as ulfm_enabled
+from ..wire.ulfm import write_death
 
 PAGE_BYTES = 1024
 PR_SET_PDEATHSIG = 1
@@ -174,6 +183,14 @@ def start() -> StatePage | None:
     _watch(child, state)                        # never returns
 
 
+def _continues() -> bool:
+    """Whether the command line says ``--on-failure continue`` (the watcher does not parse
+    the rest of it)."""
+    argv = sys.argv[1:]
+    return any(a == "--on-failure=continue" or (a == "--on-failure" and argv[n + 1:n + 2]
+                                               == ["continue"]) for n, a in enumerate(argv))
+
+
 def _watch(child: int, state: StatePage) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -195,17 +212,22 @@ def _watch(child: int, state: StatePage) -> None:
         except ChildProcessError:
             os._exit(1)
     if os.WIFSIGNALED(status):
+        died = time.time()
         signum = os.WTERMSIG(status)
         try:
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
+        going_on = _continues() and ulfm_enabled() and launcher_rank() not in ("0", "?")
         try:
             who, _, where = state.read().partition("\t")
             sys.stderr.write(f"hmtl_mpi: {who} was killed by signal {signum} ({name}) {where}; "
-                             f"the job ends\n")
+                             + ("the job goes on without it (--on-failure continue)\n"
+                                if going_on else "the job ends\n"))
         except (OSError, ValueError):
             pass
+        if going_on:
+            write_death(int(launcher_rank()), died)
         drain_stderr()
-        os._exit(128 + signum)
+        os._exit(0 if going_on else 128 + signum)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)

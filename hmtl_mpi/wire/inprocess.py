@@ -26,7 +26,12 @@ arrivals (the first ``m`` of ``n`` messages under gradient coding, a probe for a
 message, a delay cut short by one) sees them in the order of their virtual times.
 
 Faults: an exception on a rank ends every rank (they get :class:`Aborted` at their
-next wait) and is reported with the rank that raised it; when no rank can move
+next wait) and is reported with the rank that raised it. With ``survive``
+(``--on-failure continue``) an exception on a rank other than 0 is that rank's death
+instead: the rank is gone, and every other rank gets
+:class:`~hmtl_mpi.wire.interfaces.ProcessFailed` at its next wait (as ULFM's revoked
+communicator does) until it joins :meth:`Fabric.shrink`, which drops every message
+in flight and tells the survivors who died; when no rank can move
 (every one waits for a message nobody will send), that is a deadlock, reported
 with what each rank waits for. Nothing here ever waits on a wall clock, except the
 watchdog: a rank that runs for ``watchdog`` seconds without reaching a wait has
@@ -50,7 +55,7 @@ import greenlet
 import numpy as np
 
 from ..vocabulary import RELAYS, UPLINK, WORLD
-from .interfaces import Endpoint
+from .interfaces import Endpoint, ProcessFailed
 
 
 class Aborted(BaseException):
@@ -109,8 +114,14 @@ def _bytes_of(buf) -> np.ndarray:
 class Fabric:
     """The ranks of one job in one process (see the module doc)."""
 
-    def __init__(self, size: int, watchdog: float = 600.0):
+    def __init__(self, size: int, watchdog: float = 600.0, survive: bool = False):
         self.size = int(size)
+        self.survive = bool(survive)           # a rank's exception is its death, not the job's
+        self.dead = {}                         # rank -> its clock when it died
+        self.reported = set()                  # dead ranks a shrink already named
+        self.revoked = False                   # a rank died: waits fail until the shrink
+        self.acked = set()                     # ranks inside the shrink
+        self.epoch, self.epoch_ts, self.lost = 0, 0.0, ()
         self.watchdog = float(watchdog)
         self.groups = {WORLD: range(self.size)}     # ranges: membership in O(1)
         self.mail = [defaultdict(deque) for _ in range(self.size)]     # (source, tag) -> messages
@@ -134,9 +145,17 @@ class Fabric:
         self.running = None
 
     # --- groups ----------------------------------------------------------------------------
-    def connect(self, H: int) -> None:
-        self.groups[UPLINK] = range(H + 1)
-        self.groups[RELAYS] = range(1, H + 1)
+    def connect(self, H: int, ranks=None) -> None:
+        """The groups of a job with H relays; ``ranks``: the rank playing each job rank
+        after a loss (lists then), default every rank as itself (ranges)."""
+        if ranks is None or list(ranks) == list(range(self.size)):
+            self.groups[UPLINK] = range(H + 1)
+            self.groups[RELAYS] = range(1, H + 1)
+            return
+        ranks = list(ranks)
+        self.groups[WORLD] = ranks
+        self.groups[UPLINK] = ranks[: H + 1]
+        self.groups[RELAYS] = ranks[1: H + 1]
 
     # --- clocks ----------------------------------------------------------------------------
     def clock(self, r: int) -> float:
@@ -194,6 +213,7 @@ class Fabric:
         rank can produce anything earlier (its result depends on what arrived first)."""
         if self.aborting:
             raise Aborted()
+        self._check_revoked(r, what)
         t = when()
         if t is not None and not ordered:
             self._advance(r, t)
@@ -205,9 +225,49 @@ class Fabric:
         else:
             self.version[r] += 1
         try:
-            return self._yield(r)
+            t = self._yield(r)
         finally:
             self.parked.pop(r, None)
+        self._check_revoked(r, what)
+        return t
+
+    # --- a rank's death (survive) ----------------------------------------------------------
+    def _check_revoked(self, r: int, what: str) -> None:
+        if self.revoked and r not in self.acked:
+            raise ProcessFailed(what)
+
+    def _die(self, r: int) -> None:
+        """The running rank ``r`` raised with ``survive``: it is dead; wake every parked rank
+        (its wait fails with ProcessFailed)."""
+        self.dead[r] = self.clock(r)
+        self.revoked = True
+        for q in list(self.parked):
+            if q not in self.acked:
+                self._push(q, self.base[q])
+
+    def shrink(self, r: int):
+        """Rank ``r``'s part in agreeing on the dead (every live rank calls it after a
+        ProcessFailed). The last to arrive drops every message, receive and collective in
+        flight; returns (the ranks that died since the last shrink, {rank: clock at death})."""
+        self.acked.add(r)
+        epoch = self.epoch
+        live = {q for q in range(self.size) if not self.done[q] and q not in self.dead}
+        if live <= self.acked:
+            self.mail = [defaultdict(deque) for _ in range(self.size)]
+            self.posted = [defaultdict(deque) for _ in range(self.size)]
+            self.collectives = {}
+            self.calls = [defaultdict(int) for _ in range(self.size)]
+            self.lost = tuple(sorted(set(self.dead) - self.reported))
+            self.reported |= set(self.lost)
+            self.epoch_ts = max(self.clock(q) for q in live)
+            self.revoked, self.acked = False, set()
+            self.epoch += 1
+            for q in live:
+                if q != r:
+                    self._recheck(q)
+        self.block(r, lambda: self.epoch_ts if self.epoch > epoch else None,
+                   "the survivors' agreement on the lost ranks")
+        return self.lost, {q: self.dead[q] for q in self.lost}
 
     # --- running the job -------------------------------------------------------------------
     def _body(self, r: int, target) -> None:
@@ -220,7 +280,12 @@ class Fabric:
         except Aborted:
             pass
         except BaseException as exc:        # noqa: BLE001 - reported with its rank
-            self._fail(r, exc)
+            if self.survive and r != 0 and not self.aborting \
+                    and not isinstance(exc, (ProcessFailed, KeyboardInterrupt)):
+                self.results[r] = exc           # this rank died; the others go on
+                self._die(r)
+            else:
+                self._fail(r, exc)
         finally:
             self.done[r] = True
             if self.running == r:
@@ -335,9 +400,12 @@ class Fabric:
             c.ts = max(ts for ts, _ in c.arrivals.values())
             finish({m: c.arrivals[m][1] for m in c.members})
             c.done = True
+            spent = time.thread_time()
             for m in c.members:
                 if m != r:
                     self._recheck(m)
+            # waking the members is the scheduler's work, not this rank's: off its clock
+            self.resumed[r] += time.thread_time() - spent
         self.block(r, lambda: c.ts if c.done else None, f"{what} (collective on {group})")
 
 
@@ -351,10 +419,12 @@ class InProcessEndpoint(Endpoint):
         super().__init__(rank, fabric.size, timeout)
         self.fabric = fabric
         self.state = state
+        self.me = int(rank)                     # the fabric's rank (its greenlet), for good
+        self.peer = None                        # job rank -> fabric rank after a loss (remap)
 
     def connect(self, G, flat, per_rank=1) -> None:
         if self.rank == 0:
-            self.fabric.connect(G.shape[0])
+            self.fabric.connect(G.shape[0], self.peer)
         self.barrier(WORLD, "the groups mirroring G")
 
     def _waiting(self, what: str) -> None:
@@ -363,7 +433,7 @@ class InProcessEndpoint(Endpoint):
 
     def _block(self, when, what, ordered=False) -> float:
         self._waiting(what)
-        t = self.fabric.block(self.rank, when, what, ordered)
+        t = self.fabric.block(self.me, when, what, ordered)
         self._waiting("")
         return t
 
@@ -371,11 +441,11 @@ class InProcessEndpoint(Endpoint):
     def isend(self, dest, buf, tag, link):
         if link is not None:
             self.count(link, buf.nbytes)
-        self.fabric.send(self.rank, dest, buf, tag)
+        self.fabric.send(self.me, self._p(dest), buf, tag)
         return _Send()
 
     def irecv(self, source, buf, tag):
-        return self.fabric.recv(self.rank, source, buf, tag)
+        return self.fabric.recv(self.me, self._p(source), buf, tag)
 
     def wait(self, requests, what, timeout=None) -> None:
         requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
@@ -412,42 +482,58 @@ class InProcessEndpoint(Endpoint):
         return [i for ts, _, i in got if ts <= t] or [i for _, _, i in got[:need]]
 
     def probe(self, source, tag) -> bool:
-        fabric, r = self.fabric, self.rank
+        fabric, r = self.fabric, self.me
         now = fabric.clock(r)
         t = self._block(lambda: now, f"a look for a message from rank {source}", ordered=True)
-        msg = fabric.first_message(r, source, tag)
+        msg = fabric.first_message(r, self._p(source), tag)
         return msg is not None and msg.ts <= t
 
     def delay(self, seconds, source, tag) -> bool:
-        fabric, r = self.fabric, self.rank
+        fabric, r = self.fabric, self.me
         if seconds <= 0:
             return self.probe(source, tag)
         wake = fabric.clock(r) + seconds
 
         def when():
-            msg = fabric.first_message(r, source, tag)
+            msg = fabric.first_message(r, self._p(source), tag)
             return min(wake, msg.ts) if msg is not None else wake
         t = self._block(when, f"an injected delay of {seconds:g} s", ordered=True)
-        msg = fabric.first_message(r, source, tag)
+        msg = fabric.first_message(r, self._p(source), tag)
         return msg is not None and msg.ts <= t
 
     def recv_variable(self, expected, dtype, what) -> dict:
-        fabric, r = self.fabric, self.rank
+        fabric, r = self.fabric, self.me
 
         def when():
-            firsts = [fabric.first_message(r, s, t) for s, t in expected]
+            firsts = [fabric.first_message(r, self._p(s), t) for s, t in expected]
             if all(m is not None for m in firsts):
                 return max((m.ts for m in firsts), default=0.0)
             return None
         self._block(when, what)
         out = {}
         for source, tag in expected:
-            msg = fabric.mail[r][(source, tag)].popleft()
+            msg = fabric.mail[r][(self._p(source), tag)].popleft()
             out[(source, tag)] = msg.data.view(np.dtype(dtype)).copy()
         return out
 
     def clock(self) -> float:
-        return self.fabric.clock(self.rank)
+        return self.fabric.clock(self.me)
+
+    def _p(self, r: int) -> int:
+        """The fabric rank of job rank ``r`` (itself until a loss renumbers the ranks)."""
+        return r if self.peer is None else self.peer[r]
+
+    def shrink(self):
+        lost, when = self.fabric.shrink(self.me)
+        job_rank = {self._p(r): r for r in range(self.size)}
+        return [job_rank[p] for p in lost], {job_rank[p]: t for p, t in when.items()}
+
+    def remap(self, ranks, mine) -> None:
+        self.peer = [self._p(r) for r in ranks]
+        self.size = len(self.peer)
+        if mine is not None:
+            self.rank = int(mine)
+            self.fabric.groups[WORLD] = list(self.peer)
 
     def inject(self, kind) -> None:
         if kind == "kill":                    # refused by the command line: one process
@@ -456,27 +542,30 @@ class InProcessEndpoint(Endpoint):
 
     # --- collectives -----------------------------------------------------------------------
     def barrier(self, group, what, timeout=None) -> None:
-        self.fabric.collective(self.rank, group, None, lambda arrivals: None, what)
+        self.fabric.collective(self.me, group, None, lambda arrivals: None, what)
 
     def bcast(self, group, buf, root, what, timeout=None) -> None:
+        root = self._p(root)
+
         def finish(arrivals):
             data = _bytes_of(arrivals[root])
             for m, b in arrivals.items():
                 if m != root:
                     b.reshape(-1).view(np.uint8)[:] = data
-        self.fabric.collective(self.rank, group, buf, finish, what)
+        self.fabric.collective(self.me, group, buf, finish, what)
 
     def bcast_bytes(self, group, payload, root, what, timeout=None):
         """Every rank gets the root's own buffer, read-only: one copy in the process, not
         one per rank (at K = 10,000 users, 10,101 copies of G would take 10 GB)."""
         box = {}
+        root = self._p(root)
 
         def finish(arrivals):
             shared = np.asarray(arrivals[root][0]).view()
             shared.flags.writeable = False
             for _, b in arrivals.values():
                 b["out"] = shared
-        self.fabric.collective(self.rank, group, (payload, box), finish, what)
+        self.fabric.collective(self.me, group, (payload, box), finish, what)
         return box["out"]
 
     def decode_broadcast(self, buf, decode):
@@ -488,35 +577,38 @@ class InProcessEndpoint(Endpoint):
 
     def gather(self, group, array, root, what, timeout=None):
         box = {}
-        self.fabric.collective(self.rank, group, (array, box), lambda a: finish_gather(a, root),
+        phys = self._p(root)
+        self.fabric.collective(self.me, group, (array, box), lambda a: finish_gather(a, phys),
                                what)
         return box.get("out") if self.rank == root else None
 
     def reduce(self, group, array, op, root, what):
         box = {}
         fn = {"sum": np.add, "max": np.maximum}[op]
+        phys = self._p(root)
 
         def finish(arrivals):
             values = [a for a, _ in arrivals.values()]
             out = np.array(values[0], copy=True)
             for v in values[1:]:
                 out = fn(out, v)
-            arrivals[root][1]["out"] = out
-        self.fabric.collective(self.rank, group, (array, box), finish, what)
+            arrivals[phys][1]["out"] = out
+        self.fabric.collective(self.me, group, (array, box), finish, what)
         return box.get("out") if self.rank == root else None
 
     def scatterv(self, group, sendbuf, counts, displs, recvbuf, root, what, timeout=None):
         members = self.fabric.groups.get(group, [])
+        phys = self._p(root)
 
         def finish(arrivals):
-            send, cnt, dsp, _ = arrivals[root]
+            send, cnt, dsp, _ = arrivals[phys]
             send = np.asarray(send).reshape(-1)
             for pos, m in enumerate(members):
                 out = arrivals[m][3]
                 if out is not None:
                     c, d = int(cnt[pos]), int(dsp[pos])
                     out.reshape(-1)[:c] = send[d:d + c]
-        self.fabric.collective(self.rank, group, (sendbuf, counts, displs, recvbuf), finish, what)
+        self.fabric.collective(self.me, group, (sendbuf, counts, displs, recvbuf), finish, what)
 
     def allgatherv(self, group, mine, out, counts, displs, what) -> None:
         members = self.fabric.groups.get(group, [])
@@ -527,7 +619,7 @@ class InProcessEndpoint(Endpoint):
                 for pos, m in enumerate(members):
                     c, d = int(counts[pos]), int(displs[pos])
                     flat[d:d + c] = np.asarray(arrivals[m][0]).reshape(-1)[:c]
-        self.fabric.collective(self.rank, group, (mine, out), finish, what)
+        self.fabric.collective(self.me, group, (mine, out), finish, what)
 
 
 def finish_gather(arrivals: dict, root: int) -> None:

@@ -36,6 +36,15 @@ class PhaseTimeout(RuntimeError):
         self.what, self.limit = what, limit
 
 
+class ProcessFailed(RuntimeError):
+    """A rank of the job died (``--on-failure continue``): this rank's wait was cut short.
+    The survivors go on through :meth:`Endpoint.shrink` and :meth:`Endpoint.remap`."""
+
+    def __init__(self, what: str):
+        super().__init__(f"a rank of the job was lost while this rank waited for {what}")
+        self.what = what
+
+
 class Endpoint(ABC):
     """One rank's transport (see the module doc). Requests are opaque to the caller:
     made by :meth:`isend` / :meth:`irecv`, completed by :meth:`wait` / :meth:`wait_first`.
@@ -192,6 +201,20 @@ class Endpoint(ABC):
 
     def close(self) -> None:
         """Free what :meth:`connect` made."""
+
+    # --- surviving a lost rank (--on-failure continue; hmtl_mpi.job.recovery) --------------
+    def shrink(self) -> tuple:
+        """Collective over the survivors, after :class:`ProcessFailed`: agree on the ranks
+        lost. Returns (lost ranks, sorted; {lost rank: its clock when it died, where known}).
+        Messages of the interrupted iteration are dropped; until :meth:`remap` only
+        :meth:`remap` may follow."""
+        raise NotImplementedError(f"the {self.kind} transport cannot survive a lost rank")
+
+    def remap(self, ranks, mine) -> None:
+        """The job goes on with ``ranks`` (new rank -> old rank): from now on this endpoint
+        addresses ranks by their new numbers and it is new rank ``mine`` (None: it left the
+        job, and takes part in nothing more). Followed by :meth:`connect` on the new G."""
+        raise NotImplementedError(f"the {self.kind} transport cannot survive a lost rank")
 
 
 # --- what the parts may call (implemented in hmtl_mpi.wire.roles) ------------------------------

@@ -26,6 +26,15 @@ for. Each turn of the loop also answers the failure layer's status requests
 answering is found, and how rank 0 hears of a failure elsewhere. Every
 exception ends the job through :func:`hmtl_mpi.job.failures.end_job` (a plain
 uncaught Python exception would leave the other ranks blocked: docs/network.md).
+
+Surviving a lost rank (``survive``: ``--on-failure continue``, an MPI with ULFM,
+:mod:`hmtl_mpi.wire.ulfm`): an MPI error in any call of the endpoint revokes every
+communicator of this rank (so that every rank blocked on one of them gets an error too)
+and raises :class:`~hmtl_mpi.wire.interfaces.ProcessFailed`. :meth:`MpiEndpoint.shrink`
+shrinks the world to the survivors and names the lost ranks; :meth:`MpiEndpoint.remap`
+splits the survivors' communicator with every survivor's new rank as its key, so that
+the job's rank arithmetic (server 0, relays 1..H, users H+1..) holds again on it, and
+the communicators mirroring the reduced G are built on that one.
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ from ..vocabulary import (
     group_members,
     role_of,
 )
-from .interfaces import Endpoint, PhaseTimeout
+from .interfaces import Endpoint, PhaseTimeout, ProcessFailed
+from .ulfm import read_death
 
 # Polling: between two tests a waiting rank sleeps a fraction of the time it has
 # already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
@@ -63,6 +73,9 @@ POLL_MAX = 1e-3
 POLL_FRACTION = 64
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX}
+# what fails with an MPI error when a peer died (``survive``)
+_GUARDED = ("isend", "irecv", "wait", "wait_first", "probe", "recv_variable", "delay",
+            "barrier", "bcast", "gather", "reduce", "scatterv", "allgatherv")
 
 
 class MpiEndpoint(Endpoint):
@@ -75,9 +88,14 @@ class MpiEndpoint(Endpoint):
     kind = "mpi"
     has_links = True
 
-    def __init__(self, world, timeout: float, control=None, state=None):
+    def __init__(self, world, timeout: float, control=None, state=None, survive=False):
         super().__init__(world.Get_rank(), world.Get_size(), timeout)
         self.world = world
+        self.physical = list(range(world.Get_size()))   # job rank -> world rank
+        self._shrunk = None
+        if survive:
+            for name in _GUARDED:
+                setattr(self, name, self._guarded(getattr(self, name)))
         self.control = control
         self.state = state
         self.G = None
@@ -115,6 +133,66 @@ class MpiEndpoint(Endpoint):
                 comm.Free()
         self.group, self.in_group, self._channels = {}, {}, {}
         self.comms[UPLINK] = self.comms[RELAYS] = None
+
+    # --- surviving a lost rank (see the module doc) ------------------------------------
+    def _guarded(self, method):
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except MPI.Exception as exc:
+                self._revoke()
+                text = exc.Get_error_string() if hasattr(exc, "Get_error_string") else str(exc)
+                raise ProcessFailed(f"{self.state.waiting if self.state else method.__name__} "
+                                    f"(MPI: {text.strip()})") from None
+        call.__name__ = method.__name__
+        return call
+
+    def _comms(self) -> list:
+        return [c for c in [self.world, *self.group.values(), self.comms[UPLINK],
+                            self.comms[RELAYS]] if c is not None]
+
+    def _revoke(self) -> None:
+        for comm in self._comms():
+            try:
+                if not comm.Is_revoked():
+                    comm.Revoke()
+            except MPI.Exception:
+                pass
+
+    def shrink(self):
+        self._revoke()
+        if self.control is not None:
+            self.control.acknowledge()
+        world = self.world
+        shrunk = world.Shrink()
+        old, new = world.Get_group(), shrunk.Get_group()
+        alive = MPI.Group.Translate_ranks(new, list(range(new.Get_size())), old)
+        old.Free()
+        new.Free()
+        self._shrunk = (shrunk, list(alive))
+        lost = sorted(set(range(world.Get_size())) - set(alive))
+        now_wall, now = time.time(), self.clock()
+        when = {}
+        for r in lost if self.rank == 0 else ():
+            died = read_death(self.physical[r])
+            if died is not None:
+                when[r] = now - (now_wall - died)
+        return lost, when
+
+    def remap(self, ranks, mine) -> None:
+        shrunk, alive = self._shrunk
+        self.group, self.in_group, self._channels, self.G = {}, {}, {}, None
+        self.comms = {WORLD: None, UPLINK: None, RELAYS: None}
+        comm = shrunk.Split(0 if mine is not None else MPI.UNDEFINED, 0 if mine is None else mine)
+        self.physical = [self.physical[r] for r in ranks]
+        self.size = len(ranks)
+        self._shrunk = None
+        if mine is None:
+            self.world = None
+            return
+        self.world = self.comms[WORLD] = comm
+        self.rank = comm.Get_rank()
+        assert self.rank == mine
 
     def _channel(self, peer: int) -> tuple:
         """(communicator, peer's rank in it) for messages between this rank and ``peer``."""
