@@ -180,7 +180,8 @@ def test_losing_the_server_still_ends_the_job():
 
 
 @pytest.mark.parametrize("flags", [("--workload", "gd"), ("--layout", "flat"),
-                                   ("--users-per-rank", "2")])
+                                   ("--users-per-rank", "2"), ("--scheme", "auto"),
+                                   ("--plan", "time")])
 def test_continue_is_refused_where_it_is_not_handled(flags):
     proc = cli(*flags, "--on-failure", "continue")
     assert proc.returncode == EXIT_BAD_INPUT
