@@ -26,6 +26,7 @@ from fractions import Fraction
 import numpy as np
 
 from .lp import lp_solver, solve_quietly
+from .topology import OnTopology
 
 # Largest denominator accepted when turning the LP's floats into rationals. The
 # LP's vertices have small denominators in practice (1/2, 1/3, ...); a larger D
@@ -63,19 +64,11 @@ class Round:
 
 
 @dataclass
-class Plan:
+class Plan(OnTopology):
     """The coded scheme's plan for one topology (Theorem 1 loads and references)."""
 
     G: np.ndarray
     rounds: list = field(default_factory=list)
-
-    @property
-    def H(self) -> int:
-        return int(self.G.shape[0])
-
-    @property
-    def K(self) -> int:
-        return int(self.G.shape[1])
 
     @property
     def uplink_load(self) -> Fraction:

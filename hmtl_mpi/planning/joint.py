@@ -46,7 +46,7 @@ import numpy as np
 
 from . import hierarchical as hplan
 from .lp import lp_solver, solve_quietly
-from .topology import TopologyError, validate
+from .topology import OnTopology, TopologyError, validate
 
 # The LP has one constraint per relay subset (2^H of them before pruning); b(J) is
 # computed for all of them at once, which needs (H + 1) 2^H integers of memory.
@@ -65,7 +65,7 @@ class JointPlanError(ValueError):
 
 
 @dataclass
-class JointPlan:
+class JointPlan(OnTopology):
     """The joint scheme's plan for one topology G (docs/joint.md: T1-T3, section 3)."""
 
     G: np.ndarray                  # H x K uint8, rows relays
@@ -78,14 +78,6 @@ class JointPlan:
     tie_broken: bool = False       # loads from the max_i L_i tie-break LP (step 2)
     constraints: int = 0           # rows of the LP after pruning implied ones
     notes: list = field(default_factory=list)
-
-    @property
-    def H(self) -> int:
-        return int(self.G.shape[0])
-
-    @property
-    def K(self) -> int:
-        return int(self.G.shape[1])
 
     @property
     def units(self) -> list[int]:

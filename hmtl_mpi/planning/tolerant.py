@@ -35,7 +35,7 @@ from itertools import combinations
 
 import numpy as np
 
-from .topology import validate
+from .topology import OnTopology, validate
 
 MAX_RELAYS = 12                  # the LP enumerates every relay subset and straggler set
 MAX_DENOMINATOR = 64
@@ -63,20 +63,12 @@ class TolerantBlock:
 
 
 @dataclass
-class TolerantPlan:
+class TolerantPlan(OnTopology):
     G: np.ndarray
     S: int
     blocks: list
     dropped: np.ndarray            # users on every relay: never sent
     notes: list = field(default_factory=list)
-
-    @property
-    def H(self) -> int:
-        return int(self.G.shape[0])
-
-    @property
-    def K(self) -> int:
-        return int(self.G.shape[1])
 
     @property
     def uplink_load(self) -> Fraction:

@@ -20,6 +20,18 @@ from itertools import combinations
 import numpy as np
 
 
+class OnTopology:
+    """H and K of the topology ``self.G`` (relays x users) a plan was made for."""
+
+    @property
+    def H(self) -> int:
+        return int(self.G.shape[0])
+
+    @property
+    def K(self) -> int:
+        return int(self.G.shape[1])
+
+
 class TopologyError(ValueError):
     """An invalid topology; the message names the file, relay or user concerned."""
 
