@@ -404,10 +404,9 @@ def parse_job_args(argv, rank, size):
     elif args.inject_fault and args.inject_fault[1] >= args.iterations:
         problem = (f"--inject-fault: iteration {args.inject_fault[1]} never runs; iterations are "
                    f"0 .. {args.iterations - 1} (--iterations {args.iterations})")
-    elif args.on_failure == "continue" and (args.workload != "mtl" or args.layout == "flat"):
-        problem = ("--on-failure continue: only --workload mtl in the hierarchical layout "
-                   "survives a lost rank so far (a lost gradient worker or edge, or a flat "
-                   "worker, is not handled yet); use --on-failure abort")
+    elif args.on_failure == "continue" and args.layout == "flat":
+        problem = ("--on-failure continue: only the hierarchical layout survives a lost rank "
+                   "so far (a lost flat worker is not handled yet); use --on-failure abort")
     elif args.on_failure == "continue" and (args.users_per_rank > 1 or args.relay_stragglers):
         problem = ("--on-failure continue: not with --users-per-rank above 1 or "
                    "--relay-stragglers (their ranks and exchanges are not re-planned after a "

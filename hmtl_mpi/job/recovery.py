@@ -159,6 +159,11 @@ class Survival:
         self.records = []                # rank 0: the iterations' records so far
         self.resumed_at = {}             # scheme index -> first iteration after its last loss
         self.first_names = role_names(setup.G.shape[0], setup.config.flat)
+        # --workload gd: the data set keeps its P partitions after a loss (the default P is
+        # the first K), so the gradient sum, and every model after it, stay those of a run
+        # that lost nothing
+        self.config = replace(setup.config, partitions=setup.config.partitions
+                              or int(setup.G.shape[1]))
 
     # --- during the iterations -----------------------------------------------------------
     def completed(self, me, it: int, records) -> None:
@@ -176,7 +181,7 @@ class Survival:
     def recover(self, scheme_index: int):
         """Agree on the loss, reduce G, re-plan, roll back. Returns (scheme, part, next
         iteration, rank 0's records up to it), or None on a rank that left the job."""
-        ep, config = self.endpoint, self.setup.config
+        ep, config = self.endpoint, self.config
         G = self.setup.G
         H, K = G.shape
         detected = ep.clock()
@@ -221,14 +226,21 @@ class Survival:
             back[:] = top
         ep.bcast(WORLD, back, 0, "the iteration to roll back to")
         it0 = int(-back[0])
+        for later in [k for k in ep.sent_by_iteration if k is not None and k > it0]:
+            del ep.sent_by_iteration[later]      # those iterations run again: counted once
         # rank 0 re-plans every scheme on the reduced G; the others get the buffers
         schemes = []
         for b, name in enumerate(config.schemes):
             plan = None
             if ep.rank == 0:
-                plan = get(name, config.workload).plan(
-                    reduction.G, seed=config.seed, stragglers=config.stragglers,
-                    partitions=config.partitions or Kn, straggle=config.straggle)
+                try:
+                    plan = self.setup.schemes[b].after_loss(
+                        reduction.G, reduction.relays, reduction.users, seed=config.seed,
+                        stragglers=config.stragglers, partitions=config.partitions or Kn,
+                        straggle=config.straggle)
+                except ValueError as e:
+                    raise Unrecoverable(f"after losing rank(s) "
+                                        f"{', '.join(str(was(r)) for r in lost)}: {e}") from None
             buf = ep.bcast_bytes(WORLD, plan.to_buffer() if ep.rank == 0 else None, 0,
                                  f"the {name} scheme's plan for the reduced topology")
             schemes.append(plan if ep.rank == 0 else
