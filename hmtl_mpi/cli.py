@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when a relay or user rank dies: abort (the default) ends the job "
                         "naming it; continue goes on without it: G loses it, every scheme is "
                         "re-planned, the survivors roll back to the last iteration all of them "
-                        "completed (--workload mtl, hierarchical layout; over MPI it needs an "
+                        "completed; under --workload gd a lost worker or edge stays in the "
+                        "code as a straggler for good while its tolerance lasts (hierarchical "
+                        "layout; over MPI it needs an "
                         "MPI with fault tolerance, see README 'Faults and recovery')")
     p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:KIND]",
                    help="testing aid: on world rank RANK in iteration ITERATION (0-based, "

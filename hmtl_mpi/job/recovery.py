@@ -21,6 +21,11 @@ What happens when a relay or user rank is lost in the middle of a scheme's itera
    iteration is renamed to the reduced job's user numbers (:func:`remap_state`) and put
    back into new parts, and the iterations go on from the next one.
 
+Under ``--workload gd`` step 4 keeps the first code: a lost worker or edge keeps its
+place in it as a straggler for good (:meth:`GradientScheme.after_loss
+<hmtl_mpi.schemes.gradient.GradientScheme.after_loss>`), so the gradient sums stay those
+of a run that lost nothing; a loss beyond the code's tolerance ends the job naming it.
+
 The lost rank's losses entry (``rank``, ``role``, ``iteration``, ``detected_s``,
 ``recovered_s``) goes into the report. Losing rank 0 ends the job, as does a loss that
 leaves no relay or no user, or one during a recovery.
@@ -40,6 +45,8 @@ from ..wire.interfaces import ProcessFailed
 from .hosting import rank_part
 
 KEEP = 3       # snapshots kept per rank: survivors are at most one iteration apart
+KEEP_FREE = 64  # barrier-free schemes (--workload gd): the server does not wait for a late
+                # worker, which may lag it by several iterations
 
 
 class Unrecoverable(ProcessFailed):
@@ -151,7 +158,8 @@ class Survival:
         self.endpoint = endpoint
         self.state = state
         self.learner_for = learner_for   # the runtime's: a rank's learner from its tasks
-        self.snapshots = Snapshots()
+        self.snapshots = Snapshots(KEEP_FREE if any(s.barrier_free for s in setup.schemes)
+                                   else KEEP)
         self.losses = []                 # rank 0: one dict per lost rank
         self.pending = []                # losses whose recovery is not yet measured
         self.original_rank = {}          # new rank -> rank in the job's first numbering
@@ -255,6 +263,10 @@ class Survival:
         learner = self.learner_for(config, Kn, tasks)
         job = Job(reduction.G, learner, flat=config.flat)
         me = rank_part(scheme, job, ep, config.downlink, 1)
+        if it0 >= 0 and it0 not in self.snapshots.states:
+            raise Unrecoverable(f"rank {ep.rank} no longer holds its state of iteration {it0}, "
+                                f"the last one every survivor completed (it keeps the last "
+                                f"{self.snapshots.keep_n})")
         if it0 >= 0:
             me.load_state(remap_state(self.snapshots.states[it0], reduction.users))
         self.snapshots.clear()
