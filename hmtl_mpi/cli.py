@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when a relay or user rank dies: abort (the default) ends the job "
                         "naming it; continue goes on without it: G loses it, every scheme is "
                         "re-planned, the survivors roll back to the last iteration all of them "
-                        "completed (--workload mtl, hierarchical layout; over MPI it needs an "
+                        "completed; under --workload gd a lost worker or edge stays in the "
+                        "code as a straggler for good while its tolerance lasts (hierarchical "
+                        "layout; over MPI it needs an "
                         "MPI with fault tolerance, see README 'Faults and recovery')")
     p.add_argument("--inject-fault", type=fault_spec, metavar="RANK:ITERATION[:KIND]",
                    help="testing aid: on world rank RANK in iteration ITERATION (0-based, "
@@ -404,10 +406,9 @@ def parse_job_args(argv, rank, size):
     elif args.inject_fault and args.inject_fault[1] >= args.iterations:
         problem = (f"--inject-fault: iteration {args.inject_fault[1]} never runs; iterations are "
                    f"0 .. {args.iterations - 1} (--iterations {args.iterations})")
-    elif args.on_failure == "continue" and (args.workload != "mtl" or args.layout == "flat"):
-        problem = ("--on-failure continue: only --workload mtl in the hierarchical layout "
-                   "survives a lost rank so far (a lost gradient worker or edge, or a flat "
-                   "worker, is not handled yet); use --on-failure abort")
+    elif args.on_failure == "continue" and args.layout == "flat":
+        problem = ("--on-failure continue: only the hierarchical layout survives a lost rank "
+                   "so far (a lost flat worker is not handled yet); use --on-failure abort")
     elif args.on_failure == "continue" and (args.users_per_rank > 1 or args.relay_stragglers):
         problem = ("--on-failure continue: not with --users-per-rank above 1 or "
                    "--relay-stragglers (their ranks and exchanges are not re-planned after a "

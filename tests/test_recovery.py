@@ -179,7 +179,7 @@ def test_losing_the_server_still_ends_the_job():
     assert "rank 0 (server)" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("flags", [("--workload", "gd"), ("--layout", "flat"),
+@pytest.mark.parametrize("flags", [("--layout", "flat"),
                                    ("--users-per-rank", "2"), ("--scheme", "auto"),
                                    ("--plan", "time")])
 def test_continue_is_refused_where_it_is_not_handled(flags):

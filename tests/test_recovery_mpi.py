@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hmtl_mpi.job.recovery import reduce_topology
@@ -96,3 +97,30 @@ def test_paper_fig2_survives_a_killed_rank(ompi_python, tmp_path, lost, role):
     for x in its[loss["rolled_back_to"] + 1:]:
         assert x["bytes"]["relay_to_server"] == plan.planned_loads[0] * iv
         assert 0 <= x["bytes"]["server_to_relay"] - plan.planned_loads[1] * iv < 0.1 * iv
+
+
+@pytest.mark.parametrize("lost,H,K", [(6, 3, 8), (2, 2, 6)])
+def test_gd_a_killed_worker_or_edge_leaves_the_gradient_of_a_run_that_lost_nothing(
+        ompi_python, tmp_path, lost, H, K):
+    """hgc on the tree 3,3,3: the gradient digest under mpirun after the loss equals that
+    of the same command in-process without it (and with it: tests/test_recovery_gd.py)."""
+    topology = tmp_path / "t.npy"
+    np.save(topology, np.kron(np.eye(3, dtype=np.uint8), np.ones((1, 3), dtype=np.uint8)))
+    args = ["--workload", "gd", "--scheme", "hgc", "--topology", str(topology),
+            "--iterations", "10", "--quiet", "--on-failure", "continue"]
+    report, clean = tmp_path / "r.json", tmp_path / "clean.json"
+    proc = ompi_job(ompi_python, 13, *args, "--inject-fault", f"{lost}:4:kill",
+                    "--report", str(report))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "the job goes on without it" in proc.stderr
+    ref = subprocess.run([sys.executable, "-m", "hmtl_mpi", "--transport", "inprocess", *args,
+                          "--report", str(clean)], capture_output=True, text=True,
+                         timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         cwd=str(REPO))
+    assert ref.returncode == 0, ref.stderr
+    r, c = json.loads(report.read_text()), json.loads(clean.read_text())
+    assert r["losses"][0]["rank"] == lost and r["losses"][0]["iteration"] >= 4
+    assert r["losses"][0]["detected_s"] > 0 and r["losses"][0]["recovered_s"] > 0
+    assert (r["H"], r["K"]) == (H, K)
+    assert r["gradient_digest"] == c["gradient_digest"]
+    assert r["test_accuracy"] == c["test_accuracy"]

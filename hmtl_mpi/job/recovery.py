@@ -21,6 +21,11 @@ What happens when a relay or user rank is lost in the middle of a scheme's itera
    iteration is renamed to the reduced job's user numbers (:func:`remap_state`) and put
    back into new parts, and the iterations go on from the next one.
 
+Under ``--workload gd`` step 4 keeps the first code: a lost worker or edge keeps its
+place in it as a straggler for good (:meth:`GradientScheme.after_loss
+<hmtl_mpi.schemes.gradient.GradientScheme.after_loss>`), so the gradient sums stay those
+of a run that lost nothing; a loss beyond the code's tolerance ends the job naming it.
+
 The lost rank's losses entry (``rank``, ``role``, ``iteration``, ``detected_s``,
 ``recovered_s``) goes into the report. Losing rank 0 ends the job, as does a loss that
 leaves no relay or no user, or one during a recovery.
@@ -40,6 +45,8 @@ from ..wire.interfaces import ProcessFailed
 from .hosting import rank_part
 
 KEEP = 3       # snapshots kept per rank: survivors are at most one iteration apart
+KEEP_FREE = 64  # barrier-free schemes (--workload gd): the server does not wait for a late
+                # worker, which may lag it by several iterations
 
 
 class Unrecoverable(ProcessFailed):
@@ -151,7 +158,8 @@ class Survival:
         self.endpoint = endpoint
         self.state = state
         self.learner_for = learner_for   # the runtime's: a rank's learner from its tasks
-        self.snapshots = Snapshots()
+        self.snapshots = Snapshots(KEEP_FREE if any(s.barrier_free for s in setup.schemes)
+                                   else KEEP)
         self.losses = []                 # rank 0: one dict per lost rank
         self.pending = []                # losses whose recovery is not yet measured
         self.original_rank = {}          # new rank -> rank in the job's first numbering
@@ -159,6 +167,11 @@ class Survival:
         self.records = []                # rank 0: the iterations' records so far
         self.resumed_at = {}             # scheme index -> first iteration after its last loss
         self.first_names = role_names(setup.G.shape[0], setup.config.flat)
+        # --workload gd: the data set keeps its P partitions after a loss (the default P is
+        # the first K), so the gradient sum, and every model after it, stay those of a run
+        # that lost nothing
+        self.config = replace(setup.config, partitions=setup.config.partitions
+                              or int(setup.G.shape[1]))
 
     # --- during the iterations -----------------------------------------------------------
     def completed(self, me, it: int, records) -> None:
@@ -176,7 +189,7 @@ class Survival:
     def recover(self, scheme_index: int):
         """Agree on the loss, reduce G, re-plan, roll back. Returns (scheme, part, next
         iteration, rank 0's records up to it), or None on a rank that left the job."""
-        ep, config = self.endpoint, self.setup.config
+        ep, config = self.endpoint, self.config
         G = self.setup.G
         H, K = G.shape
         detected = ep.clock()
@@ -221,14 +234,21 @@ class Survival:
             back[:] = top
         ep.bcast(WORLD, back, 0, "the iteration to roll back to")
         it0 = int(-back[0])
+        for later in [k for k in ep.sent_by_iteration if k is not None and k > it0]:
+            del ep.sent_by_iteration[later]      # those iterations run again: counted once
         # rank 0 re-plans every scheme on the reduced G; the others get the buffers
         schemes = []
         for b, name in enumerate(config.schemes):
             plan = None
             if ep.rank == 0:
-                plan = get(name, config.workload).plan(
-                    reduction.G, seed=config.seed, stragglers=config.stragglers,
-                    partitions=config.partitions or Kn, straggle=config.straggle)
+                try:
+                    plan = self.setup.schemes[b].after_loss(
+                        reduction.G, reduction.relays, reduction.users, seed=config.seed,
+                        stragglers=config.stragglers, partitions=config.partitions or Kn,
+                        straggle=config.straggle)
+                except ValueError as e:
+                    raise Unrecoverable(f"after losing rank(s) "
+                                        f"{', '.join(str(was(r)) for r in lost)}: {e}") from None
             buf = ep.bcast_bytes(WORLD, plan.to_buffer() if ep.rank == 0 else None, 0,
                                  f"the {name} scheme's plan for the reduced topology")
             schemes.append(plan if ep.rank == 0 else
@@ -243,6 +263,10 @@ class Survival:
         learner = self.learner_for(config, Kn, tasks)
         job = Job(reduction.G, learner, flat=config.flat)
         me = rank_part(scheme, job, ep, config.downlink, 1)
+        if it0 >= 0 and it0 not in self.snapshots.states:
+            raise Unrecoverable(f"rank {ep.rank} no longer holds its state of iteration {it0}, "
+                                f"the last one every survivor completed (it keeps the last "
+                                f"{self.snapshots.keep_n})")
         if it0 >= 0:
             me.load_state(remap_state(self.snapshots.states[it0], reduction.users))
         self.snapshots.clear()

@@ -624,6 +624,8 @@ def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: 
         me.iterate(it)
         if rank == 0 and not config.quiet:
             print(f"[{scheme.name:>7}] iteration {it + 1}/{n}: {me.progress(it)}", flush=True)
+        if saver is not None:
+            saver.completed(me, it, None)
         if saver is not None and saver.due(endpoint, it, agree=False):
             endpoint.iteration = None
             state.step("draining late messages before a checkpoint")

@@ -257,6 +257,12 @@ class Scheme:
         ignored by the schemes they do not concern."""
         return cls(G)
 
+    def after_loss(self, G: np.ndarray, relays: tuple, users: tuple, **plan_args) -> "Scheme":
+        """This scheme for the topology G left after a loss (``--on-failure continue``):
+        ``relays``/``users`` the old indices kept, in order. By default planned anew on G;
+        raise ValueError when the scheme cannot go on (the message says why)."""
+        return type(self).plan(G, **plan_args)
+
     def to_buffer(self) -> np.ndarray:
         return np.zeros(0, dtype=np.uint8)
 

@@ -41,6 +41,7 @@ from ..vocabulary import down_tag, up_tag
 from .base import Part, Scheme
 
 GAVE_UP = np.zeros(0, dtype=np.int64)               # the empty message of a late sender
+ABSENT = -1             # a lost worker's or edge's place in a layout (--on-failure continue)
 
 
 def tree_users(G: np.ndarray) -> list:
@@ -117,11 +118,13 @@ class GradEdge(Part):
         if self.edge is not None and not scheme.direct:
             code, e = scheme.code, self.edge
             workers = scheme.layout_users[e]
-            posted = self.net.post_from_users(workers, (self.job.dim,), np.int64, up_tag(it))
+            here = [j for j, k in enumerate(workers) if k != ABSENT]   # lost ones: stragglers
+            posted = self.net.post_from_users([workers[j] for j in here], (self.job.dim,),
+                                              np.int64, up_tag(it))
             got = self.net.first(posted, len(workers) - code.s_w,
                                  f"coded gradients of iteration {it} from users "
-                                 f"{', '.join(str(k + 1) for k in workers)}")
-            y = gradcode.field_combine(code.edge_decoder(e, [j for j, _ in got]),
+                                 f"{', '.join(str(workers[j] + 1) for j in here)}")
+            y = gradcode.field_combine(code.edge_decoder(e, [here[j] for j, _ in got]),
                                        np.stack([buf for _, buf in got]))
             delay = scheme.straggle.relay_delay(self.net.rank)
             if self.net.delay_unless_model(delay, down_tag(it)):
@@ -157,17 +160,18 @@ class GradMaster(Part):
     def iterate(self, it):
         scheme, code, job = self.scheme, self.scheme.code, self.job
         t0 = self.net.clock()
+        here = scheme.edges_here()                     # lost edges: stragglers for good
         if scheme.direct:
-            senders = [k for users in scheme.layout_users for k in users]
-            posted = self.net.post_from_users(senders, (job.dim,), np.int64, up_tag(it))
+            posted = self.net.post_from_users([scheme.layout_users[e][0] for e in here],
+                                              (job.dim,), np.int64, up_tag(it))
         else:
-            posted = self.net.post_from_relays(scheme.layout_relays, (job.dim,), np.int64,
-                                               up_tag(it))
-        n = len(scheme.layout_relays) if not scheme.direct else len(scheme.layout_users)
+            posted = self.net.post_from_relays([scheme.layout_relays[e] for e in here],
+                                               (job.dim,), np.int64, up_tag(it))
+        n = len(scheme.layout_relays)
         got = self.net.first(posted, n - code.s_e, f"coded gradients of iteration {it}")
         t1 = self.net.clock()
         total = gradcode.from_field(gradcode.field_combine(
-            code.master_decoder([e for e, _ in got]), np.stack([buf for _, buf in got])))
+            code.master_decoder([here[e] for e, _ in got]), np.stack([buf for _, buf in got])))
         self.digest = hashlib.sha256(self.digest + total.tobytes()).digest()
         t2 = self.net.clock()
         self.model = job.learner.update(it, total)
@@ -184,7 +188,8 @@ class GradMaster(Part):
         """The progress line's text for iteration ``it`` (printed by the job on rank 0)."""
         rec, scheme = self.seconds[it], self.scheme
         return (f"total {rec['total']:.4f} s (waited {rec['relay_to_server']:.4f} s for the "
-                f"first {scheme.senders - scheme.code.s_e} of {scheme.senders}), test accuracy "
+                f"first {len(scheme.layout_relays) - scheme.code.s_e} of {scheme.senders}), "
+                f"test accuracy "
                 f"{self.accuracy[it]:.4f}")
 
     def final_models(self):
@@ -270,11 +275,46 @@ class GradientScheme(Scheme):
         code = cls.code_for([len(u) for u in users], P, s_e, s_w)
         return cls(G, code, relays, users, parse(text), seed)
 
+    # --- after a loss (--on-failure continue) ------------------------------------------------
+    def after_loss(self, G, relays, users, **plan_args):
+        """The same code on what is left: a lost worker keeps its place in its edge's
+        layout as :data:`ABSENT`, a straggler for good, and the edge decodes from the
+        others while it has at most s_w such; an edge that lost more, or whose relay was
+        lost, is a straggler for good at the server, which decodes while at most s_e edges
+        are. The partitions, coefficients and gradient sum stay those of the first plan,
+        so the models stay those of a run that lost nothing. Beyond the tolerance: a
+        ValueError naming it and what was lost."""
+        relay_now = {old: n for n, old in enumerate(relays)}
+        user_now = {old: n for n, old in enumerate(users)}
+        layout_users = [[user_now.get(k, ABSENT) if k != ABSENT else ABSENT for k in ks]
+                        for ks in self.layout_users]
+        layout_relays = [relay_now.get(i, ABSENT) if i != ABSENT else ABSENT
+                         for i in self.layout_relays]
+        s_e, s_w = self.code.s_e, self.code.s_w
+        for e, ks in enumerate(layout_users):
+            if self.direct and ks[0] == ABSENT or ks.count(ABSENT) > s_w:
+                layout_relays[e] = ABSENT
+        lost = [e for e, i in enumerate(layout_relays) if i == ABSENT]
+        if len(lost) > s_e:
+            raise ValueError(
+                f"{self.name} tolerates {s_e} lost {'workers' if self.direct else 'edges'}"
+                + ("" if self.direct else f" and {s_w} lost workers per edge")
+                + f"; {len(lost)} of its {len(layout_relays)} are lost (code "
+                f"{'workers' if self.direct else 'edges'} {', '.join(str(e + 1) for e in lost)})"
+                + (": uncoded gd holds every partition once, so a lost worker's partitions "
+                   "are gone and the gradient would differ" if s_e == 0 and s_w == 0 else ""))
+        return type(self)(np.asarray(G), self.code, layout_relays, layout_users,
+                          self.straggle, self.seed)
+
+    def edges_here(self) -> list:
+        """The code edges (code workers, ``direct``) not lost."""
+        return [e for e, i in enumerate(self.layout_relays) if i != ABSENT]
+
     # --- who is who ----------------------------------------------------------------------
     def position_of_user(self, k):
         for e, ks in enumerate(self.layout_users):
             if k in ks:
-                return e, ks.index(k)
+                return (e, ks.index(k)) if self.layout_relays[e] != ABSENT else None
         return None
 
     def edge_of_relay(self, i):
@@ -284,7 +324,7 @@ class GradientScheme(Scheme):
     @property
     def senders(self) -> int:
         """Messages that reach the server per iteration (the late ones too)."""
-        return len(self.layout_users) if self.direct else len(self.layout_relays)
+        return len(self.edges_here())
 
     @property
     def planned_loads(self):
@@ -292,7 +332,7 @@ class GradientScheme(Scheme):
 
     def plan_dict(self):
         out = dict(self.code.to_dict(), scheme=self.name, K=self.K, H=self.H,
-                   ranks=1 + self.H + self.K, master_messages_used=self.senders - self.code.s_e,
+                   ranks=1 + self.H + self.K, master_messages_used=len(self.layout_relays) - self.code.s_e,
                    master_messages_sent=self.senders,
                    relays=[i + 1 for i in self.layout_relays],
                    users=[[k + 1 for k in ks] for ks in self.layout_users])
@@ -316,7 +356,7 @@ class GradientScheme(Scheme):
     def report_fields(self):
         return {"load_per_worker": self.code.D, "partitions": self.code.P,
                 "stragglers": [self.code.s_e, self.code.s_w],
-                "master_messages_used": self.senders - self.code.s_e,
+                "master_messages_used": len(self.layout_relays) - self.code.s_e,
                 "straggle": self.straggle.text}
 
     def downlink_method(self, requested, flat):
