@@ -71,7 +71,7 @@ from .ulfm import read_death
 # sleeping long on short waits made every barrier of 16 ranks on 2 cores cost ~9 ms
 # (a fixed backoff to 1 ms; BENCHMARKS.md). POLL_MAX was 1 ms: at K = 40 (46 ranks on
 # 2 cores) the users, waiting about 1 s per iteration for their models while the
-# relays decode, then burned 1.0-1.6 CPU seconds per iteration (BENCHMARKS.md, "Where
+# relays decode, then burned 0.7-1.6 CPU seconds per iteration (BENCHMARKS.md, "Where
 # the CPU goes at K = 40"). ``HMTL_POLL_MAX`` (seconds) overrides it, for benchmarks
 # (``bench cpu``); the job refuses a bad value (:func:`poll_max_problem`, exit 2).
 POLL_MIN = 1e-5
