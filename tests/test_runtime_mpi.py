@@ -60,6 +60,16 @@ def test_paper_example_both_schemes(tmp_path):
     assert "final models bit-identical across uncoded, coded: True" in proc.stdout
     assert proc.stdout.count("iteration ") >= 4             # a progress line per iteration
     assert "HiGHS" not in proc.stdout + proc.stderr        # no solver banner anywhere
+    # CPU seconds per role and step (every rank's process_time, summed at rank 0)
+    for name, run in report["runs"].items():
+        assert all(set(it["cpu_seconds"]) == {"server", "relay", "user"} for it in run["iterations"])
+        cpu = run["median_cpu_seconds"]
+        for role, phases in cpu.items():
+            assert all(v >= 0 for v in phases.values()), (name, role, phases)
+            assert phases["total"] >= max(v for p, v in phases.items() if p != "total")
+        assert cpu["user"]["local_update"] > 0
+    assert report["runs"]["coded"]["median_cpu_seconds"]["relay"]["decode"] > 0
+    assert "decode" not in report["runs"]["uncoded"]["median_cpu_seconds"]["relay"]
 
 
 @pytest.mark.parametrize("name,G", [
@@ -109,6 +119,13 @@ def test_bad_flag_value_is_one_clear_error():
     proc, _ = run_job(16, "--dim", "0", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("--dim: must be at least 1") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_poll_max_is_one_clear_error():
+    proc, _ = run_job(16, "--iterations", "1", timeout=120, env={"HMTL_POLL_MAX": "2ms"})
+    assert proc.returncode == 2
+    assert proc.stderr.count("HMTL_POLL_MAX='2ms': must be seconds from 1e-05 to 1") == 1
     assert "Traceback" not in proc.stderr
 
 

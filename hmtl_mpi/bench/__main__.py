@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery,cpu} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -27,6 +27,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            the emulated network (root; :mod:`.auto`)
 * recovery a relay, then a user, killed mid-run with ``--on-failure continue`` under Open
            MPI's ULFM: detection and recovery times, loads after the loss (:mod:`.recovery`)
+* cpu      K = 40 (Fig. 6 setting): coding phases against the kernel's speed and the CPU
+           seconds per role, waiting ranks' old 1 ms sleep cap against the default (:mod:`.cpu`)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper", "users", "rates", "auto", "recovery")
+        "paper", "users", "rates", "auto", "recovery", "cpu")
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,11 @@ def run_report(scheme, config, learner, K, H, iterations, checks) -> dict:
         "models_delivered_intact": checks["delivered"],
         "model_digest": checks["digest"],
     }
+    if iterations and "cpu_seconds" in iterations[0]:   # MPI, schemes with steps (run_steps)
+        report["median_cpu_seconds"] = {
+            role: {p: float(np.median([r["cpu_seconds"][role][p] for r in iterations]))
+                   for p in phases}
+            for role, phases in iterations[0]["cpu_seconds"].items()}
     report.update(scheme.report_fields())
     if checks.get("accuracy") is not None:
         report["accuracy"] = checks["accuracy"]

@@ -46,7 +46,7 @@ from ..schemes import get
 from ..schemes.base import Job
 from ..vocabulary import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAULT, EXIT_HANG,
                           EXIT_INTERRUPTED, EXIT_TERMINATED, LINK_CLASSES, PHASES, USER_STEPS,
-                          RELAY, WORLD, down_tag, ranks_formula, ranks_needed, role_names,
+                          RELAY, ROLES, WORLD, down_tag, ranks_formula, ranks_needed, role_names,
                           tasks_of_rank)
 from ..wire.inprocess import Deadlock, Fabric, InProcessEndpoint
 from ..wire.interconnect import describe_links, local_facts
@@ -539,6 +539,11 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
     ``--sync phase``: a barrier also between every two steps, so that each phase is
     measured alone (the paper's model, eq. 13, adds phases that do not overlap), at
     the price of one barrier per phase.
+
+    Every rank also counts its CPU time (``time.process_time``) in each of its own steps,
+    waiting included, and the end barrier; rank 0 records the sums per role
+    (``cpu_seconds``, summed with the byte counters: no extra collective; MPI only, as
+    in-process ranks share one process's CPU time).
     """
     rank, K = endpoint.rank, me.job.K
     learner = me.job.learner
@@ -551,8 +556,10 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
         state.step("start of the iteration", iteration=it)
         endpoint.reset_counters()
         ends = np.zeros(len(steps) + 1)          # each step's end, then the iteration's
+        cpu = np.zeros((len(ROLES), len(steps) + 1), dtype=np.int64)   # microseconds
         endpoint.barrier(WORLD, "start of iteration")
         start = endpoint.clock()
+        used = time.process_time()
         for n, (key, step) in enumerate(steps):
             state.step(f"phase {step}")
             if config.inject_fault and config.inject_fault[:2] == (state.rank, it) \
@@ -568,12 +575,17 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
                 state.step(f"phase {step}", note="at the barrier after it")
                 endpoint.barrier(WORLD, f"after {step}")
             ends[n] = endpoint.clock() - start
+            cpu[ROLES.index(me.role), n], used = 1e6 * (time.process_time() - used), time.process_time()
         state.step("end of the iteration", note="at the barrier after its last phase")
         endpoint.barrier(WORLD, "end of iteration")
         ends[-1] = endpoint.clock() - start
+        cpu[ROLES.index(me.role), -1] = 1e6 * (time.process_time() - used)
         state.step("checks (byte counts, phase times, IV digests)")
         sent = np.array([endpoint.sent[c] for c in LINK_CLASSES], dtype=np.int64)
-        sums = endpoint.reduce(WORLD, sent, "sum", 0, "byte counters")
+        sums = endpoint.reduce(WORLD, np.concatenate([sent, cpu.ravel()]), "sum", 0,
+                               "byte counters")
+        if rank == 0:
+            sums, cpu = sums[:len(sent)], sums[len(sent):].reshape(cpu.shape) / 1e6
         latest = endpoint.reduce(WORLD, ends, "max", 0, "phase ends")
         ivs_ok = checks.check_ivs(endpoint, me, K)
         if rank == 0:
@@ -584,6 +596,8 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
             record = {"iteration": it, "seconds": seconds,
                       "bytes": {c: int(b) for c, b in zip(LINK_CLASSES, sums)},
                       "ivs_bit_exact": ivs_ok}
+            if endpoint.has_links:       # in-process ranks share one process's CPU time
+                record["cpu_seconds"] = cpu_by_role(cpu, [key for key, _ in steps])
             iterations.append(record)
             if not config.quiet:
                 print(progress_line(scheme.name, it, config.iterations, record, 8 * learner.dim),
@@ -600,6 +614,21 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
         if saver is not None:
             saver.completed(me, it, iterations)
     return iterations
+
+
+def cpu_by_role(cpu: np.ndarray, keys: list) -> dict:
+    """{role: {phase: CPU seconds summed over the role's ranks}} from the rows of
+    :func:`run_steps` (steps, then ``end_barrier``); roles with no CPU left out."""
+    out = {}
+    for role, row in zip(ROLES, cpu):
+        if row.any():
+            phases = dict.fromkeys(keys, 0.0)
+            for key, value in zip(keys, row[:-1]):
+                phases[key] += float(value)
+            phases["end_barrier"] = float(row[-1])
+            phases["total"] = float(row.sum())
+            out[role] = phases
+    return out
 
 
 def run_free(scheme, me, endpoint, state, config: JobConfig, saver=None, start: int = 0,
@@ -835,7 +864,7 @@ def main(argv=None, page=None) -> int:
         ulfm.prepare()                                   # before MPI_Init
     from mpi4py import MPI   # local: the in-process transport never loads MPI
 
-    from ..wire.transport import MpiEndpoint  # local: it loads MPI, as above
+    from ..wire.transport import MpiEndpoint, poll_max_problem  # local: it loads MPI, as above
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
@@ -848,6 +877,8 @@ def main(argv=None, page=None) -> int:
         config, exit_code = parse_job_args(argv, rank, world.Get_size())
         if config is None:
             return exit_code
+        if problem := poll_max_problem():
+            return usage_error(rank, problem)
         survive = config.on_failure == "continue"
         if survive and (problem := ulfm.problem(MPI)):
             return usage_error(rank, problem)

@@ -63,14 +63,35 @@ from .ulfm import read_death
 # already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
 # whose ranks are all there, a small message) is thus seen within tens of
 # microseconds, while a long one (a transfer on a shaped link) costs at most
-# 1/POLL_FRACTION of its time in extra latency and wakes its rank at most 1,000
-# times a second. Sleeping instead of spinning matters with many ranks per core
-# (docs/network.md: Testall + a short sleep lifted the reached link rate from 82-90%
-# to 89-95% on shaped links); sleeping long on short waits made every barrier of
-# 16 ranks on 2 cores cost ~9 ms (a fixed backoff to 1 ms; BENCHMARKS.md).
+# 1/POLL_FRACTION of its time in extra latency. A wait of T seconds wakes its rank
+# about POLL_FRACTION * (1 + ln(T / (POLL_FRACTION * POLL_MIN))) times until the
+# sleep reaches POLL_MAX (T = 1.28 s), then 1 / POLL_MAX times a second. Sleeping
+# instead of spinning matters with many ranks per core (docs/network.md: Testall +
+# a short sleep lifted the reached link rate from 82-90% to 89-95% on shaped links);
+# sleeping long on short waits made every barrier of 16 ranks on 2 cores cost ~9 ms
+# (a fixed backoff to 1 ms; BENCHMARKS.md). POLL_MAX was 1 ms: at K = 40 (46 ranks on
+# 2 cores) the users, waiting about 1 s per iteration for their models while the
+# relays decode, then burned 0.7-1.6 CPU seconds per iteration (BENCHMARKS.md, "Where
+# the CPU goes at K = 40"). ``HMTL_POLL_MAX`` (seconds) overrides it, for benchmarks
+# (``bench cpu``); the job refuses a bad value (:func:`poll_max_problem`, exit 2).
 POLL_MIN = 1e-5
-POLL_MAX = 1e-3
+POLL_MAX = 0.02
 POLL_FRACTION = 64
+
+
+def poll_max_problem() -> str:
+    """What is wrong with ``HMTL_POLL_MAX`` (seconds, from POLL_MIN to 1), or ""."""
+    text = os.environ.get("HMTL_POLL_MAX", "")
+    try:
+        if not text or POLL_MIN <= float(text) <= 1.0:
+            return ""
+    except ValueError:
+        pass
+    return f"HMTL_POLL_MAX={text!r}: must be seconds from {POLL_MIN:g} to 1"
+
+
+if os.environ.get("HMTL_POLL_MAX") and not poll_max_problem():
+    POLL_MAX = float(os.environ["HMTL_POLL_MAX"])
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX}
 # what fails with an MPI error when a peer died (``survive``)
