@@ -10,6 +10,7 @@ The topologies themselves (loading, validation, generators) are
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -63,8 +64,7 @@ def main(argv=None) -> int:
         if args.kind == "show":
             if not args.source:
                 parser.error("show needs a PATH_OR_NAME")
-            print(describe(load_topology(args.source)))
-            return 0
+            return _print(describe(load_topology(args.source)))
         if args.kind in BUILTIN:
             G = BUILTIN[args.kind]()
         elif args.kind == "tree":
@@ -98,10 +98,18 @@ def main(argv=None) -> int:
     except OSError as exc:
         print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    return _print(f"wrote {out}\n{describe(G)}")
+
+
+def _print(text: str) -> int:
+    """Print ``text``; piped into ``head``, the closed pipe is not an error of ours."""
     try:
-        print(f"wrote {out}\n{describe(G)}")
-    except BrokenPipeError:                    # e.g. piped into head: not an error of ours
-        sys.stderr.close()
+        print(text, flush=True)
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")     # nothing more reaches the closed pipe
+        except OSError:
+            pass
     return 0
 
 

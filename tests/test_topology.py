@@ -407,3 +407,13 @@ def test_topology_cli_errors(tmp_path):
         assert "Traceback" not in proc.stderr, (args, proc.stderr)
         assert needle in proc.stderr, (args, needle, proc.stderr)
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_show_into_a_closed_pipe_is_not_an_error():
+    """``python -m hmtl_mpi.topology show G | head -1``: the closed pipe is no traceback."""
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "hmtl_mpi.topology", "show", "paper-fig2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(repo))
+    proc.stdout.close()                 # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

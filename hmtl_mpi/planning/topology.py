@@ -371,7 +371,8 @@ def describe(G: np.ndarray) -> str:
     """A readable summary: N_i per relay and I_z per round (1-based); long sets are cut
     short and, past 20 relays, the empty rounds I_z are left out."""
     H, K = G.shape
-    lines = [f"H = {H} relays, K = {K} users, ranks needed: 1 + H + K = {1 + H + K}"]
+    lines = [f"H = {H} relays, K = {K} users, ranks needed: 1 + H + K = {1 + H + K} "
+             f"(1 + H + ceil(K / N) with --users-per-rank N)"]
     for i, users in enumerate(relay_users(G)):
         lines.append(f"  N_{i + 1} = {_users_text(users)}")
     for z, users in users_by_degree(G).items():
