@@ -17,7 +17,7 @@ import numpy as np
 from ..codes import coding
 from ..planning import hierarchical as hplan
 from .base import CodedExchange
-from .tolerant import TolerantExchange
+from .tolerant import ToleratesSlowRelays
 
 
 def segments(G: np.ndarray, users: np.ndarray, units: np.ndarray, D: int) -> tuple:
@@ -57,26 +57,10 @@ def round_layout(G: np.ndarray, rnd) -> coding.BlockLayout:
                               width=units, messages=messages)
 
 
-class Coded(CodedExchange):
+class Coded(ToleratesSlowRelays, CodedExchange):
     name = "coded"
     summary = ("the paper's hierarchical scheme: one coded round per user degree z, "
                "segment LPs P(z) (Theorem 1)")
-
-    @classmethod
-    def plan(cls, G, seed=0, max_denominator=None, construction="auto", relay_stragglers=0,
-             **options):
-        """With ``relay_stragglers`` S > 0: the exchange tolerant of S slow relays, one
-        block per round z (:mod:`hmtl_mpi.schemes.tolerant`)."""
-        if relay_stragglers:
-            return TolerantExchange.plan_for(cls.name, True, G, relay_stragglers, seed,
-                                             options.get("straggle"))
-        return super().plan(G, seed, max_denominator, construction, **options)
-
-    @classmethod
-    def from_buffer(cls, G, buf):
-        if TolerantExchange.is_buffer(buf):
-            return TolerantExchange.from_buffer_named(cls.name, G, buf)
-        return super().from_buffer(G, buf)
 
     @classmethod
     def make_plan(cls, G, max_denominator=None):

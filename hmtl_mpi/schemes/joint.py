@@ -15,7 +15,7 @@ import numpy as np
 from ..codes import coding
 from ..planning.joint import JointPlan, format_joint_plan, make_joint_plan
 from .base import CodedExchange
-from .tolerant import TolerantExchange
+from .tolerant import ToleratesSlowRelays
 
 
 def block_layout(jp: JointPlan) -> coding.BlockLayout:
@@ -31,26 +31,12 @@ def block_layout(jp: JointPlan) -> coding.BlockLayout:
                               messages=np.array(jp.units, dtype=np.int64))
 
 
-class Joint(CodedExchange):
+class Joint(ToleratesSlowRelays, CodedExchange):
     name = "joint"
     summary = ("seed 001's joint exchange: one LP over all relay subsets, one coded block "
                "(docs/joint.md)")
 
-    @classmethod
-    def plan(cls, G, seed=0, max_denominator=None, construction="auto", relay_stragglers=0,
-             **options):
-        """With ``relay_stragglers`` S > 0: the exchange tolerant of S slow relays, one block
-        of all users (:mod:`hmtl_mpi.schemes.tolerant`)."""
-        if relay_stragglers:
-            return TolerantExchange.plan_for(cls.name, False, G, relay_stragglers, seed,
-                                             options.get("straggle"))
-        return super().plan(G, seed, max_denominator, construction, **options)
-
-    @classmethod
-    def from_buffer(cls, G, buf):
-        if TolerantExchange.is_buffer(buf):
-            return TolerantExchange.from_buffer_named(cls.name, G, buf)
-        return super().from_buffer(G, buf)
+    tolerant_by_round = False        # tolerant: one block of all users
 
     @classmethod
     def make_plan(cls, G, max_denominator=None):

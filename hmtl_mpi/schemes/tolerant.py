@@ -297,3 +297,26 @@ class TolerantExchange(Scheme):
         decode = max(sum(two * b.relay_decoders[i].size * coding.unit_symbols(dim, b.F)
                          for b in code.blocks) for i in range(self.H))
         return {"encode": encode, "combine": combine, "decode": decode}
+
+
+class ToleratesSlowRelays:
+    """Mixin of the coded and joint schemes: with ``relay_stragglers`` S > 0 their plan is
+    the :class:`TolerantExchange` of the same name (one block per round z when
+    ``tolerant_by_round``, else one block of all users), and its buffer is read back as
+    such. Put before the scheme's base class."""
+
+    tolerant_by_round = True
+
+    @classmethod
+    def plan(cls, G, seed=0, max_denominator=None, construction="auto", relay_stragglers=0,
+             **options):
+        if relay_stragglers:
+            return TolerantExchange.plan_for(cls.name, cls.tolerant_by_round, G,
+                                             relay_stragglers, seed, options.get("straggle"))
+        return super().plan(G, seed, max_denominator, construction, **options)
+
+    @classmethod
+    def from_buffer(cls, G, buf):
+        if TolerantExchange.is_buffer(buf):
+            return TolerantExchange.from_buffer_named(cls.name, G, buf)
+        return super().from_buffer(G, buf)
