@@ -552,6 +552,7 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
              if not (config.flat and step in USER_STEPS)]
     by_phase = config.sync == "phase"
     iterations = list(records or [])
+    late = config.straggle.relay_delay(rank) if me.role == RELAY else 0.0   # --straggle
     for it in range(start, config.iterations):
         state.step("start of the iteration", iteration=it)
         endpoint.reset_counters()
@@ -565,7 +566,6 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
             if config.inject_fault and config.inject_fault[:2] == (state.rank, it) \
                     and step == "relay_to_server":
                 inject_fault(endpoint, config.inject_fault[2], rank, it)
-            late = config.straggle.relay_delay(rank) if me.role == RELAY else 0.0
             if late > 0 and step == "relay_to_server":     # --straggle: a slow relay, waited for
                 endpoint.delay(late, 0, down_tag(it))
             method = getattr(me, step, None)
