@@ -894,7 +894,7 @@ def main(argv=None, page=None) -> int:
 
 
 def run_inprocess(config: JobConfig) -> int:
-    """``--transport inprocess``: every rank of the job as a thread of this process
+    """``--transport inprocess``: every rank of the job as a greenlet of this process
     (:class:`hmtl_mpi.wire.inprocess.Fabric`), each running :func:`run_job`. A failure is
     printed once, naming its rank, with the exit codes of ``--help``."""
 
