@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coded, joint: tolerate S slow relays: relays send enough extra coded "
                         "combinations that the server decodes from the first H - S to answer "
                         "and nobody waits for the others (every user needs S + 1 relays; "
-                        "docs/tolerant.md; default 0: the paper's exchange)")
+                        "docs/tolerant.md; default 0: the paper's exchange; uncoded, the baseline, "
+                        "runs unchanged and waits for every relay)")
     p.add_argument("--partitions", type=positive_int, default=None, metavar="P",
                    help="gd: the training set is cut into P partitions (default: K, one per "
                         "worker; hgc needs P (s_e+1) m_i / M whole)")
