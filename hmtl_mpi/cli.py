@@ -11,6 +11,7 @@ from .job.config import JobConfig
 from .learning.learners import DATASETS
 from .learning.straggle import StraggleError, parse
 from .schemes import REGISTRY, names
+from .schemes.pipelined import MAX_SEGMENTS
 from .vocabulary import EXIT_BAD_INPUT, MAX_USERS_PER_RANK
 
 
@@ -133,6 +134,22 @@ def scheme_list(text, workload: str = "mtl") -> tuple:
     if len(set(chosen)) != len(chosen):
         raise argparse.ArgumentTypeError(f"a scheme is named twice in {text!r}")
     return tuple(chosen)
+
+
+def segments_value(text):
+    """``--segments``: a whole number of segments 1 .. MAX_SEGMENTS, or ``auto``."""
+    text = str(text).strip()
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of segments or auto, got "
+                                         f"{text!r}") from None
+    if not 1 <= value <= MAX_SEGMENTS:
+        raise argparse.ArgumentTypeError(f"segments must be 1 .. {MAX_SEGMENTS} or auto, got "
+                                         f"{value}")
+    return value
 
 
 def stragglers_pair(text) -> tuple:
@@ -274,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coded and joint: load (default) plans the papers' least total load; "
                         "time re-plans after the link probe for the least uplink time under "
                         "every relay's measured rate to the server (docs/bandwidth.md)")
+    p.add_argument("--segments", type=segments_value, default=1, metavar="N|auto",
+                   help="coded and joint: cut the relay<->server exchange into N segments of "
+                        "every IV that overlap (a relay encodes segment j+1 while j travels, "
+                        "the server combines segments as they arrive, relays decode j while "
+                        "j+1 travels; bit-identical results, the same payload bytes plus an "
+                        "8-byte header per block and segment); auto: chosen after the link "
+                        "probe by the model of docs/pipeline.md (--transport mpi); default 1: "
+                        "the unsegmented exchange")
     p.add_argument("--on-failure", choices=("abort", "continue"), default="abort",
                    help="when a relay or user rank dies: abort (the default) ends the job "
                         "naming it; continue goes on without it: G loses it, every scheme is "
@@ -418,11 +443,38 @@ def parse_job_args(argv, rank, size):
         problem = ("--on-failure continue: not with --scheme auto or --plan time (a loss "
                    "re-plans the chosen scheme for the least load; neither choice is re-made "
                    "yet); use --on-failure abort")
+    if not problem and args.segments != 1:
+        problem = segments_problem(args, schemes, auto)
     if not problem and args.plan == "time":
         problem = plan_time_problem(args, schemes, auto)
     if problem:
         return None, usage_error(rank, problem)
     return JobConfig.from_args(args, schemes, scheme_arg), None
+
+
+def segments_problem(args, schemes, auto: bool = False) -> str | None:
+    """Why ``--segments`` other than 1 cannot be used with these options (None: it can)."""
+    flag = f"--segments {args.segments}"
+    if auto:
+        return (f"{flag} does not go with --scheme auto: auto predicts the unsegmented "
+                f"exchanges (name the scheme, e.g. --scheme coded {flag})")
+    if args.workload != "mtl" or not any(getattr(REGISTRY[(args.workload, n)], "can_segment",
+                                                 False) for n in schemes):
+        return (f"{flag}: none of the schemes {','.join(schemes)} has a coded relay<->server "
+                f"exchange to pipeline (coded and joint have)")
+    if args.relay_stragglers:
+        return (f"{flag} does not go with --relay-stragglers: the tolerant exchange is "
+                f"barrier-free and has a point-to-point downlink of its own")
+    if args.downlink == "bcast":
+        return (f"{flag} does not go with --downlink bcast: the pipelined exchange sends "
+                f"each segment's broadcast in pieces, point to point")
+    if args.on_failure == "continue":
+        return (f"{flag} does not go with --on-failure continue yet (a loss re-plans the "
+                f"scheme unsegmented); use --on-failure abort")
+    if args.segments == "auto" and args.transport != "mpi":
+        return ("--segments auto chooses from the measured links: it needs --transport mpi "
+                "(give a number of segments in one process)")
+    return None
 
 
 def plan_time_problem(args, schemes, auto: bool = False) -> str | None:

@@ -142,12 +142,24 @@ def tasks_of_rank(rank: int, G: np.ndarray, flat: bool, per_rank: int = 1) -> li
 TAG_REPORT, TAG_STATUS_REQUEST, TAG_STATUS_REPLY, TAG_HELLO = 1, 2, 3, 4
 # the multi-task exchange: IVs up, models down, coded uplink blocks
 TAG_IV, TAG_MODEL, TAG_UPLINK = 11, 12, 100          # uplink: TAG_UPLINK + block index
+# the pipelined coded exchange (--segments): a piece of a segment's broadcast, and the
+# escape positions of a segment's broadcast (hmtl_mpi.schemes.pipelined)
+TAG_PIECE, TAG_PIECE_ESCAPES = 21, 22
 # the link probe's ping-pongs (hmtl_mpi.wire.probe)
 TAG_PROBE = 31
 # a rank's state on its way into a checkpoint (hmtl_mpi.job.checkpoint)
 TAG_STATE = 41
 # the gradient workload: every iteration's messages carry it in their tag
 TAG_UP, TAG_DOWN, TAG_SPAN = 1000, 17000, 15000      # + iteration mod TAG_SPAN
+
+
+def scatter_layout(total: int, H: int):
+    """Counts and displacements of the broadcast's H near-equal pieces (the scatter of
+    :mod:`hmtl_mpi.wire.roles`, the pieces of the pipelined exchange)."""
+    base, extra = divmod(total, H)
+    counts = [base + (1 if i < extra else 0) for i in range(H)]
+    displs = list(np.cumsum([0] + counts[:-1]).astype(int))
+    return counts, [int(d) for d in displs]
 
 
 def uplink_tag(block: int) -> int:
@@ -179,8 +191,10 @@ GROUPS = (WORLD, UPLINK, RELAYS)
 
 # The steps a scheme's iteration may have (the report's phase keys), in protocol order,
 # and the phases timed per iteration: those and the whole iteration.
+# ``exchange`` is the pipelined coded exchange (--segments): encode, relay -> server,
+# combine, server -> relay and decode overlapped in one step.
 STEPS = ("local_update", "user_to_relay", "encode", "relay_to_server", "server_to_relay",
-         "decode", "global_update", "relay_to_user")
+         "decode", "exchange", "global_update", "relay_to_user")
 PHASES = STEPS + ("total",)
 # Steps that reach user ranks: the flat layout has none, so they do not run there.
 USER_STEPS = ("user_to_relay", "relay_to_user")

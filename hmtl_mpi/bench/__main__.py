@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery,cpu} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery,cpu,pipeline} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -29,6 +29,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            MPI's ULFM: detection and recovery times, loads after the loss (:mod:`.recovery`)
 * cpu      K = 40 (Fig. 6 setting): coding phases against the kernel's speed and the CPU
            seconds per role, waiting ranks' old 1 ms sleep cap against the default (:mod:`.cpu`)
+* pipeline the Fig. 6 setting (K = 10, 40) with the pipelined coded exchange, ``--segments``
+           1, auto and fixed, against uncoded and the predicted saving (root; :mod:`.pipeline`)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper", "users", "rates", "auto", "recovery", "cpu")
+        "paper", "users", "rates", "auto", "recovery", "cpu", "pipeline")
 
 
 def main(argv=None) -> int:

@@ -196,7 +196,8 @@ def summarize_report(report: dict, G=None) -> dict:
     med = dict(report["median_seconds"])
     out = {"median_seconds": med, "loads": loads,
            "compute_s": sum(med.get(p, 0.0) for p in COMPUTE_PHASES),
-           "relay_server_s": med["relay_to_server"] + med["server_to_relay"],
+           "relay_server_s": (med["relay_to_server"] + med["server_to_relay"]
+                              + med.get("exchange", 0.0)),      # pipelined: coding included
            "phase_sum_s": sum(med.get(p, 0.0) for p in PHASES if p != "total"),
            "measured_loads": report["measured_loads"], "planned_loads": report["planned_loads"],
            "K": report["K"], "H": report["H"], "iv_bytes": iv,

@@ -52,6 +52,7 @@ class JobConfig:
     users_per_rank: int = 1            # users run by each user rank (job/hosting.py)
     plan: str = "load"                 # coded/joint: load (the papers') or time (--plan)
     on_failure: str = "abort"          # "continue": survive a lost relay or user
+    segments: int | str = 1            # coded/joint: the pipelined exchange's J, or "auto"
 
     @property
     def flat(self) -> bool:

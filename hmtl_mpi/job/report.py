@@ -17,8 +17,9 @@ from ..vocabulary import PHASES
 def progress_line(scheme, it, n, record, iv_bytes) -> str:
     s, b = record["seconds"], record["bytes"]
     return (f"[{scheme:>7}] iteration {it + 1}/{n}: total {s['total']:.4f} s "
-            f"(up {s['relay_to_server']:.4f} s, down {s['server_to_relay']:.4f} s)  "
-            f"relay->server {b['relay_to_server'] / iv_bytes:.3f} IV, "
+            + (f"(exchange {s['exchange']:.4f} s, pipelined)  " if s.get("exchange") else
+               f"(up {s['relay_to_server']:.4f} s, down {s['server_to_relay']:.4f} s)  ")
+            + f"relay->server {b['relay_to_server'] / iv_bytes:.3f} IV, "
             f"server->relay {b['server_to_relay'] / iv_bytes:.3f} IV, "
             f"IVs {'bit-exact' if record['ivs_bit_exact'] else 'MISMATCH'}")
 
@@ -96,8 +97,9 @@ def prediction_lines(reports) -> list:
     lines.append(f"  {'scheme':10}{'relay<->server':>22}{'coding':>20}{'total':>20}")
     for r in timed:
         p, m = r["predicted_seconds"], r["median_seconds"]
+        # the pipelined exchange (one step) holds its coding: counted as relay<->server
         pairs = [(p["relay_to_server"] + p["server_to_relay"],
-                  m["relay_to_server"] + m["server_to_relay"]),
+                  m["relay_to_server"] + m["server_to_relay"] + m.get("exchange", 0.0)),
                  (p["encode"] + p["decode"], m["encode"] + m["decode"]),
                  (p["total"], m["total"])]
         lines.append(f"  {r['scheme']:10}" + "".join(

@@ -55,7 +55,7 @@ from ..wire.interfaces import ProcessFailed
 from ..wire.probe import coding_speed, measure_links, measure_relays
 from . import auto
 from . import checkpoint as ckpt
-from . import checks, plancache
+from . import checks, plancache, segments
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
                        end_job)
@@ -360,22 +360,26 @@ def predict_times(config: JobConfig, endpoint, G, schemes, dim):
     report keys per scheme; None elsewhere, when no scheme has steps, or without links."""
     timed = [s for s in schemes if not s.barrier_free]
     if not timed or not endpoint.has_links:
+        segments.settle(config, endpoint, schemes, None, dim)
         return None
     rates = measure_links(endpoint, G, config.flat, 8 * dim, config.users_per_rank)
     relays = measure_relays(endpoint, G.shape[0], 8 * dim)
     if rates is not None:
         rates.update(relays)
     replan_for_time(config, endpoint, G, schemes, rates)
+    speed = coding_speed(dim) if endpoint.rank == 0 else None
+    models = segments.settle(config, endpoint, schemes, rates, dim, speed)
     timed = [s for s in schemes if not s.barrier_free]
     if endpoint.rank != 0:
         return None
-    speed = coding_speed(dim)
     runs = {}
     for s in timed:
         loads = rank_link_loads(s.link_loads(), G.shape[1], config.users_per_rank)
         runs[s.name] = {"predicted_seconds": phase_seconds(loads, 8 * dim, rates,
                                                          s.coding_work(dim), speed)}
         runs[s.name].update(s.time_fields(8 * dim))       # plan (and plans: --plan time)
+        if s.name in models:                              # --segments auto
+            runs[s.name]["segments_model"] = models[s.name]
     probe = {"w1_latency_s": rates["w1"][0], "w1_bytes_per_s": rates["w1"][1],
              "w2_latency_s": rates["w2"][0], "w2_bytes_per_s": rates["w2"][1],
              "coding_bytes_per_s": speed,
@@ -564,9 +568,9 @@ def run_steps(scheme, me, endpoint, state, config: JobConfig, saver=None, start:
         for n, (key, step) in enumerate(steps):
             state.step(f"phase {step}")
             if config.inject_fault and config.inject_fault[:2] == (state.rank, it) \
-                    and step == "relay_to_server":
+                    and step in ("relay_to_server", "exchange"):
                 inject_fault(endpoint, config.inject_fault[2], rank, it)
-            if late > 0 and step == "relay_to_server":     # --straggle: a slow relay, waited for
+            if late > 0 and step in ("relay_to_server", "exchange"):   # --straggle: a slow relay
                 endpoint.delay(late, 0, down_tag(it))
             method = getattr(me, step, None)
             if method is not None:

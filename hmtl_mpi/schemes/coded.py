@@ -17,6 +17,7 @@ import numpy as np
 from ..codes import coding
 from ..planning import hierarchical as hplan
 from .base import CodedExchange
+from .pipelined import Pipelines
 from .tolerant import ToleratesSlowRelays
 
 
@@ -57,7 +58,7 @@ def round_layout(G: np.ndarray, rnd) -> coding.BlockLayout:
                               width=units, messages=messages)
 
 
-class Coded(ToleratesSlowRelays, CodedExchange):
+class Coded(ToleratesSlowRelays, Pipelines, CodedExchange):
     name = "coded"
     summary = ("the paper's hierarchical scheme: one coded round per user degree z, "
                "segment LPs P(z) (Theorem 1)")

@@ -15,6 +15,7 @@ import numpy as np
 from ..codes import coding
 from ..planning.joint import JointPlan, format_joint_plan, make_joint_plan
 from .base import CodedExchange
+from .pipelined import Pipelines
 from .tolerant import ToleratesSlowRelays
 
 
@@ -31,7 +32,7 @@ def block_layout(jp: JointPlan) -> coding.BlockLayout:
                               messages=np.array(jp.units, dtype=np.int64))
 
 
-class Joint(ToleratesSlowRelays, CodedExchange):
+class Joint(ToleratesSlowRelays, Pipelines, CodedExchange):
     name = "joint"
     summary = ("seed 001's joint exchange: one LP over all relay subsets, one coded block "
                "(docs/joint.md)")

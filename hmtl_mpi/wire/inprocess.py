@@ -481,6 +481,13 @@ class InProcessEndpoint(Endpoint):
             raise RuntimeError(f"{what}: {need} awaited, only {len(got)} can arrive")
         return [i for ts, _, i in got if ts <= t] or [i for _, _, i in got[:need]]
 
+    def test(self, requests) -> bool:
+        requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
+        recvs = [q for q in requests if isinstance(q, _Recv)]
+        now = self.fabric.clock(self.me)
+        t = self._block(lambda: now, "a look at posted receives", ordered=True)
+        return all(q.done and q.ts <= t for q in recvs)
+
     def probe(self, source, tag) -> bool:
         fabric, r = self.fabric, self.me
         now = fabric.clock(r)

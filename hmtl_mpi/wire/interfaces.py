@@ -100,6 +100,11 @@ class Endpoint(ABC):
         """Wait until ``need`` receives of ``requests`` whose byte count is ``usable``
         completed; their indices in arrival order (the rest stay pending: :meth:`wait`)."""
 
+    def test(self, requests) -> bool:
+        """Whether all ``requests`` completed, without waiting (completing them if so:
+        do not pass them to :meth:`wait_first` afterwards)."""
+        raise NotImplementedError(f"the {self.kind} transport cannot test requests")
+
     @abstractmethod
     def probe(self, source: int, tag: int) -> bool:
         """Whether a message from ``source`` with ``tag`` has arrived (not received)."""
@@ -226,6 +231,7 @@ class Links(Protocol):
 
     def clock(self) -> float: ...
     def first(self, posted: tuple, need: int, what: str) -> list: ...
+    def ready(self, posted: tuple) -> bool: ...
     def drain(self, what: str) -> None: ...
 
 

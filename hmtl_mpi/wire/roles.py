@@ -32,15 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..vocabulary import (RELAY, RELAYS, SERVER, TAG_IV, TAG_MODEL, UPLINK, home_relay,
-                          host_rank, relay_rank, role_of, user_tag)
-
-
-def scatter_layout(total: int, H: int):
-    """Counts and displacements of the broadcast's H near-equal pieces."""
-    base, extra = divmod(total, H)
-    counts = [base + (1 if i < extra else 0) for i in range(H)]
-    displs = list(np.cumsum([0] + counts[:-1]).astype(int))
-    return counts, [int(d) for d in displs]
+                          host_rank, relay_rank, role_of, scatter_layout, user_tag)
 
 
 def _usable(nbytes: int) -> bool:
@@ -94,6 +86,11 @@ class Net:
         order = self.endpoint.wait_first(reqs, need, what, usable=_usable)
         self.inflight += list(zip(reqs, bufs))          # buffers stay alive until drained
         return [(i, bufs[i]) for i in order[:need]]
+
+    def ready(self, posted: tuple) -> bool:
+        """Whether every receive of ``posted`` arrived, without waiting. Once it says so,
+        the buffers are filled: take them as they are (not through :meth:`first`)."""
+        return self.endpoint.test(posted[0])
 
     def drain(self, what: str) -> None:
         """Complete every message still in flight: late arrivals and our own sends."""

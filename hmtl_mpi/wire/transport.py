@@ -95,7 +95,7 @@ if os.environ.get("HMTL_POLL_MAX") and not poll_max_problem():
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX}
 # what fails with an MPI error when a peer died (``survive``)
-_GUARDED = ("isend", "irecv", "wait", "wait_first", "probe", "recv_variable", "delay",
+_GUARDED = ("isend", "irecv", "wait", "wait_first", "test", "probe", "recv_variable", "delay",
             "barrier", "bcast", "gather", "reduce", "scatterv", "allgatherv")
 
 
@@ -329,6 +329,10 @@ class MpiEndpoint(Endpoint):
     def irecv(self, source: int, buf: np.ndarray, tag: int):
         comm, peer = self._channel(source)
         return comm.Irecv(buf, source=peer, tag=tag)
+
+    def test(self, requests) -> bool:
+        requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
+        return bool(MPI.Request.Testall(requests))
 
     def probe(self, source: int, tag: int) -> bool:
         comm, peer = self._channel(source)
