@@ -71,7 +71,7 @@ def test_summarize_report_loads_and_busiest_user():
     iv = 100
     b = {"user_to_relay": 400, "relay_to_server": 150, "server_to_relay": 100,
          "relay_to_user": 300, "relay_to_relay": 100}
-    med = {p: 0.1 for p in bn.PHASES}
+    med = {p: 0.1 for p in bn.PHASES if p != "exchange"}    # the unsegmented exchange's
     sm = bn.summarize_report(_report("coded", 3, iv, [b, b, b], med), G)
     assert sm["loads"]["user_to_relay"] == 4
     assert sm["loads"]["relay_to_server"] == 1.5
@@ -81,6 +81,9 @@ def test_summarize_report_loads_and_busiest_user():
     assert sm["relay_server_s"] == pytest.approx(0.2)
     sm_u = bn.summarize_report(_report("uncoded", 3, iv, [dict(b, user_to_relay=300)] * 3, med), G)
     assert sm_u["user_up_max"] == 1
+    piped = dict(med, encode=0.0, relay_to_server=0.0, server_to_relay=0.0, decode=0.0,
+                 exchange=0.5)                              # --segments: one phase, coding in it
+    assert bn.summarize_report(_report("coded", 3, iv, [b] * 3, piped), G)["relay_server_s"] == 0.5
 
 
 def test_balanced_random_valid_for_r1_K_equals_H():
