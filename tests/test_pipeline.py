@@ -186,3 +186,17 @@ def test_a_checkpoint_resumes_bit_identical_with_or_without_segments(tmp_path):
         assert proc.returncode == 0, proc.stderr
         rep = json.loads(out.read_text())
         assert rep["model_digest"] == digest and rep["segments"] == int(J)
+
+
+@pytest.mark.parametrize("options", [
+    dict(topology="example-a", layout="flat", dim=97, schemes=("uncoded", "joint", "coded"),
+         scheme_arg="uncoded,joint,coded"),
+    dict(topology="paper-fig2", users_per_rank=3, dim=301, schemes=("uncoded", "coded"),
+         scheme_arg="both", sync="phase"),
+])
+def test_segments_with_the_flat_layout_users_per_rank_and_phase_sync(tmp_path, options):
+    rep = job_report(tmp_path, "other", dataset="synthetic", iterations=2, segments=5, **options)
+    assert rep["model_digests_equal"] is True
+    for name, run in rep["runs"].items():
+        assert run["ivs_bit_exact"] is True and run["models_delivered_intact"] is True
+        assert run.get("segments", 1) == (1 if name == "uncoded" else 5)
