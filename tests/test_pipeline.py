@@ -200,3 +200,18 @@ def test_segments_with_the_flat_layout_users_per_rank_and_phase_sync(tmp_path, o
     for name, run in rep["runs"].items():
         assert run["ivs_bit_exact"] is True and run["models_delivered_intact"] is True
         assert run.get("segments", 1) == (1 if name == "uncoded" else 5)
+
+
+def test_a_broadcast_shorter_than_h_bytes_sends_no_empty_piece(tmp_path):
+    """H = 20 relays that each know 4 of 5 users: a one-value segment's broadcast is 16
+    bytes, so relays 17-20 get no piece of it (an empty message would never count as
+    arrived: the job hung on it before)."""
+    G = np.ones((20, 5), dtype=np.uint8)
+    for i in range(20):
+        G[i, i % 5] = 0
+    np.save(tmp_path / "wide.npy", G)
+    rep = job_report(tmp_path, "wide", topology=str(tmp_path / "wide.npy"), dataset="synthetic",
+                     dim=3, iterations=2, schemes=("uncoded", "coded"), scheme_arg="both",
+                     segments=3)
+    assert rep["model_digests_equal"] is True
+    assert rep["runs"]["coded"]["segments"] == 3 and rep["runs"]["coded"]["ivs_bit_exact"]

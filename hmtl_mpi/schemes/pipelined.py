@@ -84,19 +84,26 @@ class PipelinedRelay(CodedRelay):
         others = [h for h in range(H) if h != i]
         counts = [scatter_layout(coding.downlink_size(code, b - a), H)[0] for a, b in bounds]
         # every receive posted before any work: a piece arriving early is never held up
-        from_server = [net.post_from_server((c[i],), np.uint8, TAG_PIECE) for c in counts]
-        from_relays = [net.post_from_relays(others, (c[0],), np.uint8, TAG_PIECE) for c in counts]
+        # (an empty piece, of a broadcast shorter than H bytes, is neither sent nor awaited)
+        senders = [[h for h in others if c[h]] for c in counts]
+        from_server = [net.post_from_server((c[i],), np.uint8, TAG_PIECE) if c[i] else None
+                       for c in counts]
+        from_relays = [net.post_from_relays(hs, (c[0],), np.uint8, TAG_PIECE)
+                       for c, hs in zip(counts, senders)]
         state = {"next": 0}                      # the next piece to forward, in segment order
 
         def forward(upto: int, wait: bool) -> None:
             while state["next"] < len(bounds) and (state["next"] <= upto or not wait):
                 j = state["next"]
-                if wait and j <= upto:
+                if from_server[j] is None:
+                    pass
+                elif wait and j <= upto:
                     net.first(from_server[j], 1, f"piece {i + 1} of segment {j + 1} of the "
                               f"broadcast of iteration {it} from the server")
                 elif not net.ready(from_server[j]):
                     return
-                net.isend_to_relays(from_server[j][1][0], others, TAG_PIECE)
+                if from_server[j] is not None:
+                    net.isend_to_relays(from_server[j][1][0], others, TAG_PIECE)
                 state["next"] += 1
 
         for a, b in bounds:
@@ -109,10 +116,12 @@ class PipelinedRelay(CodedRelay):
         for j, (a, b) in enumerate(bounds):
             forward(j, wait=True)
             forward(-1, wait=False)
-            got = dict(net.first(from_relays[j], len(others), f"the other relays' pieces of "
-                                 f"segment {j + 1} of the broadcast of iteration {it}"))
-            pieces = {i: from_server[j][1][0]}
-            pieces.update({others[n]: buf for n, buf in got.items()})
+            got = dict(net.first(from_relays[j], len(senders[j]), f"the other relays' pieces "
+                                 f"of segment {j + 1} of the broadcast of iteration {it}"))
+            pieces = {h: np.zeros(0, np.uint8) for h in range(H)}
+            if from_server[j] is not None:
+                pieces[i] = from_server[j][1][0]
+            pieces.update({senders[j][n]: buf for n, buf in got.items()})
             first = np.concatenate([pieces[h][: counts[j][h]] for h in range(H)])
             extra = coding.downlink_escape_bytes(code, first)
             escapes = first[:0]
@@ -156,7 +165,8 @@ class PipelinedServer(CodedServer):
             first, escapes = coding.downlink_wire(code, down, d)
             counts, displs = scatter_layout(first.size, H)
             for i in range(H):         # piece i to relay i only: one copy leaves the server
-                net.isend_to_relays(first[displs[i]: displs[i] + counts[i]], [i], TAG_PIECE)
+                if counts[i]:
+                    net.isend_to_relays(first[displs[i]: displs[i] + counts[i]], [i], TAG_PIECE)
             if escapes.size:
                 net.isend_to_relays(escapes, [j % H], TAG_PIECE_ESCAPES)
                 self.escape_bytes["server_to_relay"] += int(escapes.size)
