@@ -79,67 +79,81 @@ class PipelinedRelay(CodedRelay):
     """A relay of the pipelined exchange (see the module doc)."""
 
     def exchange(self, it):
-        code, job, net, i = self.scheme.code, self.job, self.net, self.i
-        H, bounds = job.H, segment_bounds(self.scheme.code, job.dim, self.scheme.segments)
-        others = [h for h in range(H) if h != i]
-        counts = [scatter_layout(coding.downlink_size(code, b - a), H)[0] for a, b in bounds]
-        # every receive posted before any work: a piece arriving early is never held up
-        # (an empty piece, of a broadcast shorter than H bytes, is neither sent nor awaited)
-        senders = [[h for h in others if c[h]] for c in counts]
-        from_server = [net.post_from_server((c[i],), np.uint8, TAG_PIECE) if c[i] else None
-                       for c in counts]
-        from_relays = [net.post_from_relays(hs, (c[0],), np.uint8, TAG_PIECE)
-                       for c, hs in zip(counts, senders)]
-        state = {"next": 0}                      # the next piece to forward, in segment order
-
-        def forward(upto: int, wait: bool) -> None:
-            while state["next"] < len(bounds) and (state["next"] <= upto or not wait):
-                j = state["next"]
-                if from_server[j] is None:
-                    pass
-                elif wait and j <= upto:
-                    net.first(from_server[j], 1, f"piece {i + 1} of segment {j + 1} of the "
-                              f"broadcast of iteration {it} from the server")
-                elif not net.ready(from_server[j]):
-                    return
-                if from_server[j] is not None:
-                    net.isend_to_relays(from_server[j][1][0], others, TAG_PIECE)
-                state["next"] += 1
-
+        bounds = segment_bounds(self.scheme.code, self.job.dim, self.scheme.segments)
+        self._post(bounds)
         for a, b in bounds:
-            uplink = coding.relay_encode(code, i, {k: iv[a:b] for k, iv in self.own.items()})
+            uplink = coding.relay_encode(self.scheme.code, self.i,
+                                         {k: iv[a:b] for k, iv in self.own.items()})
             for blk, msg in enumerate(uplink):
                 if msg is not None:
-                    net.isend_to_server(msg, uplink_tag(blk))
-            forward(-1, wait=False)
-        self.ivs = np.empty((job.K, job.dim))
+                    self.net.isend_to_server(msg, uplink_tag(blk))
+            self._forward(it)
+        self.ivs = np.empty((self.job.K, self.job.dim))
         for j, (a, b) in enumerate(bounds):
-            forward(j, wait=True)
-            forward(-1, wait=False)
-            got = dict(net.first(from_relays[j], len(senders[j]), f"the other relays' pieces "
-                                 f"of segment {j + 1} of the broadcast of iteration {it}"))
-            pieces = {h: np.zeros(0, np.uint8) for h in range(H)}
-            if from_server[j] is not None:
-                pieces[i] = from_server[j][1][0]
-            pieces.update({senders[j][n]: buf for n, buf in got.items()})
-            first = np.concatenate([pieces[h][: counts[j][h]] for h in range(H)])
-            extra = coding.downlink_escape_bytes(code, first)
-            escapes = first[:0]
-            if extra:
-                owner = j % H
-                posted = (net.post_from_server((extra,), np.uint8, TAG_PIECE_ESCAPES)
-                          if owner == i else
-                          net.post_from_relays([owner], (extra,), np.uint8, TAG_PIECE_ESCAPES))
-                (_, escapes), = net.first(posted, 1, f"the escapes of segment {j + 1} of "
-                                          f"iteration {it}")
-                if owner == i:
-                    net.isend_to_relays(escapes, others, TAG_PIECE_ESCAPES)
-            d = b - a
-            own = {k: iv[a:b] for k, iv in self.own.items()}
-            ivs = coding.relay_decode(code, i, own, coding.downlink_unwire(code, first, escapes, d), d)
-            for k in range(job.K):
-                self.ivs[k, a:b] = ivs[k]
-        net.drain(f"the uplink and forwarded pieces of iteration {it}")
+            self._forward(it, upto=j)
+            self._decode(it, j, a, b)
+        self.net.drain(f"the uplink and forwarded pieces of iteration {it}")
+
+    def _post(self, bounds) -> None:
+        """Every receive of the exchange, posted before any work, so that a piece arriving
+        early is never held up: per segment, this relay's piece from the server and the
+        other relays' pieces (an empty piece, of a broadcast shorter than H bytes, is
+        neither sent nor awaited)."""
+        code, H, i, net = self.scheme.code, self.job.H, self.i, self.net
+        self._others = [h for h in range(H) if h != i]
+        self._counts = [scatter_layout(coding.downlink_size(code, b - a), H)[0]
+                        for a, b in bounds]
+        self._senders = [[h for h in self._others if c[h]] for c in self._counts]
+        self._from_server = [net.post_from_server((c[i],), np.uint8, TAG_PIECE) if c[i]
+                             else None for c in self._counts]
+        self._from_relays = [net.post_from_relays(hs, (c[0],), np.uint8, TAG_PIECE)
+                             for c, hs in zip(self._counts, self._senders)]
+        self._next = 0                           # the next piece to forward
+
+    def _forward(self, it, upto: int = -1) -> None:
+        """Forward this relay's pieces of the broadcast to the other relays, in segment
+        order: those of segments up to ``upto``, waiting for them, then every later one
+        that has already arrived."""
+        while self._next < len(self._from_server):
+            j, posted = self._next, self._from_server[self._next]
+            if posted is not None:
+                if j <= upto:
+                    self.net.first(posted, 1, f"piece {self.i + 1} of segment {j + 1} of the "
+                                   f"broadcast of iteration {it} from the server")
+                elif not self.net.ready(posted):
+                    return
+                self.net.isend_to_relays(posted[1][0], self._others, TAG_PIECE)
+            self._next += 1
+
+    def _decode(self, it, j: int, a: int, b: int) -> None:
+        """Segment j (values a..b of every IV): its broadcast from the pieces, its escapes
+        if it has any, every IV's slice decoded into ``self.ivs``."""
+        code, H, i, net = self.scheme.code, self.job.H, self.i, self.net
+        got = dict(net.first(self._from_relays[j], len(self._senders[j]), f"the other "
+                             f"relays' pieces of segment {j + 1} of the broadcast of "
+                             f"iteration {it}"))
+        pieces = {h: np.zeros(0, np.uint8) for h in range(H)}
+        if self._from_server[j] is not None:
+            pieces[i] = self._from_server[j][1][0]
+        pieces.update({self._senders[j][n]: buf for n, buf in got.items()})
+        first = np.concatenate([pieces[h][: self._counts[j][h]] for h in range(H)])
+        extra = coding.downlink_escape_bytes(code, first)
+        escapes = first[:0]
+        if extra:                                # relay j mod H got them from the server
+            owner = j % H
+            posted = (net.post_from_server((extra,), np.uint8, TAG_PIECE_ESCAPES)
+                      if owner == i else
+                      net.post_from_relays([owner], (extra,), np.uint8, TAG_PIECE_ESCAPES))
+            (_, escapes), = net.first(posted, 1, f"the escapes of segment {j + 1} of "
+                                      f"iteration {it}")
+            if owner == i:
+                net.isend_to_relays(escapes, self._others, TAG_PIECE_ESCAPES)
+        d = b - a
+        own = {k: iv[a:b] for k, iv in self.own.items()}
+        ivs = coding.relay_decode(code, i, own, coding.downlink_unwire(code, first, escapes, d),
+                                  d)
+        for k in range(self.job.K):
+            self.ivs[k, a:b] = ivs[k]
 
 
 class PipelinedServer(CodedServer):
