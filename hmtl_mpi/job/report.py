@@ -134,6 +134,8 @@ def summary(reports, oversubscribed: bool, links: str = "") -> str:
                  + "".join(f"{r:>{rw}}" for r in ratios))
     for p in PHASES:
         vals = [r["median_seconds"][p] for r in reports]
+        if not any(vals):                   # a phase no scheme here runs (e.g. exchange)
+            continue
         lines.append(f"  {p:18}" + "".join(f"{v:>{w}.6f}" for v in vals)
                      + "".join(f"{v / vals[0]:>{rw}.3f}" if vals[0] > 0 else f"{'':>{rw}}"
                                for v in vals[1:]))
