@@ -177,6 +177,12 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
         add_rows, add_cols = add_rows[order], add_cols[order]
     else:
         add_cols = None
+    if c and c * L >= KERNEL_MIN_SYMBOLS and _kernel_takes(c * L, rows, out, add):
+        got = _combine_compiled(coeffs, rows, out, wire, add,
+                                None if esc_cols is None else (esc_rows, esc_cols),
+                                None if add_cols is None else (add_rows, add_cols))
+        if got is not None:
+            return got
     width = _chunk_width(r, c, L)
     x = np.empty((c, width), dtype=np.float64)
     y = np.empty((r, width), dtype=np.float64)
@@ -217,7 +223,211 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
                     yc[er, ec] = 0.0
                     found.append(er.astype(np.int64) * L + start + ec)
             np.copyto(out[:, start:stop], yc, casting="unsafe")
-    return np.concatenate(found).astype(np.uint32) if found else np.zeros(0, dtype=np.uint32)
+    return np.sort(np.concatenate(found)).astype(np.uint32) if found else np.zeros(0, dtype=np.uint32)
+
+
+# --- the compiled kernel: the same combination in one pass per column block -----------------
+
+KERNEL_COLUMNS = 4096       # columns per block of the compiled kernel (its float64 rows stay in L2)
+KERNEL_MIN_SYMBOLS = 1 << 12    # input symbols (c x L) of a call from which the kernel may be used
+KERNEL_LOAD_SYMBOLS = 1 << 28   # auto: input symbols combined in NumPy before loading the kernel
+KERNEL = None               # None: auto; True: always (from KERNEL_MIN_SYMBOLS); False: never
+_numpy_symbols = 0          # input symbols this process combined in NumPy (calls the kernel could take)
+_compiled_combine = None
+
+
+def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_rows, add_cols,
+                   found):  # pragma: no cover - compiled
+    """``out = add + C @ rows mod p`` as numba compiles it (:func:`_combine_compiled`).
+
+    Per block of KERNEL_COLUMNS columns: the c input rows converted to float64 once
+    (escaped inputs set to 65536), then per group of 4, 2 or 1 output rows the
+    accumulators (initialised with ``add``) gain 4 or 2 terms per pass, and are reduced
+    with the NumPy path's ``y - p floor(y fl(1/p))`` (exact for y < 2^53, same proof)
+    straight into ``out``. In wire form a result of 65536 is written as 0 and its flat
+    position stored in ``found``; returns how many (more than ``found.size``: the caller
+    redoes the call in NumPy). Every value is an integer below 2^53 at every step, so
+    the order of the additions (and contraction into FMAs) cannot change a result.
+    """
+    r, c = C.shape
+    L = rows.shape[1]
+    B = KERNEL_COLUMNS
+    c2 = c + (c & 1)                                # terms go in pairs: a zero row pads
+    Cp = np.zeros((r, c2))
+    Cp[:, :c] = C
+    xb = np.zeros((c2, B))
+    acc = np.empty((4, B))
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    n_found = 0
+    ep = 0
+    ap = 0
+    for s in range(0, L, B):
+        w = min(B, L - s)
+        for j in range(c):
+            xj = xb[j]
+            src = rows[j, s:s + w]
+            for t in range(w):
+                xj[t] = src[t]
+        while ep < esc_cols.size and esc_cols[ep] < s + w:
+            xb[esc_rows[ep], esc_cols[ep] - s] += 65536.0
+            ep += 1
+        a_lo = ap
+        while ap < add_cols.size and add_cols[ap] < s + w:
+            ap += 1
+        i = 0
+        while i < r:
+            nr = 4 if r - i >= 4 else (2 if r - i >= 2 else 1)
+            if has_add:
+                for ii in range(nr):
+                    a = acc[ii]
+                    src = add[i + ii, s:s + w]
+                    for t in range(w):
+                        a[t] = src[t]
+            else:
+                for t in range(w):
+                    a0[t] = 0.0
+                    a1[t] = 0.0
+                    a2[t] = 0.0
+                    a3[t] = 0.0
+            for q in range(a_lo, ap):
+                if i <= add_rows[q] < i + nr:
+                    acc[add_rows[q] - i, add_cols[q] - s] += 65536.0
+            j = 0
+            while j < c2:
+                if c2 - j == 2 or c2 - j == 6:      # 2 terms; else 4 (c2 - j is even)
+                    x0, x1 = xb[j, :w], xb[j + 1, :w]
+                    if nr == 4:
+                        k00, k01, k10, k11 = Cp[i, j], Cp[i, j + 1], Cp[i + 1, j], Cp[i + 1, j + 1]
+                        k20, k21, k30, k31 = (Cp[i + 2, j], Cp[i + 2, j + 1], Cp[i + 3, j],
+                                              Cp[i + 3, j + 1])
+                        for t in range(w):
+                            v0, v1 = x0[t], x1[t]
+                            a0[t] = a0[t] + k00 * v0 + k01 * v1
+                            a1[t] = a1[t] + k10 * v0 + k11 * v1
+                            a2[t] = a2[t] + k20 * v0 + k21 * v1
+                            a3[t] = a3[t] + k30 * v0 + k31 * v1
+                    elif nr == 2:
+                        k00, k01, k10, k11 = Cp[i, j], Cp[i, j + 1], Cp[i + 1, j], Cp[i + 1, j + 1]
+                        for t in range(w):
+                            v0, v1 = x0[t], x1[t]
+                            a0[t] = a0[t] + k00 * v0 + k01 * v1
+                            a1[t] = a1[t] + k10 * v0 + k11 * v1
+                    else:
+                        k00, k01 = Cp[i, j], Cp[i, j + 1]
+                        for t in range(w):
+                            a0[t] = a0[t] + k00 * x0[t] + k01 * x1[t]
+                    j += 2
+                else:
+                    x0, x1, x2, x3 = xb[j, :w], xb[j + 1, :w], xb[j + 2, :w], xb[j + 3, :w]
+                    if nr == 4:
+                        k00, k01, k02, k03 = Cp[i, j], Cp[i, j + 1], Cp[i, j + 2], Cp[i, j + 3]
+                        k10, k11, k12, k13 = (Cp[i + 1, j], Cp[i + 1, j + 1], Cp[i + 1, j + 2],
+                                              Cp[i + 1, j + 3])
+                        k20, k21, k22, k23 = (Cp[i + 2, j], Cp[i + 2, j + 1], Cp[i + 2, j + 2],
+                                              Cp[i + 2, j + 3])
+                        k30, k31, k32, k33 = (Cp[i + 3, j], Cp[i + 3, j + 1], Cp[i + 3, j + 2],
+                                              Cp[i + 3, j + 3])
+                        for t in range(w):
+                            v0, v1, v2, v3 = x0[t], x1[t], x2[t], x3[t]
+                            a0[t] = a0[t] + k00 * v0 + k01 * v1 + k02 * v2 + k03 * v3
+                            a1[t] = a1[t] + k10 * v0 + k11 * v1 + k12 * v2 + k13 * v3
+                            a2[t] = a2[t] + k20 * v0 + k21 * v1 + k22 * v2 + k23 * v3
+                            a3[t] = a3[t] + k30 * v0 + k31 * v1 + k32 * v2 + k33 * v3
+                    elif nr == 2:
+                        k00, k01, k02, k03 = Cp[i, j], Cp[i, j + 1], Cp[i, j + 2], Cp[i, j + 3]
+                        k10, k11, k12, k13 = (Cp[i + 1, j], Cp[i + 1, j + 1], Cp[i + 1, j + 2],
+                                              Cp[i + 1, j + 3])
+                        for t in range(w):
+                            v0, v1, v2, v3 = x0[t], x1[t], x2[t], x3[t]
+                            a0[t] = a0[t] + k00 * v0 + k01 * v1 + k02 * v2 + k03 * v3
+                            a1[t] = a1[t] + k10 * v0 + k11 * v1 + k12 * v2 + k13 * v3
+                    else:
+                        k00, k01, k02, k03 = Cp[i, j], Cp[i, j + 1], Cp[i, j + 2], Cp[i, j + 3]
+                        for t in range(w):
+                            a0[t] = (a0[t] + k00 * x0[t] + k01 * x1[t] + k02 * x2[t]
+                                     + k03 * x3[t])
+                    j += 4
+            for ii in range(nr):
+                a = acc[ii]
+                o = out[i + ii, s:s + w]
+                top = 0
+                for t in range(w):
+                    y = a[t]
+                    v = np.int32(y - np.floor(y * _INV_P) * P)
+                    top = max(top, v)
+                    o[t] = v & 0xFFFF if wire else v
+                if top >= (65536 if wire else P):    # rare (~1/p per symbol): 65536 in wire
+                    for t in range(w):                # form, or a reduction off by p (never
+                        y = a[t]                      # seen: insurance, as in the NumPy path)
+                        v = np.int32(y - np.floor(y * _INV_P) * P)
+                        if v >= P:
+                            v -= P
+                        o[t] = v & 0xFFFF if wire else v
+                        if wire and v == 65536:
+                            if n_found < found.size:
+                                found[n_found] = (i + ii) * L + s + t
+                            n_found += 1
+            i += nr
+    return n_found
+
+
+def _kernel_takes(symbols: int, *arrays) -> bool:
+    """Whether this call of ``symbols`` input symbols goes to the compiled kernel.
+
+    It takes C-contiguous uint16/uint32 arrays (the layouts it is compiled for). With
+    :data:`KERNEL` None (auto) a process loads it only once it has combined
+    :data:`KERNEL_LOAD_SYMBOLS` input symbols in NumPy: importing numba and loading the
+    cached kernel costs about 1 s of CPU (BENCHMARKS.md, "Coding"), about what the NumPy
+    path spends on that many symbols, so a process pays at most about twice the cheaper
+    of the two choices, and one that codes small messages never pays it.
+    """
+    global KERNEL, _numpy_symbols
+    if KERNEL is False or not all(
+            a is None or (a.dtype in (np.uint16, np.uint32) and a.flags.c_contiguous)
+            for a in arrays):
+        return False
+    if _compiled_combine is None:
+        if KERNEL is None and _numpy_symbols < KERNEL_LOAD_SYMBOLS:
+            _numpy_symbols += symbols
+            return False
+        try:
+            # local: numba costs ~0.5 s of CPU to import; only a process that codes a lot pays it
+            import numba  # noqa: F401
+        except ImportError:
+            KERNEL = False
+            return False
+    return True
+
+
+def _combine_compiled(coeffs, rows, out, wire, add, esc, add_esc):
+    """The kernel (compiled on first use, numba's disk cache after) on
+    :func:`combine_mod_p`'s checked arguments; None when it found more output escapes
+    than it had room for (the caller then takes the NumPy path)."""
+    global _compiled_combine
+    if _compiled_combine is None:
+        from numba import njit  # local: imported by _kernel_takes already; only large calls
+        _compiled_combine = njit(cache=True, boundscheck=False, fastmath={"contract"},
+                                 nogil=True)(_combine_steps)
+    r, L = out.shape
+    none = np.zeros(0, dtype=np.int64)
+    er, ec = esc if esc is not None else (none, none)
+    ar, ac = add_esc if add_esc is not None else (none, none)
+    for pos, n, m in (((er, ec), rows.shape[0], L), ((ar, ac), r, L)):   # it does not check indices
+        if pos[0].size and (min(pos[0].min(), pos[1].min()) < 0 or pos[0].max() >= n
+                            or pos[1].max() >= m):
+            return None
+    # the NumPy path redoes a call with too many escapes: keep its inputs intact
+    if add is not None and np.may_share_memory(add, out):
+        add = add.copy()
+    if np.may_share_memory(rows, out):
+        rows = rows.copy()
+    found = np.empty(64 + r * L // 4096, dtype=np.int64)
+    n = _compiled_combine(coeffs, rows, out, wire,
+                          add if add is not None else np.zeros((0, 0), dtype=rows.dtype),
+                          add is not None, er, ec, ar, ac, found)
+    if n > found.size:
+        return None
+    return np.sort(found[:n]).astype(np.uint32)
 
 
 def combine_packed(coeffs: np.ndarray, rows: np.ndarray, escapes: tuple | None = None) -> np.ndarray:
