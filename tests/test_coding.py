@@ -674,7 +674,8 @@ def test_bench_smoke(capsys):
     from hmtl_mpi.bench import coding as bench_coding
     res = bench_coding.run(json_out=True, dim=1000, repeats=1, first_use=False)
     printed = json.loads(capsys.readouterr().out)
-    for key in ("memcpy_MBps", "encode_MBps", "combine_MBps", "decode_MBps", "joint_decode_MBps"):
+    for key in ("memcpy_MBps", "encode_MBps", "combine_MBps", "decode_MBps", "joint_decode_MBps",
+                "encode_kernel_MBps", "encode_12x20_kernel_cpu_MBps", "decode_kernel_MBps"):
         assert printed[key] > 0 and res[key] == printed[key]
     assert printed["decode_bit_exact"] is True
 

@@ -1,10 +1,15 @@
 """Throughput of the coding layer at realistic shapes, next to the memory ceiling.
 
-Measured in one run (warm-up first, then the median of several repetitions):
+Measured in one run (warm-up first, then the median of several repetitions). Every
+row that goes through :func:`hmtl_mpi.codes.coding.combine_mod_p` is measured on both
+of its paths, the NumPy one and the compiled kernel, alternating call by call:
 
-* memcpy   -- ``numpy.copyto`` of as many bytes as the encode's input (the ceiling);
-* encode   -- :func:`hmtl_mpi.codes.coding.combine_mod_p`: 10 segments of 1 MB into 8
-              combinations (the shape of a relay's uplink, eq. 26);
+* ceilings -- ``numpy.copyto`` of as many bytes as the encode's input, and of its input
+              plus output (the memory traffic of one pass); float64 multiply-adds per
+              CPU second of a 256^3 BLAS product (every term of both paths is one), and
+              the NumPy path's three passes (convert, GEMM, reduce) timed apart;
+* encode   -- ``combine_mod_p``: 10 segments of 1 MB into 8 combinations (a relay's
+              uplink, eq. 26), and the shapes 7 x 7, 12 x 20 and 1 x 10;
 * relay_encode -- :func:`relay_encode` of one relay of paper-fig2, every round;
 * combine  -- :func:`server_combine`: all uplink messages of one round of paper-fig2
               (eq. 31), escapes included;
@@ -13,14 +18,16 @@ Measured in one run (warm-up first, then the median of several repetitions):
 * the same combine and decode with the random code of paper-fig2 (the structured one is
   the default: :mod:`hmtl_mpi.codes.structured`);
 * galois   -- galois' own ``GF(65537)`` matmul of the encode's coefficients on a
-              slice of its segments (the reference the notes measured).
+              slice of its segments (the reference the notes measured), and
+              ``combine_mod_p`` on the same slice.
 
 Throughput is MB/s of *input* payload (1 MB = 1e6 bytes): the uint16 symbols the
 kernel reads (for decode: the broadcast rows it uses plus the known IVs' units).
 
 First-use costs are measured in a fresh subprocess: ``import hmtl_mpi.codes.coding``,
-the first (tiny) ``combine_mod_p`` (it loads threadpoolctl to pin BLAS to one
-thread), ``import galois`` + ``galois.GF(65537)``, ``make_plan`` and ``build_code``
+the first (tiny) ``combine_mod_p``, the first call on the compiled kernel (numba's
+import and the kernel from numba's disk cache, or its compilation when the cache is
+cold), ``import galois`` + ``galois.GF(65537)``, ``make_plan`` and ``build_code``
 for paper-fig2 (``build_code`` after the field exists).
 
 Command line::
@@ -64,6 +71,11 @@ t1 = time.perf_counter()
 import numpy as np
 coding.combine_mod_p(np.ones((2, 3)), np.ones((3, 5), np.uint16), np.empty((2, 5), np.uint16))
 t1b = time.perf_counter()
+c0 = time.process_time()
+coding.KERNEL = True
+coding.combine_mod_p(np.ones((8, 10)), np.ones((10, 5000), np.uint16), np.empty((8, 5000), np.uint16))
+c1 = time.process_time()
+t1c = time.perf_counter()
 import galois
 t2 = time.perf_counter()
 GF = galois.GF(65537)
@@ -77,7 +89,8 @@ t5 = time.perf_counter()
 code = coding.build_code(plan.G, Coded.layouts(plan))
 t6 = time.perf_counter()
 print(json.dumps({"import_coding_s": t1 - t0, "first_combine_s": t1b - t1,
-                  "import_galois_s": t2 - t1b,
+                  "first_kernel_combine_s": t1c - t1b, "first_kernel_combine_cpu_s": c1 - c0,
+                  "import_galois_s": t2 - t1c,
                   "galois_field_s": t3 - t2, "import_plan_s": t4 - t3,
                   "make_plan_s": t5 - t4, "build_code_s": t6 - t5}))
 """
@@ -108,6 +121,88 @@ def _median_time(fn, repeats: int) -> float:
         cpu.append(time.process_time() - c)
     _CPU_TIMES.append(statistics.median(cpu))
     return statistics.median(times)
+
+
+def _paired_times(fn, repeats: int) -> dict:
+    """Median (wall, CPU) seconds per call on each path of ``combine_mod_p``
+    ({"numpy": ..., "kernel": ...}), the two alternating call by call after one
+    warm-up call each, so that both see the same load."""
+    saved = coding.KERNEL, coding.KERNEL_MIN_SYMBOLS
+    times: dict = {"numpy": ([], []), "kernel": ([], [])}
+    try:
+        coding.KERNEL_MIN_SYMBOLS = 0
+        for path in times:
+            coding.KERNEL = path == "kernel"
+            fn()
+        for _ in range(repeats):
+            for path, (wall, cpu) in times.items():
+                coding.KERNEL = path == "kernel"
+                c = time.process_time()
+                t = time.perf_counter()
+                fn()
+                wall.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+    finally:
+        coding.KERNEL, coding.KERNEL_MIN_SYMBOLS = saved
+    return {path: (statistics.median(w), statistics.median(c)) for path, (w, c) in times.items()}
+
+
+def _on_kernel(fn):
+    """``fn()`` with the compiled kernel taking every call it can (the bit-exactness
+    checks then cover it; the NumPy path is covered by the tests)."""
+    saved = coding.KERNEL, coding.KERNEL_MIN_SYMBOLS
+    coding.KERNEL, coding.KERNEL_MIN_SYMBOLS = True, 0
+    try:
+        return fn()
+    finally:
+        coding.KERNEL, coding.KERNEL_MIN_SYMBOLS = saved
+
+
+def fma_rate(n: int = 256, repeats: int = 20) -> float:
+    """Float64 multiply-adds per CPU second of one core: a square BLAS product (the
+    ceiling of any float64 kernel, whose every term is one multiply-add)."""
+    a = np.random.default_rng(1).random((n, n))
+    with coding._blas_limit():
+        a @ a
+        c = time.process_time()
+        for _ in range(repeats):
+            a @ a
+        return repeats * n ** 3 / (time.process_time() - c)
+
+
+def numpy_stages(C: np.ndarray, rows: np.ndarray, repeats: int) -> dict:
+    """CPU seconds of the NumPy path's three passes over the same chunks it uses:
+    uint16 -> float64 conversion, the BLAS product, the floor reduction."""
+    r, c = C.shape
+    L = rows.shape[1]
+    width = coding._chunk_width(r, c, L)
+    Cf = C.astype(np.float64)
+    x = np.empty((c, width))
+    y = np.empty((r, width))
+    q = np.empty((r, width))
+    starts = range(0, L - width + 1, width)
+
+    def conv():
+        for s in starts:
+            np.copyto(x, rows[:, s:s + width], casting="unsafe")
+
+    def gemm():
+        for _ in starts:
+            np.matmul(Cf, x, out=y)
+
+    def reduce():
+        for _ in starts:
+            np.multiply(y, 1.0 / coding.P, out=q)
+            np.floor(q, out=q)
+            np.multiply(q, coding.P, out=q)
+            np.subtract(y, q, out=q)
+
+    out = {}
+    with coding._blas_limit():
+        for name, fn in (("convert", conv), ("gemm", gemm), ("reduce", reduce)):
+            _median_time(fn, repeats)
+            out[name] = _CPU_TIMES[-1] * L / (len(starts) * width)
+    return out
 
 
 def first_use_costs() -> dict:
@@ -144,26 +239,53 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     res: dict = {"dim": dim, "repeats": repeats}
     table = []
 
-    def measure(key, label, mb, fn, reps=repeats, target=""):
-        t = _median_time(fn, reps)
-        cpu = _CPU_TIMES[-1]
-        res[f"{key}_MBps"] = mb / t
-        res[f"{key}_cpu_MBps"] = mb / cpu if cpu > 0 else None     # below clock resolution
-        table.append((label, mb, t, cpu, target))
+    def measure(key, label, mb, fn, reps=repeats, target="", both=True):
+        """One row: ``fn`` on the NumPy path and, with ``both``, on the compiled kernel,
+        alternating (``res[key_*]`` and ``res[key_kernel_*]``)."""
+        if both:
+            got = _paired_times(fn, reps)
+        else:
+            got = {"numpy": (_median_time(fn, reps), _CPU_TIMES[-1])}
+        for path, (t, cpu) in got.items():
+            k = key if path == "numpy" else f"{key}_kernel"
+            res[f"{k}_MBps"] = mb / t
+            res[f"{k}_cpu_MBps"] = mb / cpu if cpu > 0 else None   # below clock resolution
+        table.append((label, mb, got, target))
 
-    # encode: 10 segments of 1 MB into 8 combinations
+    # the ceilings: copy the encode's input volume; read its input and write its output;
+    # float64 multiply-adds of one core (every term of the kernels is one)
     seg_symbols = 1_000_000 // 2
-    segments = rng.integers(0, 65536, size=(10, seg_symbols), dtype=np.uint16)
     C = rng.integers(1, coding.P, size=(8, 10), dtype=np.int64)
-    out = np.empty((8, seg_symbols), dtype=np.uint16)
+    segments = rng.integers(0, 65536, size=(10, seg_symbols), dtype=np.uint16)
     enc_mb = segments.nbytes / MB
-
-    # the memory ceiling: copy the same volume
     src = np.frombuffer(rng.bytes(segments.nbytes), dtype=np.uint8)
     dst = np.empty_like(src)
-    measure("memcpy", "memcpy (np.copyto)", enc_mb, lambda: np.copyto(dst, src), target="ceiling")
-    measure("encode", "encode combine_mod_p 8x10", enc_mb,
-            lambda: coding.combine_mod_p(C, segments, out), target=">= 500")
+    measure("memcpy", "memcpy (np.copyto) of the input", enc_mb, lambda: np.copyto(dst, src),
+            target="ceiling", both=False)
+    src2 = np.frombuffer(rng.bytes(18 * seg_symbols * 2), dtype=np.uint8)
+    dst2 = np.empty_like(src2)
+    measure("stream_8x10", "copy of 8x10's input + output", enc_mb,
+            lambda: np.copyto(dst2, src2), target="ceiling", both=False)
+    del src, dst, src2, dst2
+    res["fma_madd_per_cpu_s"] = fma_rate()
+    res["numpy_stages_8x10_cpu_s"] = numpy_stages(C, segments, repeats)
+
+    # encode: k segments of 1 MB into r combinations (a relay's uplink, eq. 26), at the
+    # shapes of paper-fig2's coded (8 x 10) and joint (7 x 7) exchanges, symmetric(5,2)'s
+    # dense decoder (12 x 20) and one parity (1 x 10)
+    res["encode_shapes"] = {}
+    for r, c in ((8, 10), (7, 7), (12, 20), (1, 10)):
+        rows = segments if c == 10 else rng.integers(0, 65536, size=(c, seg_symbols),
+                                                     dtype=np.uint16)
+        coeffs = C if (r, c) == (8, 10) else rng.integers(1, coding.P, size=(r, c))
+        out = np.empty((r, seg_symbols), dtype=np.uint16)
+        key = "encode" if (r, c) == (8, 10) else f"encode_{r}x{c}"
+        measure(key, f"encode combine_mod_p {r}x{c}", rows.nbytes / MB,
+                lambda coeffs=coeffs, rows=rows, out=out: coding.combine_mod_p(coeffs, rows, out),
+                target=">= 1500")
+        res["encode_shapes"][key] = [r, c]
+        # the float64 bound: r c multiply-adds per column of c input symbols (2c bytes)
+        res[f"{key}_fma_bound_MBps"] = res["fma_madd_per_cpu_s"] * 2 / r / MB
 
     # the scheme on paper-fig2 at ``dim``
     code = Coded.plan(paper_fig2()).code
@@ -206,8 +328,10 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     measure("decode", f"relay_decode relay {dec_relay + 1}", dec_bytes / MB,
             lambda: coding.relay_decode(code, dec_relay, relay_ivs[dec_relay], downlinks, dim),
             target=">= 200")
-    res["decode_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]
-    got = coding.relay_decode(code, dec_relay, relay_ivs[dec_relay], downlinks, dim)
+    res["decode_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]["numpy"][0]
+    res["decode_kernel_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]["kernel"][0]
+    got = _on_kernel(lambda: coding.relay_decode(code, dec_relay, relay_ivs[dec_relay],
+                                                 downlinks, dim))
     exact = all(got[k].view(np.uint64).tobytes() == ivs[k].view(np.uint64).tobytes()
                 for k in range(code.K))
     del uplinks, downlinks, got
@@ -224,7 +348,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     measure("decode_random", "  same, random code",
             decode_input(code_r, dec_relay)[0] / MB,
             lambda: coding.relay_decode(code_r, dec_relay, relay_ivs[dec_relay], down_r, dim))
-    res["decode_random_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]
+    res["decode_random_output_MBps"] = n_decoded * 8 * dim / MB / table[-1][2]["numpy"][0]
     del up_r, down_r
 
     # the joint scheme on paper-fig2: one block, relays combine every unit they hold
@@ -244,7 +368,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     measure("joint_decode", f"joint relay_decode relay {dec_j + 1}",
             decode_input(code_j, dec_j)[0] / MB,
             lambda: coding.relay_decode(code_j, dec_j, relay_ivs[dec_j], down_j, dim))
-    got = coding.relay_decode(code_j, dec_j, relay_ivs[dec_j], down_j, dim)
+    got = _on_kernel(lambda: coding.relay_decode(code_j, dec_j, relay_ivs[dec_j], down_j, dim))
     exact = exact and all(got[k].view(np.uint64).tobytes() == ivs[k].view(np.uint64).tobytes()
                           for k in range(code_j.K))
     del up_j, down_j, got
@@ -259,7 +383,7 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     sym_bytes, sym_shapes = decode_input(code_s, 0)
     measure("decode_sym52", f"relay_decode symmetric(5,2) {sym_shapes[0][0]}x{sym_shapes[0][1]}",
             sym_bytes / MB, lambda: coding.relay_decode(code_s, 0, relay_s[0], down_s, dim))
-    got = coding.relay_decode(code_s, 0, relay_s[0], down_s, dim)
+    got = _on_kernel(lambda: coding.relay_decode(code_s, 0, relay_s[0], down_s, dim))
     exact = exact and all(got[k].view(np.uint64).tobytes() == ivs_s[k].view(np.uint64).tobytes()
                           for k in range(code_s.K))
     del up_s, down_s, got
@@ -270,7 +394,11 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     width = 65536
     Cg, Sg = GF(C), GF(segments[:, :width].astype(np.int64))
     measure("galois", "galois GF(65537) C @ D (8x10)", 10 * width * 2 / MB, lambda: Cg @ Sg,
-            reps=max(3, repeats // 2), target="reference")
+            reps=max(3, repeats // 2), target="reference", both=False)
+    part = np.ascontiguousarray(segments[:, :width])
+    part_out = np.empty((8, width), dtype=np.uint16)
+    measure("encode_galois_slice", "  combine_mod_p on the same slice", part.nbytes / MB,
+            lambda: coding.combine_mod_p(C, part, part_out))
 
     res.update({
         "encode_shape": "8 x 10 coefficients on 10 x 500000 symbols (10 x 1 MB)",
@@ -298,14 +426,32 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
           f"load average {res['loadavg_1min']:.1f} on {res['cpus']} cpus; "
           f"BLAS {res['blas']} {res['blas_architecture']}, "
           f"OPENBLAS_CORETYPE={res['OPENBLAS_CORETYPE']})")
-    print(f"  {'operation':36}{'input MB':>9}{'wall ms':>9}{'MB/s':>8}{'cpu ms':>9}"
-          f"{'MB/s cpu':>9}  target")
-    for label, mb, t, cpu, target in table:
-        print(f"  {label:36}{mb:>9.1f}{t * 1e3:>9.2f}{mb / t:>8.0f}{cpu * 1e3:>9.2f}"
-              f"{mb / cpu if cpu > 0 else float('inf'):>9.0f}  {target}")
+    print(f"  {'operation':36}{'input MB':>9}{'wall ms':>9}{'MB/s':>7}{'MB/cpu-s':>9}"
+          f"{'kernel':>8}{'MB/cpu-s':>9}{'x':>6}  target")
+    for label, mb, got, target in table:
+        t, cpu = got["numpy"]
+        line = (f"  {label:36}{mb:>9.1f}{t * 1e3:>9.2f}{mb / t:>7.0f}"
+                f"{mb / cpu if cpu > 0 else float('inf'):>9.0f}")
+        if "kernel" in got:
+            tk, ck = got["kernel"]
+            line += (f"{mb / tk:>8.0f}{mb / ck if ck > 0 else float('inf'):>9.0f}"
+                     f"{cpu / ck if ck > 0 else float('inf'):>6.2f}")
+        else:
+            line += " " * 23
+        print(f"{line}  {target}")
+    print("  (MB/s: wall, NumPy path; MB/cpu-s: per CPU second; kernel: the compiled path, "
+          "wall then CPU; x: NumPy CPU time / kernel CPU time; the two paths alternate call "
+          "by call)")
+    st = res["numpy_stages_8x10_cpu_s"]
+    print(f"  ceilings per CPU second: float64 multiply-adds {res['fma_madd_per_cpu_s'] / 1e9:.1f} G/s"
+          " (BLAS 256^3), so input MB/s at most " + ", ".join(
+              f"{r}x{c} {res[f'{k}_fma_bound_MBps']:.0f}" for k, (r, c) in res["encode_shapes"].items())
+          + f"; NumPy path 8x10 by pass (ms): convert {st['convert'] * 1e3:.2f}, "
+          f"GEMM {st['gemm'] * 1e3:.2f}, reduce {st['reduce'] * 1e3:.2f}")
     print(f"  decode: units decoded x units read per round {dec_shapes}, decoded output "
-          f"{res['decode_output_MBps']:.0f} MB/s (random code: "
-          f"{res['decode_random_output_MBps']:.0f} MB/s), bit-exact: {exact}")
+          f"{res['decode_output_MBps']:.0f} MB/s (kernel {res['decode_kernel_output_MBps']:.0f}; "
+          f"random code: {res['decode_random_output_MBps']:.0f} MB/s), bit-exact (kernel "
+          f"path): {exact}")
     if first_use:
         fu = res["first_use"]
         if "error" in fu:

@@ -19,6 +19,14 @@ not fit in 16 bits. The wire format therefore carries those positions in an
 escape list after the 16-bit payload (4 bytes per escape, ~0.006% of symbols),
 and the bytes counted on the wire include it.
 
+Two implementations of that one kernel (:func:`combine_mod_p`), bit-identical: the
+NumPy path (BLAS product per cache-sized chunk, then the floor reduction) and a
+numba-compiled one (:func:`_combine_steps`: per block of columns the input rows
+converted once, accumulators updated 4 rows x 4 terms per pass, reduced in the same
+block), about 2-3x less CPU per symbol. Loading it costs a process about 1 s of CPU
+(numba's import and its disk cache), so by default a process switches to it only
+after it has combined :data:`KERNEL_LOAD_SYMBOLS` symbols in NumPy (:data:`KERNEL`).
+
 Wire format of one coded message of L symbols: ``uint16[L]`` payload (65536
 written as 0) followed by the escape positions as ``uint32[E]`` viewed as
 ``uint16[2E]``; the receiver knows L and gets E from the buffer length.
@@ -128,6 +136,9 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     correction ``coeffs[:, row] * 65536`` in their column, and each chunk is
     reduced with ``y - p * floor(y / p)`` while it is in cache. Results equal to
     65536 are written as 0 and their flat positions in ``out`` returned (uint32).
+    Calls of at least :data:`KERNEL_MIN_SYMBOLS` input symbols on C-contiguous arrays
+    run the compiled kernel instead once it is loaded (:func:`_kernel_takes`): same
+    arithmetic, same results bit for bit, escape positions in increasing order on both.
     An ``out`` of dtype uint32 gets plain field elements 0..p-1 instead (no escapes;
     ``rows`` may then be uint32 too, holding 65536 itself): the form the structured
     code (:mod:`hmtl_mpi.codes.structured`) computes in between wire buffers.
