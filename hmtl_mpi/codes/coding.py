@@ -252,8 +252,9 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     """``out = add + C @ rows mod p`` as numba compiles it (:func:`_combine_compiled`).
 
     Per block of KERNEL_COLUMNS columns: the c input rows converted to float64 once
-    (escaped inputs set to 65536), then per group of 4, 2 or 1 output rows the
-    accumulators (initialised with ``add``) gain 4 or 2 terms per pass, and are reduced
+    (escaped inputs get 65536 added), then per group of 4 (3 padded with a zero row), 2 or
+    1 output rows the accumulators (initialised with ``add``) gain 4 or 2 terms per pass
+    (an odd c padded with a zero row), and are reduced
     with the NumPy path's ``y - p floor(y fl(1/p))`` (exact for y < 2^53, same proof)
     straight into ``out``. In wire form a result of 65536 is written as 0 and its flat
     position stored in ``found``; returns how many (more than ``found.size``: the caller
@@ -264,8 +265,8 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     L = rows.shape[1]
     B = KERNEL_COLUMNS
     c2 = c + (c & 1)                                # terms go in pairs: a zero row pads
-    Cp = np.zeros((r, c2))
-    Cp[:, :c] = C
+    Cp = np.zeros((r + 3, c2))                      # and 3 zero rows: 3 rows take a group of 4
+    Cp[:r, :c] = C
     xb = np.zeros((c2, B))
     acc = np.empty((4, B))
     a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
@@ -287,9 +288,9 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
             ap += 1
         i = 0
         while i < r:
-            nr = 4 if r - i >= 4 else (2 if r - i >= 2 else 1)
+            nr = 4 if r - i >= 3 else (2 if r - i >= 2 else 1)
             if has_add:
-                for ii in range(nr):
+                for ii in range(min(nr, r - i)):
                     a = acc[ii]
                     src = add[i + ii, s:s + w]
                     for t in range(w):
@@ -358,7 +359,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                             a0[t] = (a0[t] + k00 * x0[t] + k01 * x1[t] + k02 * x2[t]
                                      + k03 * x3[t])
                     j += 4
-            for ii in range(nr):
+            for ii in range(min(nr, r - i)):
                 a = acc[ii]
                 o = out[i + ii, s:s + w]
                 top = 0
