@@ -85,6 +85,26 @@ def test_kernel_equals_numpy_path_and_python_integers(paths, r, c, L):
         assert np.array_equal(o32[0], o32[1]) and np.array_equal(o32[1], full)
 
 
+@pytest.mark.parametrize("c,L", [(coding.KERNEL_MAX_TERMS, 3), (coding.KERNEL_MAX_TERMS, 9000),
+                                 (coding.KERNEL_MAX_TERMS + 1, 50)])
+def test_kernel_many_terms_and_few_columns(paths, monkeypatch, c, L):
+    """Blocks narrow to L (and to KERNEL_BLOCK_BYTES for large c); more than
+    KERNEL_MAX_TERMS terms stay on the NumPy path."""
+    rng = np.random.default_rng([c, L])
+    coeffs, rows, esc = _case(rng, 5, c, L, 1 + c * L // 100)
+    out = np.empty((5, L), dtype=np.uint16)
+    if c <= coding.KERNEL_MAX_TERMS:
+        found = paths(True, coeffs, rows, out, esc)
+    else:
+        monkeypatch.setattr(coding, "KERNEL", True)
+        monkeypatch.setattr(coding, "_compiled_combine", None)    # as if not loaded yet
+        found = combine_mod_p(coeffs, rows, out, esc)
+        assert coding._compiled_combine is None                  # not even loaded
+    full = out.astype(np.int64)
+    full.reshape(-1)[found.astype(np.int64)] = 65536
+    assert np.array_equal(full, _exact(coeffs, rows, esc))
+
+
 def test_kernel_uint32_field_elements(paths):
     """The structured code's in-between form: uint32 rows holding 65536 itself, uint32 add."""
     rng = np.random.default_rng(3)
