@@ -257,8 +257,8 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     Per block of KERNEL_COLUMNS columns (fewer when c is large: KERNEL_BLOCK_BYTES, or L):
     the c input rows converted to float64 once
     (escaped inputs get 65536 added), then per group of 4 (3 padded with a zero row), 2 or
-    1 output rows the accumulators (initialised with ``add``) gain 4 or 2 terms per pass
-    (an odd c padded with a zero row), and are reduced
+    1 output rows the accumulators (initialised with ``add``, or written by a group of 4's
+    first pass) gain 4 or 2 terms per pass (an odd c padded with a zero row), and are reduced
     with the NumPy path's ``y - p floor(y fl(1/p))`` (exact for y < 2^53, same proof)
     straight into ``out``. In wire form a result of 65536 is written as 0 and its flat
     position stored in ``found``; returns how many (more than ``found.size``: the caller
@@ -299,7 +299,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                     src = add[i + ii, s:s + w]
                     for t in range(w):
                         a[t] = src[t]
-            else:
+            elif nr != 4 or c2 == 2:                # else the first pass writes them
                 for t in range(w):
                     a0[t] = 0.0
                     a1[t] = 0.0
@@ -310,7 +310,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                     acc[add_rows[q] - i, add_cols[q] - s] += 65536.0
             j = 0
             while j < c2:
-                if c2 - j == 2 or c2 - j == 6:      # 2 terms; else 4 (c2 - j is even)
+                if c2 - j == 2 or (c2 - j == 6 and j):  # 2 terms; else 4 (c2 - j is even)
                     x0, x1 = xb[j, :w], xb[j + 1, :w]
                     if nr == 4:
                         k00, k01, k10, k11 = Cp[i, j], Cp[i, j + 1], Cp[i + 1, j], Cp[i + 1, j + 1]
@@ -343,12 +343,20 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                                               Cp[i + 2, j + 3])
                         k30, k31, k32, k33 = (Cp[i + 3, j], Cp[i + 3, j + 1], Cp[i + 3, j + 2],
                                               Cp[i + 3, j + 3])
-                        for t in range(w):
-                            v0, v1, v2, v3 = x0[t], x1[t], x2[t], x3[t]
-                            a0[t] = a0[t] + k00 * v0 + k01 * v1 + k02 * v2 + k03 * v3
-                            a1[t] = a1[t] + k10 * v0 + k11 * v1 + k12 * v2 + k13 * v3
-                            a2[t] = a2[t] + k20 * v0 + k21 * v1 + k22 * v2 + k23 * v3
-                            a3[t] = a3[t] + k30 * v0 + k31 * v1 + k32 * v2 + k33 * v3
+                        if j == 0 and not has_add:       # the first terms: nothing to read
+                            for t in range(w):
+                                v0, v1, v2, v3 = x0[t], x1[t], x2[t], x3[t]
+                                a0[t] = k00 * v0 + k01 * v1 + k02 * v2 + k03 * v3
+                                a1[t] = k10 * v0 + k11 * v1 + k12 * v2 + k13 * v3
+                                a2[t] = k20 * v0 + k21 * v1 + k22 * v2 + k23 * v3
+                                a3[t] = k30 * v0 + k31 * v1 + k32 * v2 + k33 * v3
+                        else:
+                            for t in range(w):
+                                v0, v1, v2, v3 = x0[t], x1[t], x2[t], x3[t]
+                                a0[t] = a0[t] + k00 * v0 + k01 * v1 + k02 * v2 + k03 * v3
+                                a1[t] = a1[t] + k10 * v0 + k11 * v1 + k12 * v2 + k13 * v3
+                                a2[t] = a2[t] + k20 * v0 + k21 * v1 + k22 * v2 + k23 * v3
+                                a3[t] = a3[t] + k30 * v0 + k31 * v1 + k32 * v2 + k33 * v3
                     elif nr == 2:
                         k00, k01, k02, k03 = Cp[i, j], Cp[i, j + 1], Cp[i, j + 2], Cp[i, j + 3]
                         k10, k11, k12, k13 = (Cp[i + 1, j], Cp[i + 1, j + 1], Cp[i + 1, j + 2],
