@@ -258,7 +258,8 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     the c input rows converted to float64 once
     (escaped inputs get 65536 added), then per group of 4 (3 padded with a zero row), 2 or
     1 output rows the accumulators (initialised with ``add``, or written by a group of 4's
-    first pass) gain 4 or 2 terms per pass (an odd c padded with a zero row), and are reduced
+    first pass) gain 4 or 2 terms per pass (3 for a group of 4's last pass when c is odd;
+    otherwise an odd c is padded with a zero row), and are reduced
     with the NumPy path's ``y - p floor(y fl(1/p))`` (exact for y < 2^53, same proof)
     straight into ``out``. In wire form a result of 65536 is written as 0 and its flat
     position stored in ``found``; returns how many (more than ``found.size``: the caller
@@ -333,6 +334,27 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                         for t in range(w):
                             a0[t] = a0[t] + k00 * x0[t] + k01 * x1[t]
                     j += 2
+                elif nr == 4 and j + 4 == c2 and c < c2:   # the last 3 terms (c odd)
+                    x0, x1, x2 = xb[j, :w], xb[j + 1, :w], xb[j + 2, :w]
+                    k00, k01, k02 = Cp[i, j], Cp[i, j + 1], Cp[i, j + 2]
+                    k10, k11, k12 = Cp[i + 1, j], Cp[i + 1, j + 1], Cp[i + 1, j + 2]
+                    k20, k21, k22 = Cp[i + 2, j], Cp[i + 2, j + 1], Cp[i + 2, j + 2]
+                    k30, k31, k32 = Cp[i + 3, j], Cp[i + 3, j + 1], Cp[i + 3, j + 2]
+                    if j == 0 and not has_add:
+                        for t in range(w):
+                            v0, v1, v2 = x0[t], x1[t], x2[t]
+                            a0[t] = k00 * v0 + k01 * v1 + k02 * v2
+                            a1[t] = k10 * v0 + k11 * v1 + k12 * v2
+                            a2[t] = k20 * v0 + k21 * v1 + k22 * v2
+                            a3[t] = k30 * v0 + k31 * v1 + k32 * v2
+                    else:
+                        for t in range(w):
+                            v0, v1, v2 = x0[t], x1[t], x2[t]
+                            a0[t] = a0[t] + k00 * v0 + k01 * v1 + k02 * v2
+                            a1[t] = a1[t] + k10 * v0 + k11 * v1 + k12 * v2
+                            a2[t] = a2[t] + k20 * v0 + k21 * v1 + k22 * v2
+                            a3[t] = a3[t] + k30 * v0 + k31 * v1 + k32 * v2
+                    j += 4
                 else:
                     x0, x1, x2, x3 = xb[j, :w], xb[j + 1, :w], xb[j + 2, :w], xb[j + 3, :w]
                     if nr == 4:
@@ -393,7 +415,6 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                             n_found += 1
             i += nr
     return n_found
-
 
 def _kernel_takes(symbols: int, *arrays) -> bool:
     """Whether this call of ``symbols`` input symbols goes to the compiled kernel.
