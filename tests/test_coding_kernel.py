@@ -105,6 +105,34 @@ def test_kernel_many_terms_and_few_columns(paths, monkeypatch, c, L):
     assert np.array_equal(full, _exact(coeffs, rows, esc))
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_kernel_no_terms_only_add(paths, dtype):
+    """c = 0 with ``add``: out = add mod p (the structured broadcast's systematic rows)."""
+    rng = np.random.default_rng(23)
+    r, L = 6, 7000
+    add = rng.integers(0, 65536, size=(r, L)).astype(dtype)
+    esc = None
+    if dtype == np.uint16:
+        pos = np.unique(rng.integers(0, r * L, 40))
+        esc = (pos // L, pos % L)
+        add[esc] = 0
+    else:
+        add[:, :9] = 65536
+    outs = []
+    for kernel in (False, True):
+        out = np.empty((r, L), dtype=np.uint16)
+        found = paths(kernel, np.zeros((r, 0), dtype=np.int64), np.zeros((0, L), dtype=dtype),
+                      out, add=add, add_escapes=esc)
+        outs.append((out, found))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+    full = outs[1][0].astype(np.int64)
+    full.reshape(-1)[outs[1][1].astype(np.int64)] = 65536
+    want = add.astype(np.int64)
+    if esc is not None:
+        want[esc] = 65536
+    assert np.array_equal(full, want)
+
+
 def test_kernel_uint32_field_elements(paths):
     """The structured code's in-between form: uint32 rows holding 65536 itself, uint32 add."""
     rng = np.random.default_rng(3)

@@ -188,8 +188,9 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
         add_rows, add_cols = add_rows[order], add_cols[order]
     else:
         add_cols = None
-    if 0 < c <= KERNEL_MAX_TERMS and c * L >= KERNEL_MIN_SYMBOLS and _kernel_takes(
-            c * L, rows, out, add):
+    terms = c + (add is not None)
+    if (c <= KERNEL_MAX_TERMS and terms * L >= KERNEL_MIN_SYMBOLS
+            and _kernel_takes(terms * L, rows, out, add)):
         got = _combine_compiled(coeffs, rows, out, wire, add,
                                 None if esc_cols is None else (esc_rows, esc_cols),
                                 None if add_cols is None else (add_rows, add_cols))
@@ -243,7 +244,7 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
 KERNEL_COLUMNS = 4096       # columns per block of the compiled kernel (its float64 rows stay in L2)
 KERNEL_BLOCK_BYTES = 1 << 19    # at most this much float64 input per block (fewer columns for large c)
 KERNEL_MAX_TERMS = 128          # larger c goes to the NumPy path (BLAS: as fast or faster there)
-KERNEL_MIN_SYMBOLS = 1 << 12    # input symbols (c x L) of a call from which the kernel may be used
+KERNEL_MIN_SYMBOLS = 1 << 12    # input symbols ((c + 1 with add) x L) of a call from which it may be used
 KERNEL_LOAD_SYMBOLS = 1 << 28   # auto: input symbols combined in NumPy before loading the kernel
 KERNEL = None               # None: auto; True: always (from KERNEL_MIN_SYMBOLS); False: never
 _numpy_symbols = 0          # input symbols this process combined in NumPy (calls the kernel could take)
@@ -269,7 +270,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     r, c = C.shape
     L = rows.shape[1]
     c2 = c + (c & 1)                                # terms go in pairs: a zero row pads
-    B = min(L, KERNEL_COLUMNS, max(256, KERNEL_BLOCK_BYTES // (8 * c2)) // 64 * 64)
+    B = min(L, KERNEL_COLUMNS, max(256, KERNEL_BLOCK_BYTES // (8 * max(c2, 1))) // 64 * 64)
     Cp = np.zeros((r + 3, c2))                      # and 3 zero rows: 3 rows take a group of 4
     Cp[:r, :c] = C
     xb = np.zeros((c2, B))
