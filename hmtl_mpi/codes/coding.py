@@ -256,13 +256,12 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     """``out = add + C @ rows mod p`` as numba compiles it (:func:`_combine_compiled`).
 
     Per block of KERNEL_COLUMNS columns (fewer when c is large: KERNEL_BLOCK_BYTES, or L):
-    the c input rows converted to float64 once
-    (escaped inputs get 65536 added), then per group of 4 (3 padded with a zero row), 2 or
-    1 output rows the accumulators (initialised with ``add``, or written by a group of 4's
-    first pass) gain 4 or 2 terms per pass (3 for a group of 4's last pass when c is odd;
-    otherwise an odd c is padded with a zero row), and are reduced
-    with the NumPy path's ``y - p floor(y fl(1/p))`` (exact for y < 2^53, same proof)
-    straight into ``out``. In wire form a result of 65536 is written as 0 and its flat
+    the c input rows converted to float64 once (escaped inputs get 65536 added), then
+    per group of 4 (3 padded with a zero row), 2 or 1 output rows the accumulators
+    (initialised with ``add``, or written by a group of 4's first pass) gain 4 or 2 terms
+    per pass (3 for a group of 4's last pass when c is odd; otherwise an odd c is padded
+    with a zero row), and are reduced with the NumPy path's ``y - p floor(y fl(1/p))``
+    (exact for y < 2^53, same proof) straight into ``out``. In wire form a result of 65536 is written as 0 and its flat
     position stored in ``found``; returns how many (more than ``found.size``: the caller
     redoes the call in NumPy). Every value is an integer below 2^53 at every step, so
     the order of the additions (and contraction into FMAs) cannot change a result.
