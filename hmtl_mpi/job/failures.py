@@ -50,14 +50,21 @@ import traceback
 
 import numpy as np
 
-from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_TERMINATED, TAG_HELLO,
-                          TAG_REPORT, TAG_STATUS_REPLY, TAG_STATUS_REQUEST)
-from ..wire.interfaces import PhaseTimeout
+from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+                          TAG_HELLO, TAG_REPORT, TAG_STATUS_REPLY, TAG_STATUS_REQUEST)
+from ..wire.interfaces import PhaseTimeout, ProcessFailed
+from ..wire.ulfm import write_death
 from .supervisor import drain_stderr, host_key, read_page_of
 
 RECORD_BYTES = 2048          # one report or status record: JSON text in a uint8 buffer
 REPORT_WINDOW = 0.3          # s rank 0 waits for further reports after the first
 MAX_GRACE = 1.0              # s a status request may take before the rank counts as silent
+
+
+def ask_grace(limit: float) -> float:
+    """--on-failure continue: how long a rank whose wait passed ``limit`` (--timeout) waits
+    for rank 0's answer before it takes itself for cut off (:meth:`Control.overdue`)."""
+    return max(MAX_GRACE, min(0.5 * limit, 10.0))
 
 
 class Terminated(KeyboardInterrupt):
@@ -191,6 +198,7 @@ class Control:
         self._status = MPI.Status()
         self._ping = np.zeros(1, dtype=np.int64)
         self._sends = []             # (request, buffer): buffers stay alive until sent
+        self.unanswered = {}          # rank 0: world rank found silent -> seconds it was awaited
         self._connect()
 
     def _connect(self, limit: float = 60.0) -> None:
@@ -291,6 +299,100 @@ class Control:
             if not busy:
                 time.sleep(0.002)
         return replies, reports
+
+    # --- a wait passed --timeout under --on-failure continue: a cut link ------------------
+    def failed(self) -> set:
+        """The ranks this rank knows dead (ULFM), in this communicator's (the world's)
+        numbering."""
+        MPI = self.MPI
+        try:
+            group = self.comm.Get_failed()
+        except (MPI.Exception, AttributeError):
+            return set()
+        n = group.Get_size()
+        if n == 0:
+            return set()
+        world = self.comm.Get_group()
+        ranks = MPI.Group.Translate_ranks(group, list(range(n)), world)
+        world.Free()
+        group.Free()
+        return {int(r) for r in ranks}
+
+    def overdue(self, what: str, limit: float, waited: float) -> bool:
+        """A wait of this rank passed ``--timeout`` (``limit``) after ``waited`` seconds.
+        Returns True when the wait should go on (its deadline starts again); False ends
+        the job as any timeout does (:func:`end_job`, exit 4 naming the silent ranks).
+
+        Only under ``--on-failure continue`` does a wait go on (see the module doc):
+
+        * rank 0 asks every rank for its status. Ranks that do not answer, while others
+          do, are taken for cut off: rank 0 waits up to another ``limit`` for ULFM to
+          report them dead (a cut-off rank leaves on its own, below), then raises
+          :class:`ProcessFailed`, and the job recovers as from any lost rank. If they do
+          not leave by then, or every rank answered, or none did, the job ends.
+        * another rank asks rank 0. An answer means the job is alive and another rank is
+          the problem: the wait goes on. Without one it asks the other ranks: if one of
+          them answers, rank 0 is the one gone and the job ends naming it; if none does,
+          this rank is the one cut off, and it leaves the job (:meth:`leave`)."""
+        if not self.survive or self.size == 1:
+            return False
+        if self.rank == 0:
+            return self._find_cut_off(what, limit, waited)
+        grace = ask_grace(limit)
+        replies, _ = self.status_of([0], grace)
+        if 0 in replies:
+            return True
+        others = [r for r in range(1, self.size) if r != self.rank and r not in self.failed()]
+        replies, _ = self.status_of(others, MAX_GRACE) if others else ({}, [])
+        if replies:
+            return False
+        self.leave(waited + grace + MAX_GRACE)
+        return False
+
+    def _find_cut_off(self, what: str, limit: float, waited: float) -> bool:
+        began = time.monotonic() - waited
+        gone = self.failed()
+        others = [r for r in range(1, self.size) if r not in gone]
+        replies, reports = self.status_of(others, min(MAX_GRACE, max(0.5, limit)))
+        if reports:
+            raise RemoteFailure(reports[0])
+        silent = [r for r in others if r not in replies]
+        if not silent or len(silent) == len(others):
+            return False
+        names = _join(self.state.who(r) for r in silent)
+        # a cut-off rank leaves ask_grace + MAX_GRACE after its own wait passed the limit
+        bound = limit + ask_grace(limit) + MAX_GRACE
+        _say(f"{names} did not answer a status request after the other ranks waited "
+             f"{waited:.1f} s; waiting up to {bound:g} s for "
+             f"{'it' if len(silent) == 1 else 'them'} to leave the job (--on-failure continue)")
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            self._answer_requests()
+            if (source := self._probe(TAG_REPORT)) is not None:
+                raise RemoteFailure(self._recv_record(source, TAG_REPORT))
+            if set(silent) <= self.failed():
+                now = time.monotonic()
+                for r in silent:
+                    self.unanswered[r] = now - began
+                raise ProcessFailed(f"{what}: {names} stopped answering and left the job")
+            time.sleep(0.01)
+        return False
+
+    def leave(self, waited: float) -> None:
+        """This rank is cut off from every other one: say so and end this process only
+        (never ``MPI_Abort``, which would end every rank), so that ULFM reports it dead to
+        the others and they go on without it. Exits 0: the job's exit code is the
+        survivors' (the watcher passes it through, :mod:`hmtl_mpi.job.supervisor`)."""
+        _say(f"{self.state.who()}: no answer from rank 0 or any other rank for "
+             f"{waited:.1f} s {self.state.where_iteration()}: its link is cut; leaving so "
+             f"that the job goes on without it (--on-failure continue)")
+        write_death(self.rank, time.time())
+        for fn in self.state.cleanup:
+            try:
+                fn()
+            except Exception:            # noqa: BLE001 - leaving must not fail
+                pass
+        os._exit(EXIT_OK)
 
     def linger(self, seconds: float) -> None:
         """Keep answering status requests while rank 0 ends the job."""

@@ -26,8 +26,11 @@ place in it as a straggler for good (:meth:`GradientScheme.after_loss
 <hmtl_mpi.schemes.gradient.GradientScheme.after_loss>`), so the gradient sums stay those
 of a run that lost nothing; a loss beyond the code's tolerance ends the job naming it.
 
-The lost rank's losses entry (``rank``, ``role``, ``iteration``, ``detected_s``,
-``recovered_s``) goes into the report. Losing rank 0 ends the job, as does a loss that
+The lost rank's losses entry (``rank``, ``role``, ``iteration``, ``cause``, ``detected_s``,
+``recovered_s``) goes into the report. ``cause`` is ``died`` (killed, an exception) or
+``cut off``: under MPI a rank whose link is cut for longer than ``--timeout`` leaves the job
+on its own (:meth:`Control.overdue <hmtl_mpi.job.failures.Control.overdue>`), and its entry
+also gives ``unanswered_s``, how long rank 0 had waited on it when it was found silent. Losing rank 0 ends the job, as does a loss that
 leaves no relay or no user, or one during a recovery.
 """
 
@@ -210,8 +213,11 @@ class Survival:
                 role, _ = role_of(r, H)
                 loss = {"rank": was(r), "role": role, "name": self.first_names(was(r)),
                         "iteration": iteration,
+                        "cause": "cut off" if r in ep.cut_off else "died",
                         "detected_s": float(max(0.0, detected - failed_at.get(r, detected))),
                         "_detected_at": detected, "recovery_wall_s": 0.0}
+                if r in ep.cut_off:
+                    loss["unanswered_s"] = float(ep.cut_off[r])
                 self.losses.append(loss)
                 self.pending.append(loss)
                 new.append(loss)
@@ -334,10 +340,12 @@ def loss_lines(losses) -> list:
                          f"above: {loss['removed']}")
             continue
         rec = loss.get("recovered_s")
+        how = (f" (its link cut: no answer for {loss['unanswered_s']:.1f} s)"
+               if loss.get("cause") == "cut off" else "")
         lines.append(f"  lost: {loss['name']} (rank {loss['rank']}) in iteration "
-                     f"{loss['iteration']}: detected after {loss['detected_s']:.3f} s, "
+                     f"{loss['iteration']}{how}: detected after {loss['detected_s']:.3f} s, "
                      f"training again after {rec:.3f} s" if rec is not None else
                      f"  lost: {loss['name']} (rank {loss['rank']}) in iteration "
-                     f"{loss['iteration']}: detected after {loss['detected_s']:.3f} s, "
+                     f"{loss['iteration']}{how}: detected after {loss['detected_s']:.3f} s, "
                      f"no iteration completed after it")
     return lines

@@ -19,6 +19,8 @@ The rules, from what MPICH does (measured, see docs/network.md):
   network ("the cluster interconnect across N hosts").
 * MPICH treats ranks with the same host name as local and moves their messages through
   shared memory, even across network namespaces, unless ``MPIR_CVAR_NOLOCAL=1``.
+* Open MPI (``launch/netns-run --mpirun``) is told to use TCP only by
+  ``OMPI_MCA_btl=tcp,self``: no shared memory then either.
 * Otherwise the netmod carries them (``MPICH_CH4_NETMOD``, ``FI_PROVIDER``): between
   containers (``/.dockerenv`` or ``/run/.containerenv``), between network namespaces
   (``/proc/self/ns/net`` inodes differ) or over the loopback of one namespace.
@@ -33,7 +35,7 @@ from collections import Counter
 # the variables that decide (or show) the transport; netns-run sets the first four
 ENV_KEYS = ("MPICH_CH4_NETMOD", "FI_PROVIDER", "FI_TCP_IFACE", "MPIR_CVAR_NOLOCAL",
             "MPIR_CVAR_CH4_NETMOD", "UCX_TLS", "SLURM_JOB_ID", "SLURM_JOB_NUM_NODES",
-            "HMTL_NETNS_PREFIX")
+            "HMTL_NETNS_PREFIX", "OMPI_MCA_btl", "OMPI_MCA_btl_tcp_if_include")
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
 
 
@@ -73,11 +75,21 @@ def _truthy(value) -> bool:
     return str(value).strip().lower() in ("1", "yes", "true", "on")
 
 
+def _open_mpi_tcp_only(envs: list[dict]) -> bool:
+    """Every rank runs Open MPI's TCP BTL without shared memory (``OMPI_MCA_btl=tcp,self``)."""
+    btls = [set((e.get("OMPI_MCA_btl") or "").split(",")) for e in envs]
+    return all("tcp" in b and not b & {"sm", "vader"} for b in btls)
+
+
 def _netmod(envs: list[dict]) -> str:
     """'MPICH netmod ofi, libfabric provider tcp' from the ranks' variables."""
     def one(key):
         values = sorted({e.get(key) for e in envs if e.get(key)})
         return "/".join(values) if values else None
+
+    if one("OMPI_MCA_btl"):
+        iface = one("OMPI_MCA_btl_tcp_if_include")
+        return "Open MPI BTL " + one("OMPI_MCA_btl") + (", interface " + iface if iface else "")
 
     netmod = one("MPICH_CH4_NETMOD") or one("MPIR_CVAR_CH4_NETMOD")
     provider = one("FI_PROVIDER")
@@ -98,6 +110,8 @@ def _carrier(envs: list[dict]) -> str:
     tls = " ".join(e.get("UCX_TLS", "") for e in envs).lower()
     if ("tcp" in provider or "sockets" in provider or "tcp" in tls) and \
             all(e.get("FI_PROVIDER") or e.get("UCX_TLS") for e in envs):
+        return "TCP"
+    if _open_mpi_tcp_only(envs):
         return "TCP"
     return "the MPI netmod"
 
@@ -120,7 +134,8 @@ def describe_links(facts: list[dict]) -> str:
     if len(facts) == 1:
         return "one rank: no links"
     envs = [f.get("env") or {} for f in facts]
-    nolocal = all(_truthy(e.get("MPIR_CVAR_NOLOCAL", "0")) for e in envs)
+    nolocal = (all(_truthy(e.get("MPIR_CVAR_NOLOCAL", "0")) for e in envs)
+               or _open_mpi_tcp_only(envs))
     # machines: one kernel = one boot id (containers and namespaces share it)
     machine = [f.get("boot_id") or "host:" + str(f.get("hostname")) for f in facts]
     n_machines = len(set(machine))

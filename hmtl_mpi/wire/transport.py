@@ -192,6 +192,8 @@ class MpiEndpoint(Endpoint):
         new.Free()
         self._shrunk = (shrunk, list(alive))
         lost = sorted(set(range(world.Get_size())) - set(alive))
+        silent = self.control.unanswered if self.control is not None else {}
+        self.cut_off = {r: silent[self.physical[r]] for r in lost if self.physical[r] in silent}
         now_wall, now = time.time(), self.clock()
         when = {}
         for r in lost if self.rank == 0 else ():
@@ -255,7 +257,7 @@ class MpiEndpoint(Endpoint):
         started = time.monotonic()
         self._waiting(what)
         while not MPI.Request.Testall(requests):
-            self._idle(started, limit, what)
+            started = self._idle(started, limit, what)
         self._waiting("")
 
     def wait_first(self, requests: list, need: int, what: str, usable=None) -> list:
@@ -284,7 +286,7 @@ class MpiEndpoint(Endpoint):
                 if len(order) >= need:
                     break
                 continue
-            self._idle(started, self.timeout, f"{what} ({len(order)} of {need} so far)")
+            started = self._idle(started, self.timeout, f"{what} ({len(order)} of {need} so far)")
         self._waiting("")
         return order
 
@@ -309,15 +311,22 @@ class MpiEndpoint(Endpoint):
         if self.state is not None:
             self.state.waiting = what
 
-    def _idle(self, started: float, limit: float, what: str) -> None:
+    def _idle(self, started: float, limit: float, what: str) -> float:
         """One turn of a wait begun at ``started``: answer the failure layer, check the
-        deadline (``limit`` seconds after the start), sleep (see POLL_FRACTION)."""
+        deadline (``limit`` seconds after the start), sleep (see POLL_FRACTION). Returns
+        when the wait counts as begun: under ``--on-failure continue`` the failure layer
+        may let a wait that passed its deadline go on (:meth:`Control.overdue
+        <hmtl_mpi.job.failures.Control.overdue>`: the job is alive, another rank is the
+        problem), and its deadline starts again."""
         if self.control is not None:
             self.control.poll()
         waited = time.monotonic() - started
         if waited > limit:
-            raise PhaseTimeout(what, limit)
+            if self.control is None or not self.control.overdue(what, limit, waited):
+                raise PhaseTimeout(what, limit)
+            return time.monotonic()
         time.sleep(min(POLL_MAX, max(POLL_MIN, waited / POLL_FRACTION)))
+        return started
 
     # --- point to point ---------------------------------------------------------------------
     def isend(self, dest: int, buf: np.ndarray, tag: int, link: str | None):
@@ -363,7 +372,7 @@ class MpiEndpoint(Endpoint):
                     matched = True
             if pending and not matched:
                 who = ", ".join(f"rank {s} tag {t}" for s, t in pending)
-                self._idle(started, self.timeout, f"{what} ({who})")
+                started = self._idle(started, self.timeout, f"{what} ({who})")
         self.wait(requests, what)
         return got
 
