@@ -47,6 +47,9 @@ from ..vocabulary import RELAY, SERVER, USER, WORLD, ranks_needed, role_names, r
 from ..wire.interfaces import ProcessFailed
 from .hosting import rank_part
 
+REPLAN_TIMEOUT = 600.0  # s the survivors wait for rank 0's new plans (as the set-up waits for
+                        # its first ones: re-planning took 5-7 s under a load of 25, more
+                        # than a short --timeout)
 KEEP = 3       # snapshots kept per rank: survivors are at most one iteration apart
 KEEP_FREE = 64  # barrier-free schemes (--workload gd): the server does not wait for a late
                 # worker, which may lag it by several iterations
@@ -256,7 +259,8 @@ class Survival:
                     raise Unrecoverable(f"after losing rank(s) "
                                         f"{', '.join(str(was(r)) for r in lost)}: {e}") from None
             buf = ep.bcast_bytes(WORLD, plan.to_buffer() if ep.rank == 0 else None, 0,
-                                 f"the {name} scheme's plan for the reduced topology")
+                                 f"the {name} scheme's plan for the reduced topology",
+                                 max(ep.timeout, REPLAN_TIMEOUT))
             schemes.append(plan if ep.rank == 0 else
                            get(name, config.workload).from_buffer(reduction.G, buf))
         tasks = self.setup.tasks
