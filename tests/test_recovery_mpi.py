@@ -124,3 +124,20 @@ def test_gd_a_killed_worker_or_edge_leaves_the_gradient_of_a_run_that_lost_nothi
     assert (r["H"], r["K"]) == (H, K)
     assert r["gradient_digest"] == c["gradient_digest"]
     assert r["test_accuracy"] == c["test_accuracy"]
+
+
+def test_a_hung_rank_under_continue_is_waited_for_then_named(ompi_python):
+    """A rank that hangs (alive, not cut off) never leaves: rank 0 takes it for cut off,
+    waits a bounded time for it to leave, then ends the job naming it (exit 4), as under
+    abort; the other ranks, which rank 0 answers, keep waiting meanwhile."""
+    proc = ompi_job(ompi_python, 16, "--scheme", "coded", "--iterations", "8", "--quiet",
+                    "--on-failure", "continue", "--timeout", "4",
+                    "--inject-fault", "9:3:hang", timeout=300)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-3000:]
+    err = proc.stderr
+    assert "rank 9 (user 4) did not answer a status request" in err, err
+    assert "waiting up to" in err and "to leave the job" in err
+    lines = [line for line in err.splitlines() if line.startswith("hmtl_mpi:")]
+    assert lines[-1].startswith("hmtl_mpi: rank 9 (user 4) stopped answering"), err
+    assert "leaving so that the job goes on" not in err   # nobody else took itself for cut
+    assert "Traceback" not in err

@@ -17,8 +17,8 @@ relay 3 killed in iteration ``--at``, and (netns only) relay 3's link cut for go
 about a second on a 20mbit server link and the cut lands inside the iterations: the
 cut is made as ``netns-run --cut`` makes it (the rank's switch port down), but timed
 from the job's own prediction line (printed when the iterations start: the start-up of
-16 Open MPI ranks on 2 cores took 12-40 s here, too varied for a fixed ``--cut`` time),
-``--at`` times the predicted iteration later.
+16 Open MPI ranks on 2 cores, with the link probe, took 19-31 s here at loads of 20-37,
+too varied for a fixed ``--cut`` time), ``--at`` times the predicted iteration later.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def _row(name: str, where: str, code, wall: float, r: dict | None, load: float) 
         loads = (f"{m['uplink']:.3f}/{m['downlink']:.3f} vs "
                  f"{pl['uplink']:g}/{pl['downlink']:g}")
     exact = "-" if r is None else str(all(x["ivs_bit_exact"] for x in r["iterations"]))
-    return (f"{name:16}{where:8}{load:>6.1f}{code!s:>6}{wall:>8.1f}{cells[0]:>14}{cells[1]:>11}"
+    return (f"{name:20}{where:8}{load:>6.1f}{code!s:>6}{wall:>8.1f}{cells[0]:>14}{cells[1]:>11}"
             f"{cells[2]:>12}  {loads:26}{exact:>7}")
 
 
@@ -144,7 +144,7 @@ def compare_netns(a) -> int:
           f"W1 {a.w1}, W2 {a.w2}; Open MPI of {a.python.parent}")
     print("detected s: after the death; for a cut, rank 0's wait when it found the rank "
           "silent + the time to its death")
-    print(f"{'lost @iteration':16}{'where':8}{'load':>6}{'exit':>6}{'wall s':>8}"
+    print(f"{'lost @iteration':20}{'where':8}{'load':>6}{'exit':>6}{'wall s':>8}"
           f"{'detected s':>14}{'recovery s':>11}{'recovered s':>12}  "
           f"{'loads after / reduced plan':26}{'exact':>7}")
     for _ in range(a.repeats):

@@ -37,6 +37,16 @@ which answers status requests and, on rank 0, picks up failure reports.
   wait a little longer, staggered by rank so that the lowest speaks first, ask
   rank 0 for its status and, without an answer, name rank 0.
 
+Under ``--on-failure continue`` (an MPI with ULFM) a wait that passes ``--timeout`` is
+first taken for a cut link (:meth:`Control.overdue`): a rank other than 0 that rank 0
+still answers keeps waiting (its deadline starts again); one that nobody answers is the
+one cut off: it prints one line naming itself and exits 0 on its own, without
+``MPI_Abort``, so that ULFM reports it dead and the survivors recover without it (exit 0
+for the job, the loss's ``cause`` is ``cut off``). Rank 0 waits a bounded time for the
+ranks that did not answer it to leave so; if they do not, or every rank answered (a
+message was never sent), or none did (rank 0 is the one cut off), the job ends as above
+(exit 4, named).
+
 Set ``HMTL_TRACEBACK=1`` to print the full traceback of an exception too.
 """
 
