@@ -137,7 +137,9 @@ def test_a_hung_rank_under_continue_is_waited_for_then_named(ompi_python):
     err = proc.stderr
     assert "rank 9 (user 4) did not answer a status request" in err, err
     assert "waiting up to" in err and "to leave the job" in err
-    lines = [line for line in err.splitlines() if line.startswith("hmtl_mpi:")]
-    assert lines[-1].startswith("hmtl_mpi: rank 9 (user 4) stopped answering"), err
+    # rank 0's verdict comes first; ranks that time out again while its MPI_Abort spreads
+    # (slowly under ULFM, at a load of 20) may add "rank 0 (server) stopped answering"
+    stopped = [line for line in err.splitlines() if "stopped answering" in line]
+    assert stopped[0].startswith("hmtl_mpi: rank 9 (user 4) stopped answering"), err
     assert "leaving so that the job goes on" not in err   # nobody else took itself for cut
     assert "Traceback" not in err

@@ -208,7 +208,7 @@ class Control:
         self._status = MPI.Status()
         self._ping = np.zeros(1, dtype=np.int64)
         self._sends = []             # (request, buffer): buffers stay alive until sent
-        self.unanswered = {}          # rank 0: world rank found silent -> seconds it was awaited
+        self.unanswered = {}          # rank 0: world rank that left silent -> seconds awaited
         self._connect()
 
     def _connect(self, limit: float = 60.0) -> None:

@@ -30,8 +30,9 @@ The lost rank's losses entry (``rank``, ``role``, ``iteration``, ``cause``, ``de
 ``recovered_s``) goes into the report. ``cause`` is ``died`` (killed, an exception) or
 ``cut off``: under MPI a rank whose link is cut for longer than ``--timeout`` leaves the job
 on its own (:meth:`Control.overdue <hmtl_mpi.job.failures.Control.overdue>`), and its entry
-also gives ``unanswered_s``, how long rank 0 had waited on it when it was found silent. Losing rank 0 ends the job, as does a loss that
-leaves no relay or no user, or one during a recovery.
+also gives ``unanswered_s``, how long rank 0 had waited on it until it was gone. Losing
+rank 0 ends the job, as does a loss that leaves no relay or no user, or one during a
+recovery.
 """
 
 from __future__ import annotations

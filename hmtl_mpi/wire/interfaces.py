@@ -62,8 +62,8 @@ class Endpoint(ABC):
         self.sent = dict.fromkeys(LINK_CLASSES, 0)
         self.iteration = None
         self.sent_by_iteration = {}
-        # after shrink(): lost rank -> how long it had not answered when it was found
-        # silent (a cut link, not a death; --on-failure continue)
+        # after shrink(): lost rank -> how long rank 0 had waited on it until it was gone
+        # (a cut link, not a death; --on-failure continue)
         self.cut_off = {}
 
     # --- byte counters -------------------------------------------------------------------
