@@ -55,6 +55,19 @@ def test_netns_run_inside_a_container_is_still_namespaces():
     assert describe_links(facts).startswith("TCP between network namespaces on one host")
 
 
+def test_netns_run_with_open_mpi_is_tcp_between_namespaces():
+    """netns-run --mpirun (Open MPI): OMPI_MCA_btl=tcp,self leaves no shared memory."""
+    env = {"OMPI_MCA_btl": "tcp,self", "OMPI_MCA_btl_tcp_if_include": "eth0",
+           "HMTL_NETNS_PREFIX": "hmtl-123"}
+    text = describe_links([rank(netns=1000 + r, **env) for r in range(16)])
+    assert text == ("TCP between network namespaces on one host (16 namespaces; "
+                    "Open MPI BTL tcp,self, interface eth0)")
+    # with the shared-memory BTL allowed, ranks of one host name use it
+    shm = dict(env, OMPI_MCA_btl="sm,tcp,self")
+    assert describe_links([rank(netns=1000 + r, **shm) for r in range(4)]).startswith(
+        "memory copies on one host")
+
+
 def test_namespaces_without_nolocal_still_use_shared_memory():
     env = dict(NETNS_RUN_ENV)
     del env["MPIR_CVAR_NOLOCAL"]

@@ -26,7 +26,9 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
 * auto     ``--scheme auto``'s choice against every scheme measured, on the default job and
            the emulated network (root; :mod:`.auto`)
 * recovery a relay, then a user, killed mid-run with ``--on-failure continue`` under Open
-           MPI's ULFM: detection and recovery times, loads after the loss (:mod:`.recovery`)
+           MPI's ULFM: detection and recovery times, loads after the loss; ``--netns``: a
+           killed relay under mpirun and on netns-run's links, and a relay's link cut for
+           good (:mod:`.recovery`)
 * cpu      K = 40 (Fig. 6 setting): coding phases against the kernel's speed and the CPU
            seconds per role, waiting ranks' old 1 ms sleep cap against the default (:mod:`.cpu`)
 * pipeline the Fig. 6 setting (K = 10, 40) with the pipelined coded exchange, ``--segments``

@@ -62,12 +62,14 @@ def run(python: Path, args: list, timeout: float) -> tuple:
 
 
 def netns_job(python: Path, job_args: list, rates=("100mbit", "20mbit"), cut: int | None = None,
-              cut_after: float = 2.0, timeout: float = 600, ranks: int = 16) -> dict:
+              cut_after: float = 2.0, timeout: float = 600, ranks: int = 16,
+              cut_for: float | None = None) -> dict:
     """``launch/netns-run --mpirun`` (Open MPI) running ``python -m hmtl_mpi JOB_ARGS``.
 
     ``cut``: that rank's link is cut for good (its switch port down, as ``netns-run --cut``
     does) ``cut_after`` predicted iterations after the job printed its prediction line,
-    i.e. about that many iterations into the run. Returns {"code", "wall", "out", "err",
+    i.e. about that many iterations into the run, and up again after ``cut_for`` seconds
+    (None: never). Returns {"code", "wall", "out", "err",
     "pid", "cut_at"} (``cut_at``: seconds after the start, None: no cut made)."""
     cmd = [str(NETNS_RUN), "--mpirun", str(python.parent / "mpirun"), "--w1", rates[0],
            "--w2", rates[1], "-n", str(ranks), "--timeout", str(int(timeout)), "--",
@@ -100,6 +102,10 @@ def netns_job(python: Path, job_args: list, rates=("100mbit", "20mbit"), cut: in
                                    "down"], capture_output=True, text=True, timeout=30)
             if down.returncode == 0:
                 cut_at = time.monotonic() - t0
+                if cut_for is not None:
+                    time.sleep(cut_for)
+                    subprocess.run(["ip", "-n", f"hmtl-{proc.pid}-sw", "link", "set",
+                                    f"p{cut}", "up"], capture_output=True, timeout=30)
     try:
         code = proc.wait(timeout=timeout + 90)
     except subprocess.TimeoutExpired:

@@ -43,9 +43,9 @@ still answers keeps waiting (its deadline starts again); one that nobody answers
 one cut off: it prints one line naming itself and exits 0 on its own, without
 ``MPI_Abort``, so that ULFM reports it dead and the survivors recover without it (exit 0
 for the job, the loss's ``cause`` is ``cut off``). Rank 0 waits a bounded time for the
-ranks that did not answer it to leave so; if they do not, or every rank answered (a
-message was never sent), or none did (rank 0 is the one cut off), the job ends as above
-(exit 4, named).
+ranks that did not answer it to leave so, or to answer again (a cut that ended: the job
+goes on, nothing lost); if they do neither, or every rank answered (a message was never
+sent), or none did (rank 0 is the one cut off), the job ends as above (exit 4, named).
 
 Set ``HMTL_TRACEBACK=1`` to print the full traceback of an exception too.
 """
@@ -209,6 +209,7 @@ class Control:
         self._ping = np.zeros(1, dtype=np.int64)
         self._sends = []             # (request, buffer): buffers stay alive until sent
         self.unanswered = {}          # rank 0: world rank that left silent -> seconds awaited
+        self._zero_silent = float("-inf")  # when rank 0 alone last did not answer (overdue)
         self._connect()
 
     def _connect(self, limit: float = 60.0) -> None:
@@ -342,8 +343,10 @@ class Control:
           not leave by then, or every rank answered, or none did, the job ends.
         * another rank asks rank 0. An answer means the job is alive and another rank is
           the problem: the wait goes on. Without one it asks the other ranks: if one of
-          them answers, rank 0 is the one gone and the job ends naming it; if none does,
-          this rank is the one cut off, and it leaves the job (:meth:`leave`)."""
+          them answers, rank 0 is gone or this rank's own cut just ended: the wait goes
+          on once more, and if rank 0 is still silent then, the job ends naming it; if
+          none answers, this rank is the one cut off, and it leaves the job
+          (:meth:`leave`)."""
         if not self.survive or self.size == 1:
             return False
         if self.rank == 0:
@@ -351,11 +354,18 @@ class Control:
         grace = ask_grace(limit)
         replies, _ = self.status_of([0], grace)
         if 0 in replies:
+            self._zero_silent = float("-inf")
             return True
         others = [r for r in range(1, self.size) if r != self.rank and r not in self.failed()]
         replies, _ = self.status_of(others, MAX_GRACE) if others else ({}, [])
         if replies:
-            return False
+            # rank 0 gone, or a cut of this rank's link just ended: TCP resends what was
+            # lost in the cut only at its next retransmission (backing off to seconds),
+            # while a first message to another rank goes at once. One more --timeout for
+            # rank 0 to answer, then the job ends naming it.
+            now, last = time.monotonic(), self._zero_silent
+            self._zero_silent = now
+            return now - last > 2 * (limit + grace + MAX_GRACE)   # not in a row: go on
         self.leave(waited + grace + MAX_GRACE)
         return False
 
@@ -376,15 +386,29 @@ class Control:
              f"{waited:.1f} s; waiting up to {bound:g} s for "
              f"{'it' if len(silent) == 1 else 'them'} to leave the job (--on-failure continue)")
         deadline = time.monotonic() + bound
+        answered, asked = set(), 0.0
+        ping = np.ones(1, dtype=np.int64)
         while time.monotonic() < deadline:
             self._answer_requests()
             if (source := self._probe(TAG_REPORT)) is not None:
                 raise RemoteFailure(self._recv_record(source, TAG_REPORT))
-            if set(silent) <= self.failed():
+            gone = self.failed()
+            if set(silent) <= gone:
                 now = time.monotonic()
                 for r in silent:
                     self.unanswered[r] = now - began
                 raise ProcessFailed(f"{what}: {names} stopped answering and left the job")
+            # a cut that ends now loses nothing: the silent ranks answer again
+            while (source := self._probe(TAG_STATUS_REPLY)) is not None:
+                self._recv_record(source, TAG_STATUS_REPLY)
+                answered.add(source)
+            if set(silent) <= answered:
+                _say(f"{names} answered again; the job goes on")
+                return True
+            if time.monotonic() - asked > MAX_GRACE:
+                for r in set(silent) - answered - gone:
+                    self._send(r, TAG_STATUS_REQUEST, ping)
+                asked = time.monotonic()
             time.sleep(0.01)
         return False
 
