@@ -32,7 +32,7 @@ def test_long_cut_of_a_relays_link_is_its_loss(ompi_python, tmp_path):  # noqa: 
     """The cut is made as ``netns-run --cut`` makes it (relay 3's switch port down, never
     up again), but timed from the job's prediction line, about 2 iterations into the run
     (hmtl_mpi.bench.recovery.netns_job): the start-up of 16 Open MPI ranks on 2 cores took
-    19-31 s here (loads 20-37), too varied for a fixed --cut time. Each iteration moves
+    11-31 s here (loads 20-37), too varied for a fixed --cut time. Each iteration moves
     about 1.3 MB over the 20mbit server link (at least 0.5 s), so the run outlasts the
     cut and the recovery."""
     report = tmp_path / "r.json"

@@ -17,7 +17,7 @@ relay 3 killed in iteration ``--at``, and (netns only) relay 3's link cut for go
 about a second on a 20mbit server link and the cut lands inside the iterations: the
 cut is made as ``netns-run --cut`` makes it (the rank's switch port down), but timed
 from the job's own prediction line (printed when the iterations start: the start-up of
-16 Open MPI ranks on 2 cores, with the link probe, took 19-31 s here at loads of 20-37,
+16 Open MPI ranks on 2 cores, with the link probe, took 11-31 s here at loads of 20-37,
 too varied for a fixed ``--cut`` time), ``--at`` times the predicted iteration later.
 """
 
