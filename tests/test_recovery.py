@@ -123,6 +123,7 @@ def test_the_job_goes_on_without_a_lost_rank(tmp_path, lost, role):
     r = json.loads(report.read_text())
     (loss,) = r["losses"]
     assert (loss["rank"], loss["role"], loss["iteration"]) == (lost, role, 5)
+    assert loss["cause"] == "died" and "unanswered_s" not in loss
     assert loss["detected_s"] >= 0 and loss["recovered_s"] > 0
     assert loss["rolled_back_to"] == 4
     plan, red = reduced_plan("coded", [lost])

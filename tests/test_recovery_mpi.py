@@ -86,7 +86,8 @@ def test_paper_fig2_survives_a_killed_rank(ompi_python, tmp_path, lost, role):
     assert "the job goes on without it" in proc.stderr
     r = json.loads(report.read_text())
     (loss,) = r["losses"]
-    assert (loss["rank"], loss["role"], loss["iteration"]) == (lost, role, 5)
+    assert (loss["rank"], loss["role"], loss["iteration"], loss["cause"]) == (lost, role, 5,
+                                                                           "died")
     assert loss["detected_s"] > 0 and loss["recovered_s"] > 0
     plan = get("coded").plan(reduce_topology(paper_fig2(), [lost]).G, seed=0)
     assert r["planned_loads"] == {"uplink": float(plan.planned_loads[0]),
