@@ -73,6 +73,30 @@ def test_state_is_renamed_to_the_users_kept():
     assert (out["learner/alpha/1"] == 0).all()         # old user 2 is user 1 now
 
 
+def test_synthetic_learners_rows_are_cut_to_the_users_kept():
+    """--dataset synthetic keeps a K x dim W (one row per user); a lost user's row goes
+    (it was kept whole, and the next global update failed on a K - 1 by dim IV block)."""
+    K, dim = 4, 3
+    W = np.arange(K * dim, dtype=float).reshape(K, dim)
+    out = remap_state({"learner/W": W}, (0, 2, 3), K)
+    assert (out["learner/W"] == W[[0, 2, 3]]).all()
+    assert (remap_state({"learner/W": W}, (0, 1, 2, 3), K)["learner/W"] == W).all()
+
+
+def test_a_lost_user_with_synthetic_ivs_goes_on(tmp_path):
+    report = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "hmtl_mpi", "--transport", "inprocess",
+                           "--scheme", "coded", "--dataset", "synthetic", "--dim", "100",
+                           "--iterations", "8", "--quiet", "--on-failure", "continue",
+                           "--inject-fault", "8:3", "--report", str(report)],
+                          capture_output=True, text=True, timeout=600, cwd=str(REPO),
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert [(x["rank"], x["role"]) for x in r["losses"]] == [(8, "user")]
+    assert r["K"] == 9 and all(x["ivs_bit_exact"] for x in r["iterations"])
+
+
 def test_snapshots_keep_the_last_iterations_as_copies():
     snaps = Snapshots(keep=2)
     a = np.zeros(2)

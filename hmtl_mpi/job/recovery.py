@@ -109,14 +109,15 @@ def reduce_topology(G: np.ndarray, lost_ranks) -> Reduction:
     return Reduction(reduced, tuple(relays), tuple(users), dropped, tuple(ranks))
 
 
-def remap_state(state: dict, users: tuple) -> dict:
+def remap_state(state: dict, users: tuple, K: int | None = None) -> dict:
     """A part's state (:meth:`Part.state <hmtl_mpi.schemes.base.Part.state>`) in the
     reduced job's user numbers: per-user entries (``.../K`` keys) renamed or dropped, the
-    learner's K-sized arrays (MOCHA's W: d x K, Sigma: K x K) cut to the users kept."""
+    learner's K-sized arrays (MOCHA's W: d x K, Sigma: K x K; the synthetic learner's W:
+    K x dim) cut to the users kept. ``K``: the number of users before the loss."""
     keep = list(users)
     new = {old: n for n, old in enumerate(users)}
-    K = None
-    if "learner/Sigma" in state:
+    mocha = "learner/Sigma" in state
+    if mocha:
         K = np.asarray(state["learner/Sigma"]).shape[0]
     out = {}
     for key, value in state.items():
@@ -125,9 +126,11 @@ def remap_state(state: dict, users: tuple) -> dict:
             if int(tail) in new:
                 out[f"{head}/{new[int(tail)]}"] = value
             continue
-        if key == "learner/W" and K is not None and np.ndim(value) == 2 \
-                and np.shape(value)[1] == K:
+        if key == "learner/W" and mocha and np.ndim(value) == 2 and np.shape(value)[1] == K:
             value = np.ascontiguousarray(np.asarray(value)[:, keep])
+        elif key == "learner/W" and not mocha and K is not None and np.ndim(value) == 2 \
+                and np.shape(value)[0] == K:
+            value = np.ascontiguousarray(np.asarray(value)[keep])
         elif key == "learner/Sigma" and K is not None:
             value = np.ascontiguousarray(np.asarray(value)[np.ix_(keep, keep)])
         out[key] = value
@@ -279,7 +282,7 @@ class Survival:
                                 f"the last one every survivor completed (it keeps the last "
                                 f"{self.snapshots.keep_n})")
         if it0 >= 0:
-            me.load_state(remap_state(self.snapshots.states[it0], reduction.users))
+            me.load_state(remap_state(self.snapshots.states[it0], reduction.users, K))
         self.snapshots.clear()
         if it0 >= 0:
             self.snapshots.keep(it0, me.state())
