@@ -337,10 +337,12 @@ class Control:
         Only under ``--on-failure continue`` does a wait go on (see the module doc):
 
         * rank 0 asks every rank for its status. Ranks that do not answer, while others
-          do, are taken for cut off: rank 0 waits up to another ``limit`` for ULFM to
-          report them dead (a cut-off rank leaves on its own, below), then raises
-          :class:`ProcessFailed`, and the job recovers as from any lost rank. If they do
-          not leave by then, or every rank answered, or none did, the job ends.
+          do, are taken for cut off: rank 0 waits up to ``limit`` + :func:`ask_grace` +
+          1 s for ULFM to report them dead (a cut-off rank leaves on its own, below),
+          asking them again every second meanwhile, then raises :class:`ProcessFailed`
+          for those gone, and the job recovers as from any lost rank. If all of them
+          answer again (their cut ended), the wait goes on. If they neither leave nor
+          answer by then, or every rank answered, or none did, the job ends.
         * another rank asks rank 0. An answer means the job is alive and another rank is
           the problem: the wait goes on. Without one it asks the other ranks: if one of
           them answers, rank 0 is gone or this rank's own cut just ended: the wait goes
@@ -393,15 +395,17 @@ class Control:
             if (source := self._probe(TAG_REPORT)) is not None:
                 raise RemoteFailure(self._recv_record(source, TAG_REPORT))
             gone = self.failed()
-            if set(silent) <= gone:
-                now = time.monotonic()
-                for r in silent:
-                    self.unanswered[r] = now - began
-                raise ProcessFailed(f"{what}: {names} stopped answering and left the job")
             # a cut that ends now loses nothing: the silent ranks answer again
             while (source := self._probe(TAG_STATUS_REPLY)) is not None:
                 self._recv_record(source, TAG_STATUS_REPLY)
                 answered.add(source)
+            left = [r for r in silent if r in gone]
+            if set(silent) <= gone | answered and left:
+                now = time.monotonic()
+                for r in left:
+                    self.unanswered[r] = now - began
+                raise ProcessFailed(f"{what}: {_join(self.state.who(r) for r in left)} "
+                                    f"stopped answering and left the job")
             if set(silent) <= answered:
                 _say(f"{names} answered again; the job goes on")
                 return True
