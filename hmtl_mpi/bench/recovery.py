@@ -148,8 +148,8 @@ def compare_netns(a) -> int:
           f"values, {a.iterations} iterations, --timeout {a.job_timeout}; relay 3 killed in "
           f"iteration {a.at}, or its link cut about {a.at} iterations in (netns); netns links "
           f"W1 {a.w1}, W2 {a.w2}; Open MPI of {a.python.parent}")
-    print("detected s: after the death; for a cut, rank 0's wait when it found the rank "
-          "silent + the time to its death")
+    print("detected s: from the death to the survivors' shrink; for a cut, rank 0's wait "
+          "until the rank was gone (unanswered_s) + that")
     print(f"{'lost @iteration':20}{'where':8}{'load':>6}{'exit':>6}{'wall s':>8}"
           f"{'detected s':>14}{'recovery s':>11}{'recovered s':>12}  "
           f"{'loads after / reduced plan':26}{'exact':>7}")
