@@ -210,6 +210,7 @@ class Control:
         self._sends = []             # (request, buffer): buffers stay alive until sent
         self.unanswered = {}          # rank 0: world rank that left silent -> seconds awaited
         self._zero_silent = float("-inf")  # when rank 0 alone last did not answer (overdue)
+        self._healed = float("-inf")  # rank 0: when silent ranks last answered again
         self._connect()
 
     def _connect(self, limit: float = 60.0) -> None:
@@ -341,8 +342,11 @@ class Control:
           1 s for ULFM to report them dead (a cut-off rank leaves on its own, below),
           asking them again every second meanwhile, then raises :class:`ProcessFailed`
           for those gone, and the job recovers as from any lost rank. If all of them
-          answer again (their cut ended), the wait goes on. If they neither leave nor
-          answer by then, or every rank answered, or none did, the job ends.
+          answer again (their cut ended), the wait goes on, and for a while after that
+          so does a wait in which every rank answers (what the cut lost is resent only
+          at each TCP connection's next retransmission). If they neither leave nor
+          answer by then, or every rank answered (otherwise), or none did, the job
+          ends.
         * another rank asks rank 0. An answer means the job is alive and another rank is
           the problem: the wait goes on. Without one it asks the other ranks: if one of
           them answers, rank 0 is gone or this rank's own cut just ended: the wait goes
@@ -379,6 +383,11 @@ class Control:
         if reports:
             raise RemoteFailure(reports[0])
         silent = [r for r in others if r not in replies]
+        if not silent and time.monotonic() - self._healed < 2 * (limit + ask_grace(limit)
+                                                                  + MAX_GRACE):
+            # every rank answers, shortly after a cut ended: TCP resends what the cut lost
+            # only at each connection's next retransmission, backed off to seconds
+            return True
         if not silent or len(silent) == len(others):
             return False
         names = _join(self.state.who(r) for r in silent)
@@ -408,6 +417,7 @@ class Control:
                                     f"stopped answering and left the job")
             if set(silent) <= answered:
                 _say(f"{names} answered again; the job goes on")
+                self._healed = time.monotonic()
                 return True
             if time.monotonic() - asked > MAX_GRACE:
                 for r in set(silent) - answered - gone:
