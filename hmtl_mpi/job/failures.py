@@ -560,7 +560,8 @@ def end_job(exc: BaseException, state: RankState, control: Control | None, timeo
                 kinds |= {f.get("kind") for f in reports}
             silent, replies = [], {}
             if "exception" not in kinds and "timeout" in kinds:
-                others = list(range(1, control.size))
+                gone = control.failed()          # lost and recovered from (continue)
+                others = [r for r in range(1, control.size) if r not in gone]
                 replies, late = control.status_of(others, grace)
                 reports += late
                 silent = [r for r in others if r not in replies]
