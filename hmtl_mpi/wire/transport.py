@@ -34,7 +34,10 @@ and raises :class:`~hmtl_mpi.wire.interfaces.ProcessFailed`. :meth:`MpiEndpoint.
 shrinks the world to the survivors and names the lost ranks; :meth:`MpiEndpoint.remap`
 splits the survivors' communicator with every survivor's new rank as its key, so that
 the job's rank arithmetic (server 0, relays 1..H, users H+1..) holds again on it, and
-the communicators mirroring the reduced G are built on that one.
+the communicators mirroring the reduced G are built on that one. Every request the
+endpoint starts stays referenced, with its buffer, until MPI completed it; the shrink
+hands those still pending to :data:`~hmtl_mpi.wire.ulfm.ABANDONED`, kept for the rest of
+the process, so that no message of the iteration given up lands in freed memory.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from ..vocabulary import (
     role_of,
 )
 from .interfaces import Endpoint, PhaseTimeout, ProcessFailed
-from .ulfm import read_death
+from .ulfm import abandon, read_death
 
 # Polling: between two tests a waiting rank sleeps a fraction of the time it has
 # already waited, between POLL_MIN and POLL_MAX seconds. A short wait (a barrier
@@ -93,6 +96,7 @@ def poll_max_problem() -> str:
 if os.environ.get("HMTL_POLL_MAX") and not poll_max_problem():
     POLL_MAX = float(os.environ["HMTL_POLL_MAX"])
 
+PRUNE_AT = 256  # requests started before the completed ones are dropped from the endpoint's list
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX}
 # what fails with an MPI error when a peer died (``survive``)
 _GUARDED = ("isend", "irecv", "wait", "wait_first", "test", "probe", "recv_variable", "delay",
@@ -125,6 +129,8 @@ class MpiEndpoint(Endpoint):
         self.in_group = {}                   # relay index -> {world rank: rank in the group}
         self.comms = {WORLD: world, UPLINK: None, RELAYS: None}
         self._channels = {}                  # peer world rank -> (communicator, rank in it)
+        self._started = []                   # (request, buffer) not known completed
+        self._prune_at = PRUNE_AT
 
     # --- the communicators that mirror G --------------------------------------------------
     def connect(self, G: np.ndarray, flat: bool, per_rank: int = 1) -> None:
@@ -180,8 +186,19 @@ class MpiEndpoint(Endpoint):
             except MPI.Exception:
                 pass
 
+    def _track(self, request, buf):
+        """Keep ``request`` and its buffer referenced until it completed (see the module
+        doc); completed ones (null requests) are dropped now and then."""
+        self._started.append((request, buf))
+        if len(self._started) >= self._prune_at:
+            self._started = [(r, b) for r, b in self._started if r]
+            self._prune_at = max(PRUNE_AT, 2 * len(self._started))
+        return request
+
     def shrink(self):
         self._revoke()
+        abandon(self._started)              # the failed iteration's requests: kept for good
+        self._started, self._prune_at = [], PRUNE_AT
         if self.control is not None:
             self.control.acknowledge()
         world = self.world
@@ -333,11 +350,11 @@ class MpiEndpoint(Endpoint):
         if link is not None:
             self.count(link, buf.nbytes)
         comm, peer = self._channel(dest)
-        return comm.Isend(buf, dest=peer, tag=tag)
+        return self._track(comm.Isend(buf, dest=peer, tag=tag), buf)
 
     def irecv(self, source: int, buf: np.ndarray, tag: int):
         comm, peer = self._channel(source)
-        return comm.Irecv(buf, source=peer, tag=tag)
+        return self._track(comm.Irecv(buf, source=peer, tag=tag), buf)
 
     def test(self, requests) -> bool:
         requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
@@ -366,7 +383,7 @@ class MpiEndpoint(Endpoint):
                 msg = comm.Improbe(source=peer, tag=key[1], status=status)
                 if msg is not None:
                     buf = np.empty(status.Get_count(MPI.BYTE) // dtype.itemsize, dtype=dtype)
-                    requests.append(msg.Irecv(buf))
+                    requests.append(self._track(msg.Irecv(buf), buf))
                     got[key] = buf
                     pending.remove(key)
                     matched = True
@@ -385,23 +402,27 @@ class MpiEndpoint(Endpoint):
 
     # --- collectives ------------------------------------------------------------------------
     def barrier(self, group: str, what: str, timeout: float | None = None) -> None:
-        self.wait(self._comm(group).Ibarrier(), f"{what} (barrier)", timeout)
+        self.wait(self._track(self._comm(group).Ibarrier(), None), f"{what} (barrier)", timeout)
 
     def bcast(self, group, buf, root, what, timeout=None) -> None:
-        self.wait(self._comm(group).Ibcast(buf, root=self._root(group, root)), what, timeout)
+        self.wait(self._track(self._comm(group).Ibcast(buf, root=self._root(group, root)), buf),
+                  what, timeout)
 
     def gather(self, group, array, root, what, timeout=None):
         comm = self._comm(group)
         out = (np.empty((comm.Get_size(),) + array.shape, dtype=array.dtype)
                if self.rank == root else None)
-        self.wait(comm.Igather(np.ascontiguousarray(array), out, root=self._root(group, root)),
-                  what, timeout)
+        array = np.ascontiguousarray(array)
+        self.wait(self._track(comm.Igather(array, out, root=self._root(group, root)),
+                              (array, out)), what, timeout)
         return out
 
     def reduce(self, group, array, op, root, what):
         out = np.zeros_like(array) if self.rank == root else None
-        self.wait(self._comm(group).Ireduce(np.ascontiguousarray(array), out, op=_OPS[op],
-                                            root=self._root(group, root)), what)
+        array = np.ascontiguousarray(array)
+        self.wait(self._track(self._comm(group).Ireduce(array, out, op=_OPS[op],
+                                                        root=self._root(group, root)),
+                              (array, out)), what)
         return out
 
     def scatterv(self, group, sendbuf, counts, displs, recvbuf, root, what, timeout=None):
@@ -411,9 +432,10 @@ class MpiEndpoint(Endpoint):
             send = [sendbuf, [int(c) for c in counts], [int(d) for d in displs],
                     MPI._typedict[np.asarray(sendbuf).dtype.char]]
         recv = MPI.IN_PLACE if recvbuf is None else recvbuf
-        self.wait(comm.Iscatterv(send, recv, root=self._root(group, root)), what, timeout)
+        self.wait(self._track(comm.Iscatterv(send, recv, root=self._root(group, root)),
+                              (send, recv)), what, timeout)
 
     def allgatherv(self, group, mine, out, counts, displs, what) -> None:
-        self.wait(self._comm(group).Iallgatherv(
+        self.wait(self._track(self._comm(group).Iallgatherv(
             mine, [out, [int(c) for c in counts], [int(d) for d in displs],
-                   MPI._typedict[out.dtype.char]]), what)
+                   MPI._typedict[out.dtype.char]]), (mine, out)), what)

@@ -34,6 +34,25 @@ INSTALL = ("--on-failure continue needs an MPI with user-level fault tolerance (
            "--on-failure continue ... (README, 'Faults and recovery')")
 
 
+# Requests given up at a loss, each with its buffer, kept for the rest of the process. A
+# request abandoned pending may still complete: a message already matched or on its way
+# (a survivor's send of the iteration given up, a cut rank's last data that TCP delivers
+# once the link is back) lands in the receive's buffer, even after the revoke and the
+# shrink, and a send goes on reading its own. Dropping the mpi4py request frees it and its
+# NumPy buffer, and Open MPI then writes into freed memory (a SIGSEGV when its pages were
+# unmapped: tests/test_abandoned_requests.py). Not cancelled: the memory is what matters,
+# and Open MPI cannot cancel a send or a receive already matched.
+ABANDONED: list = []
+
+
+def abandon(pairs) -> int:
+    """Keep ``pairs`` ((request, buffer)) whose request did not complete for the rest of
+    the process (see ABANDONED). Returns how many were kept."""
+    kept = [(r, b) for r, b in pairs if r]        # a completed mpi4py request is null: false
+    ABANDONED.extend(kept)
+    return len(kept)
+
+
 def prepare() -> None:
     """Before ``MPI_Init``: switch Open MPI's failure detector on (see the module doc)."""
     for name, value in DETECTOR.items():
