@@ -63,7 +63,7 @@ import numpy as np
 from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                           TAG_HELLO, TAG_REPORT, TAG_STATUS_REPLY, TAG_STATUS_REQUEST)
 from ..wire.interfaces import PhaseTimeout, ProcessFailed
-from ..wire.ulfm import write_death
+from ..wire.ulfm import abandon, write_death
 from .supervisor import drain_stderr, host_key, read_page_of
 
 RECORD_BYTES = 2048          # one report or status record: JSON text in a uint8 buffer
@@ -206,7 +206,7 @@ class Control:
         self.size = self.comm.Get_size()
         self.state = state
         self._status = MPI.Status()
-        self._ping = np.zeros(1, dtype=np.int64)
+        self._got = None             # the message _probe received last
         self._sends = []             # (request, buffer): buffers stay alive until sent
         self.unanswered = {}          # rank 0: world rank that left silent -> seconds awaited
         self._zero_silent = float("-inf")  # when rank 0 alone last did not answer (overdue)
@@ -235,33 +235,66 @@ class Control:
                 for r in reqs:
                     if r != MPI.REQUEST_NULL:
                         r.Cancel()
+                abandon(zip(reqs, back + out))   # their buffers outlive them (wire.ulfm)
                 return
             time.sleep(0.001)
 
     def _send(self, dest: int, tag: int, buf: np.ndarray) -> None:
-        self._sends = [(r, b) for r, b in self._sends if not r.Test()]
-        self._sends.append((self.comm.Isend(buf, dest=dest, tag=tag), buf))
+        pending = []
+        for request, kept in self._sends:
+            try:
+                if not request.Test():
+                    pending.append((request, kept))
+            except self.MPI.Exception:
+                if not self.survive:
+                    raise
+                abandon([(request, kept)])       # to a rank that is gone (see _probe)
+        self._sends = pending
+        try:
+            self._sends.append((self.comm.Isend(buf, dest=dest, tag=tag), buf))
+        except self.MPI.Exception:
+            if not self.survive:          # --on-failure continue: to a rank that is gone
+                raise
 
     def _recv_record(self, source: int, tag: int) -> dict:
-        buf = np.empty(RECORD_BYTES, dtype=np.uint8)
-        self.comm.Recv(buf, source=source, tag=tag)
-        return decode_record(buf)
+        """The record :meth:`_probe` just received from ``source`` with ``tag``."""
+        return decode_record(self._got)
 
     def _probe(self, tag: int):
-        try:
-            found = self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=self._status)
-        except self.MPI.Exception:
-            if not self.survive:
-                raise
-            # ULFM (--on-failure continue): a rank died; the job's own communicators
-            # report it (hmtl_mpi.wire.transport); here it is only acknowledged
-            self.acknowledge()
-            return None
-        return self._status.Get_source() if found else None
+        """The source of the next message with ``tag`` (None: none), received at once (a
+        matched probe: the callers read it with :meth:`_recv_record`)."""
+        MPI = self.MPI
+        while True:
+            try:
+                msg = self.comm.Improbe(source=MPI.ANY_SOURCE, tag=tag, status=self._status)
+            except MPI.Exception:
+                if not self.survive:
+                    raise
+                # ULFM (--on-failure continue): a rank died; the job's own communicators
+                # report it (hmtl_mpi.wire.transport); here it is only acknowledged
+                self.acknowledge()
+                return None
+            if msg is None:
+                return None
+            source = self._status.Get_source()
+            buf = (np.empty(1, dtype=np.int64) if tag == TAG_STATUS_REQUEST
+                   else np.empty(RECORD_BYTES, dtype=np.uint8))
+            try:
+                msg.Recv(buf)
+            except MPI.Exception:
+                if not self.survive:
+                    raise
+                # --on-failure continue: the sender is gone, e.g. a cut rank's status
+                # request that TCP delivered once its link was back, after it had left. Not
+                # a failure of this rank: raised inside a wait of the survivors' recovery,
+                # it revoked their new communicator while others still built it (Open MPI
+                # then died of SIGSEGV in its revoke). Dropped.
+                continue
+            self._got = buf
+            return source
 
     def _answer_requests(self) -> None:
         while (source := self._probe(TAG_STATUS_REQUEST)) is not None:
-            self.comm.Recv(self._ping, source=source, tag=TAG_STATUS_REQUEST)
             self._send(source, TAG_STATUS_REPLY, encode_record(self.state.record()))
 
     def poll(self) -> None:
