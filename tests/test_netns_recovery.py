@@ -18,6 +18,7 @@ from test_netns import assert_no_namespaces_of, needs_netns, netns_run
 from test_recovery_mpi import ompi_python  # noqa: F401 - the fixture
 
 from hmtl_mpi.bench.recovery import netns_job
+from hmtl_mpi.job.failures import MAX_GRACE, ask_grace
 from hmtl_mpi.job.recovery import reduce_topology
 from hmtl_mpi.planning.topology import paper_fig2
 from hmtl_mpi.schemes import get
@@ -71,6 +72,32 @@ def test_long_cut_of_a_relays_link_is_its_loss(ompi_python, tmp_path):  # noqa: 
     print(f"cut at {got['cut_at']:.1f} s in iteration {loss['iteration']}, unanswered "
           f"{loss['unanswered_s']:.1f} s, recovered after {loss['recovered_s']:.1f} s, job "
           f"{got['wall']:.0f} s", file=sys.stderr)
+    assert_no_namespaces_of(got["pid"])
+
+
+@needs_netns
+def test_a_cut_that_ends_as_the_cut_relay_leaves_is_survived(ompi_python, tmp_path):  # noqa: F811
+    """Relay 3's link cut for about as long as it waits before it leaves (--timeout, then
+    its asking: ask_grace and MAX_GRACE), less 0.5 s, so the link comes back about when it
+    leaves, and what it sent while cut (status requests to every rank) reaches the
+    survivors during their recovery. Before the failure layer dropped such messages,
+    every such job failed (8 s with --timeout 5: SIGSEGV in survivors, or exit 1 or 3;
+    BENCHMARKS.md). Whether the relay left just before the link came back or answered
+    again just after is timing: either way the job ends with exit 0, bit-exact."""
+    cut_for = TIMEOUT + ask_grace(TIMEOUT) + MAX_GRACE - 0.5
+    report = tmp_path / "r.json"
+    got = netns_job(ompi_python, ["--scheme", "coded", "--dataset", "synthetic", "--dim",
+                                  "20000", "--iterations", str(ITERATIONS), "--quiet",
+                                  "--on-failure", "continue", "--timeout", str(TIMEOUT),
+                                  "--report", str(report)], cut=3, cut_after=2, timeout=500,
+                    cut_for=cut_for)
+    err = got["err"]
+    assert got["cut_at"] is not None, err[-3000:]
+    assert got["code"] == 0 and "killed by signal" not in err, err[-3000:]
+    r = json.loads(report.read_text())
+    assert [(x["rank"], x["cause"]) for x in r["losses"]] in ([], [(3, "cut off")]), r["losses"]
+    assert [x["iteration"] for x in r["iterations"]] == list(range(ITERATIONS))
+    assert all(x["ivs_bit_exact"] for x in r["iterations"]) and r["models_delivered_intact"]
     assert_no_namespaces_of(got["pid"])
 
 

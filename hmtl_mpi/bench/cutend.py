@@ -10,7 +10,8 @@ began, so an 8 s cut ends about when it leaves: what it sent while cut then reac
 survivors during their recovery (README, "Faults and recovery").
 
 One line per job: exit code, wall time, load, whether the cut relay left, how many
-ranks died of SIGSEGV, and the report's loss. Ranks run with ``PYTHONFAULTHANDLER=1``.
+ranks died of SIGSEGV, and the report's loss. Ranks run with ``PYTHONFAULTHANDLER=1`` and
+core dumps on (where ``/proc/sys/kernel/core_pattern`` puts them).
 A benchmark of robustness, not a test: it asserts nothing.
 """
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import tempfile
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     if a.runs < 1 or any(f is not None and f <= 0 for f in fors):
         p.error("--runs and every --cut-for must be positive")
     os.environ["PYTHONFAULTHANDLER"] = "1"
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     print(f"{'job':>4}{'cut s':>7}{'load':>6}{'exit':>6}{'wall s':>8}{'left':>6}{'SIGSEGV':>9}"
           f"  loss")
     with tempfile.TemporaryDirectory() as tmp:
