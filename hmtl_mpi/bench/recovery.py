@@ -117,20 +117,27 @@ def netns_job(python: Path, job_args: list, rates=("100mbit", "20mbit"), cut: in
             "err": "".join(err), "pid": proc.pid, "cut_at": cut_at}
 
 
-def _row(name: str, where: str, code, wall: float, r: dict | None, load: float) -> str:
-    cells = ["-"] * 3
-    loads = "-"
+def _loss_cells(r: dict | None) -> tuple:
+    """A report's first loss as the tables' cells: (detected, recovery, recovered), the
+    loads after it against the reduced plan, and the loss itself (None without one)."""
+    cells, loads, loss = ["-"] * 3, "-", None
     if r is not None:
         loss = next((x for x in r.get("losses", []) if "removed" not in x), None)
         if loss is not None:
             cells = [f"{loss['detected_s']:.3f}", f"{loss['recovery_wall_s']:.3f}",
                      f"{loss.get('recovered_s', float('nan')):.3f}"]
-            if loss.get("cause") == "cut off":
-                cells[0] = f"{loss['unanswered_s']:.1f}+{loss['detected_s']:.3f}"
-            name = f"{name} @{loss['iteration']}"
         m, pl = r["measured_loads"], r["planned_loads"]
         loads = (f"{m['uplink']:.3f}/{m['downlink']:.3f} vs "
                  f"{pl['uplink']:g}/{pl['downlink']:g}")
+    return cells, loads, loss
+
+
+def _row(name: str, where: str, code, wall: float, r: dict | None, load: float) -> str:
+    cells, loads, loss = _loss_cells(r)
+    if loss is not None:
+        if loss.get("cause") == "cut off":
+            cells[0] = f"{loss['unanswered_s']:.1f}+{loss['detected_s']:.3f}"
+        name = f"{name} @{loss['iteration']}"
     exact = "-" if r is None else str(all(x["ivs_bit_exact"] for x in r["iterations"]))
     return (f"{name:20}{where:8}{load:>6.1f}{code!s:>6}{wall:>8.1f}{cells[0]:>14}{cells[1]:>11}"
             f"{cells[2]:>12}  {loads:26}{exact:>7}")
@@ -203,16 +210,7 @@ def main(argv=None) -> int:
         for name, rank in (("nothing", None),) + LOSSES:
             fault = [] if rank is None else ["--inject-fault", f"{rank}:{a.at}:kill"]
             code, wall, r, load = run(a.python, base + fault, a.timeout)
-            cells = ["-"] * 3
-            loads = "-"
-            if r is not None:
-                loss = next((x for x in r.get("losses", []) if "removed" not in x), None)
-                if loss is not None:
-                    cells = [f"{loss['detected_s']:.3f}", f"{loss['recovery_wall_s']:.3f}",
-                             f"{loss['recovered_s']:.3f}"]
-                m, pl = r["measured_loads"], r["planned_loads"]
-                loads = (f"{m['uplink']:.3f}/{m['downlink']:.3f} vs "
-                         f"{pl['uplink']:g}/{pl['downlink']:g}")
+            cells, loads, _ = _loss_cells(r)
             print(f"{name:10}{load:>6.1f}{code!s:>6}{wall:>8.1f}{cells[0]:>12}{cells[1]:>12}"
                   f"{cells[2]:>13}  {loads:28}  {r['model_digest'][:16] if r else '-'}",
                   flush=True)

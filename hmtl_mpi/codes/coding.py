@@ -75,6 +75,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..planning.topology import OnTopology
+
 P = 65537                   # the field's prime, 2^16 + 1
 SYMBOL_DTYPE = np.uint16    # one symbol on the wire (a coded 65536 goes to the escape list)
 SYMBOLS_PER_VALUE = 4       # a float64 IV value is four 16-bit symbols
@@ -712,7 +714,7 @@ CONSTRUCTIONS = ("structured", "random")
 
 
 @dataclass
-class Code:
+class Code(OnTopology):
     """A coded exchange for a topology: its blocks, deterministic from (G, layouts, seed).
 
     ``construction`` says how its coefficients were made: ``"random"`` (drawn from
@@ -728,14 +730,6 @@ class Code:
     attempts: int = 1      # draws tried (seed, seed+1, ...)
     construction: str = "random"
     fallback: str = ""
-
-    @property
-    def H(self) -> int:
-        return int(self.G.shape[0])
-
-    @property
-    def K(self) -> int:
-        return int(self.G.shape[1])
 
     # serialisation: one uint8 buffer, so that one rank builds and Bcasts it
     def to_buffer(self) -> np.ndarray:
