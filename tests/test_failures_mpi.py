@@ -46,6 +46,23 @@ def _marked_processes(mark: str) -> list:
     return found
 
 
+def _still_running(mark: str) -> str:
+    """The job's processes still alive: pid, rank, state, kernel wait channel, parent (for
+    the message of a test whose job did not end)."""
+    lines = []
+    for pid in _marked_processes(mark):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            rank = next((kv.split(b"=", 1)[1].decode() for kv in env
+                         if kv.startswith(b"PMI_RANK=")), "?")
+            stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            wchan = open(f"/proc/{pid}/wchan").read()
+            lines.append(f"pid {pid} rank {rank} state {stat[0]} parent {stat[1]} wchan {wchan}")
+        except OSError:
+            continue
+    return "; ".join(lines) or "none"
+
+
 def _assert_nothing_left(mark: str) -> None:
     deadline = time.monotonic() + 5
     while _marked_processes(mark) and time.monotonic() < deadline:
@@ -158,7 +175,12 @@ def _kill_while_iterating(small, victim):
         _wait_for_iterations(proc)
         os.kill(victim(mark), signal.SIGKILL)
         killed = time.monotonic()
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"mpiexec still running 30 s after the kill; the job's "
+                                 f"processes: {_still_running(mark)}; stderr so far: "
+                                 f"{exc.stderr!r}") from None
         took = time.monotonic() - killed
     finally:
         proc.kill()

@@ -64,7 +64,7 @@ from ..vocabulary import (EXIT_FAULT, EXIT_HANG, EXIT_INTERRUPTED, EXIT_OK, EXIT
                           TAG_HELLO, TAG_REPORT, TAG_STATUS_REPLY, TAG_STATUS_REQUEST)
 from ..wire.interfaces import PhaseTimeout, ProcessFailed
 from ..wire.ulfm import abandon, write_death
-from .supervisor import drain_stderr, host_key, read_page_of
+from .supervisor import die_on_sigterm, drain_stderr, host_key, read_page_of
 
 RECORD_BYTES = 2048          # one report or status record: JSON text in a uint8 buffer
 REPORT_WINDOW = 0.3          # s rank 0 waits for further reports after the first
@@ -618,6 +618,28 @@ def end_job(exc: BaseException, state: RankState, control: Control | None, timeo
         _abort(state, world, EXIT_INTERRUPTED, quiet=True)
 
 
+def end_after_loss(code: int) -> None:
+    """End this rank, with exit ``code``, of a job that lost a rank: without MPI_Finalize
+    (never returns).
+
+    In Open MPI 5.0.11 the lost rank's neighbour in the heartbeat ring (the failure
+    detector, :mod:`hmtl_mpi.wire.ulfm`) waits in ``ompi_comm_failure_detector_finalize``
+    for the lost rank to confirm it stopped, and the finalize fence of every other rank
+    waits for that neighbour. Measured (16 ranks, one killed, then shrink, barrier,
+    MPI_Finalize): 10.0 s in MPI_Finalize in each of 22 runs; and once in CI a job whose
+    report was written hung there until mpirun's ``--timeout`` (570 s). An open Open MPI
+    issue reports the same hang (open-mpi/ompi#11404). To ULFM a rank that leaves without
+    MPI_Finalize is a failure: a rank still in the job's last barrier may take it for one,
+    which :func:`hmtl_mpi.job.runtime.run_job` then ignores (the barrier lets no rank out
+    before every rank arrived, so the work and the report are done)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    drain_stderr()
+    os._exit(code)
+
+
 def record_exit(rank: int, code: int) -> None:
     """Write ``code`` to ``$HMTL_STATUS_DIR/rank-RANK`` when that folder is set: under srun,
     MPI_Abort makes Slurm SIGKILL every task of the step, so that srun reports 137
@@ -641,5 +663,6 @@ def _abort(state: RankState, world, code: int, quiet: bool = False):
             pass
     if not quiet:
         drain_stderr()
+    die_on_sigterm()
     world.Abort(code)
     os._exit(code)

@@ -58,13 +58,13 @@ from . import checkpoint as ckpt
 from . import checks, plancache, segments
 from .config import JobConfig
 from .failures import (Control, RankState, Terminated, classify, decode_record, encode_record,
-                       end_job)
+                       end_after_loss, end_job)
 from .hosting import rank_link_loads, rank_part
 from .predict import phase_seconds, verdict
 from .recovery import Survival, loss_lines, users_lost
 from .replan import replan_for_time
 from .report import job_payload, progress_line, run_report, summary, write_report
-from .supervisor import launcher_rank, orphaned
+from .supervisor import die_on_sigterm, launcher_rank, orphaned
 
 SETUP_TIMEOUT = 600.0   # seconds the other ranks wait for rank 0's plans and codes
 REPORT_BYTES_PER_ITERATION = 2048     # generous: a report's iteration record is ~700 bytes
@@ -768,8 +768,15 @@ def run_job(config: JobConfig, endpoint, state) -> int:
                 r["losses"] = losses
         finish(config, setup, reports, predicted, oversubscribed, endpoint, state)
     state.step("end of the job")
-    endpoint.barrier(WORLD, "end of job (rank 0 computing baselines, writing the report)",
-                     max(config.timeout, SETUP_TIMEOUT))
+    try:
+        endpoint.barrier(WORLD, "end of job (rank 0 computing baselines, writing the report)",
+                         max(config.timeout, SETUP_TIMEOUT))
+    except ProcessFailed:
+        if not endpoint.survived_loss:
+            raise
+        # after a loss the ranks end without MPI_Finalize (end_after_loss): one that left
+        # the barrier first looks failed to one still in it, and nobody leaves it before
+        # every rank arrived (rank 0 after writing the report): the job's work is done
     if rank == 0 and len({r["model_digest"] for r in reports}) > 1 and not users_lost(losses):
         sys.stderr.write(f"hmtl_mpi: the runs of {', '.join(r['scheme'] for r in reports)} "
                          f"ended with different models (lossless check failed)\n")
@@ -890,8 +897,12 @@ def main(argv=None, page=None) -> int:
         global _checkpointing
         _checkpointing = bool(config.checkpoint)
         timeout = config.timeout
-        return run_job(config, MpiEndpoint(world, config.timeout, control, state, survive),
-                       state)
+        endpoint = MpiEndpoint(world, config.timeout, control, state, survive)
+        code = run_job(config, endpoint, state)
+        if endpoint.survived_loss:
+            end_after_loss(code)
+        die_on_sigterm()                                 # MPI_Finalize follows (at exit)
+        return code
     except BaseException as exc:   # noqa: BLE001 - any failure on any rank ends the whole job
         end_job(exc, state, control, timeout)
         return 1

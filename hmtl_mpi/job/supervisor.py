@@ -62,6 +62,15 @@ def die_with_parent(signum: int) -> bool:
         return False
 
 
+def die_on_sigterm() -> None:
+    """From now on SIGTERM ends this process at once, without Python's handler. Called
+    before an MPI call that may block in C with the GIL held (``MPI_Abort``, the final
+    ``MPI_Finalize``): a Python handler would never run there, and a rank whose watcher
+    is gone (its parent-death SIGTERM) would live on, holding the launcher's output
+    pipes open, so that ``mpiexec`` never ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def orphaned() -> bool:
     """In a rank: whether its watcher is gone (the rank then has another parent)."""
     return _watcher is not None and os.getppid() != _watcher

@@ -531,6 +531,7 @@ class InProcessEndpoint(Endpoint):
         return r if self.peer is None else self.peer[r]
 
     def shrink(self):
+        self.survived_loss = True
         lost, when = self.fabric.shrink(self.me)
         job_rank = {self._p(r): r for r in range(self.size)}
         return [job_rank[p] for p in lost], {job_rank[p]: t for p, t in when.items()}

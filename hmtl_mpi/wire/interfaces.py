@@ -65,6 +65,9 @@ class Endpoint(ABC):
         # after shrink(): lost rank -> how long rank 0 had waited on it until it was gone
         # (a cut link, not a death; --on-failure continue)
         self.cut_off = {}
+        # whether a rank was lost (shrink() ran): the MPI job then ends without MPI_Finalize
+        # (hmtl_mpi.job.failures.end_after_loss)
+        self.survived_loss = False
 
     # --- byte counters -------------------------------------------------------------------
     def reset_counters(self) -> None:

@@ -196,6 +196,7 @@ class MpiEndpoint(Endpoint):
         return request
 
     def shrink(self):
+        self.survived_loss = True
         self._revoke()
         abandon(self._started)              # the failed iteration's requests: kept for good
         self._started, self._prune_at = [], PRUNE_AT
