@@ -626,7 +626,8 @@ def end_after_loss(code: int) -> None:
     detector, :mod:`hmtl_mpi.wire.ulfm`) waits in ``ompi_comm_failure_detector_finalize``
     for the lost rank to confirm it stopped, and the finalize fence of every other rank
     waits for that neighbour. Measured (16 ranks, one killed, then shrink, barrier,
-    MPI_Finalize): 10.0 s in MPI_Finalize in each of 22 runs; and once in CI a job whose
+    MPI_Finalize): 10.0 s in MPI_Finalize in each of the 9 runs that printed it, and 21 of 21
+    such jobs took 11.7 s; once in CI a job whose
     report was written hung there until mpirun's ``--timeout`` (570 s). An open Open MPI
     issue reports the same hang (open-mpi/ompi#11404). To ULFM a rank that leaves without
     MPI_Finalize is a failure: a rank still in the job's last barrier may take it for one,
