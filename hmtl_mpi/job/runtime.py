@@ -847,10 +847,12 @@ def _terminate(signum, frame):
     """SIGTERM: Slurm's preemption and time limit, ``kill``, or this rank's watcher gone.
     With ``--checkpoint`` the job stops at its next checkpoint, which it writes at once."""
     if orphaned():
-        sys.stderr.write(f"hmtl_mpi: rank {_launcher_rank()}'s watcher process was killed; "
-                         f"the rank ends too\n")
-        sys.stderr.flush()
-        os._exit(EXIT_TERMINATED)
+        try:        # the launcher may have closed the pipe: the rank must end all the same
+            sys.stderr.write(f"hmtl_mpi: rank {_launcher_rank()}'s watcher process was killed; "
+                             f"the rank ends too\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_TERMINATED)
     if _checkpointing:
         _stop["requested"] = True
         return
