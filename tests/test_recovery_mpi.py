@@ -100,6 +100,30 @@ def test_paper_fig2_survives_a_killed_rank(ompi_python, tmp_path, lost, role):
         assert 0 <= x["bytes"]["server_to_relay"] - plan.planned_loads[1] * iv < 0.1 * iv
 
 
+def test_users_left_without_a_relay_leave_and_the_rest_ends_as_in_process(ompi_python,
+                                                                         tmp_path):
+    """Tree 2,2,2, relay 1 killed: users 1 and 2 have no relay left and their ranks leave
+    the job at once (without MPI_Finalize, as every rank of a job that lost one); the
+    others go on, and end with the models of the same command run in one process."""
+    topology, report, clean = tmp_path / "t.npy", tmp_path / "r.json", tmp_path / "c.json"
+    np.save(topology, np.kron(np.eye(3, dtype=np.uint8), np.ones((1, 2), dtype=np.uint8)))
+    args = ["--topology", str(topology), "--scheme", "coded", "--iterations", "8", "--quiet",
+            "--on-failure", "continue", "--inject-fault"]
+    proc = ompi_job(ompi_python, 10, *args, "1:2:kill", "--report", str(report), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "user 1 (rank 4) removed" in proc.stdout and "user 2 (rank 5) removed" in proc.stdout
+    ref = subprocess.run([sys.executable, "-m", "hmtl_mpi", "--transport", "inprocess", *args,
+                          "1:2", "--report", str(clean)], capture_output=True, text=True,
+                         timeout=TIMEOUT, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                         cwd=str(REPO))
+    assert ref.returncode == 0, ref.stderr
+    r, c = json.loads(report.read_text()), json.loads(clean.read_text())
+    assert [(x["rank"], x["role"], "removed" in x) for x in r["losses"]] == [
+        (1, "relay", False), (4, "user", True), (5, "user", True)]
+    assert (r["H"], r["K"]) == (2, 4) and r["ivs_bit_exact"] and r["models_delivered_intact"]
+    assert r["model_digest"] == c["model_digest"]
+
+
 @pytest.mark.parametrize("lost,H,K", [(6, 3, 8), (2, 2, 6)])
 def test_gd_a_killed_worker_or_edge_leaves_the_gradient_of_a_run_that_lost_nothing(
         ompi_python, tmp_path, lost, H, K):
