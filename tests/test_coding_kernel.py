@@ -85,6 +85,51 @@ def test_kernel_equals_numpy_path_and_python_integers(paths, r, c, L):
         assert np.array_equal(o32[0], o32[1]) and np.array_equal(o32[1], full)
 
 
+
+@pytest.mark.parametrize("readonly", ["none", "all", "some"])
+def test_rows_as_a_list_equal_the_stacked_rows(paths, readonly):
+    """Rows given one by one (views into separate arrays: the decoders' way, no stacked
+    copy) give the stacked array's results on both paths, escapes and ``add`` included;
+    rows numba cannot type as one list (some read-only) are stacked first."""
+    rng = np.random.default_rng(11)
+    r, c, L = 5, 9, 9001
+    coeffs, rows, esc = _case(rng, r, c, L, 300)
+    add = rng.integers(0, 65536, size=(r, L)).astype(np.uint16)
+    pools = [np.concatenate([np.zeros(3, np.uint16), row, np.zeros(5, np.uint16)]) for row in rows]
+    for m, pool in enumerate(pools):
+        if readonly == "all" or (readonly == "some" and m % 2):
+            pool.flags.writeable = False
+    row_list = [pool[3: 3 + L] for pool in pools]
+    for kw in ({}, {"add": add}):
+        want = np.empty((r, L), dtype=np.uint16)
+        want_found = paths(False, coeffs, rows, want, esc, **kw)
+        for kernel in (False, True):
+            out = np.full((r, L), 7, dtype=np.uint16)
+            found = paths(kernel, coeffs, row_list, out, esc, **kw)
+            assert np.array_equal(out, want) and np.array_equal(found, want_found)
+    with pytest.raises(ValueError, match="rows of shapes"):
+        combine_mod_p(coeffs, row_list[:-1] + [row_list[-1][:-1]], np.empty((r, L), np.uint16))
+    with pytest.raises(ValueError, match="9 rows"):
+        combine_mod_p(coeffs[:, :-1], row_list, np.empty((r, L), np.uint16))
+
+
+@pytest.mark.parametrize("dim,D", [(1000, 2), (1001, 3), (7, 5)])
+def test_unit_rows_and_decoded_views(dim, D):
+    """iv_unit_rows: an IV's units as rows (views, padded copies at its end), the same as
+    iv_units; decoded_ivs: float64 views of a decoded array when aligned, else copies,
+    equal to units_to_iv either way."""
+    rng = np.random.default_rng(dim)
+    iv = rng.standard_normal(dim)
+    u = coding.unit_symbols(dim, D)
+    rows = coding.iv_unit_rows(iv, D, u)
+    assert np.array_equal(np.stack(rows), coding.iv_units(iv, D))
+    ivs = rng.standard_normal((3, dim))
+    x = np.concatenate([coding.iv_units(v, D) for v in ivs])
+    got = coding.decoded_ivs(x, 3, dim)
+    for v, g in zip(ivs, got):
+        assert g.dtype == np.float64 and g.view(np.uint64).tobytes() == v.view(np.uint64).tobytes()
+    assert all(np.shares_memory(g, x) for g in got) == ((D * u) % 4 == 0)
+
 @pytest.mark.parametrize("c,L", [(coding.KERNEL_MAX_TERMS, 3), (coding.KERNEL_MAX_TERMS, 9000),
                                  (coding.KERNEL_MAX_TERMS + 1, 50)])
 def test_kernel_many_terms_and_few_columns(paths, monkeypatch, c, L):

@@ -147,6 +147,10 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     ``add`` (r x L field elements, uint16 with ``add_escapes`` standing for 65536, or
     uint32) is added before the reduction: ``out = add + coeffs @ rows``, in the same
     pass over the chunk.
+    ``rows`` may also be a list of c 1-D arrays of L symbols (one dtype): the same terms
+    without stacking them into one array first, so that a decoder passes views of the
+    broadcast and of its own IVs; the kernel reads them in place (the NumPy path stacks
+    them).
 
     Exactness of the reduction: for integers 0 <= y < 2^53, ``floor(y * fl(1/p))``
     equals floor(y / p). fl(1/p) is below 1/p by a relative 2.7e-20 (~2^-65),
@@ -158,9 +162,18 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     """
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
     r, c = coeffs.shape
-    if rows.ndim != 2 or rows.shape[0] != c:
+    row_list = None
+    if isinstance(rows, (list, tuple)):            # the rows one by one (no stacked copy)
+        row_list = [np.asarray(x) for x in rows]
+        if len(row_list) != c or any(x.ndim != 1 or x.shape != row_list[0].shape
+                                     or x.dtype != row_list[0].dtype for x in row_list):
+            raise ValueError(f"coefficient matrix is {r} x {c} but {len(row_list)} rows of "
+                             f"shapes {sorted({x.shape for x in row_list})} were given")
+        L = row_list[0].shape[0] if c else out.shape[1]
+    elif rows.ndim != 2 or rows.shape[0] != c:
         raise ValueError(f"coefficient matrix is {r} x {c} but rows of shape {rows.shape} were given")
-    L = rows.shape[1]
+    else:
+        L = rows.shape[1]
     if out.shape != (r, L):
         raise ValueError(f"out has shape {out.shape}, expected {(r, L)}")
     wire = out.dtype == SYMBOL_DTYPE
@@ -192,12 +205,14 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
         add_cols = None
     terms = c + (add is not None)
     if (c <= KERNEL_MAX_TERMS and terms * L >= KERNEL_MIN_SYMBOLS
-            and _kernel_takes(terms * L, rows, out, add)):
-        got = _combine_compiled(coeffs, rows, out, wire, add,
+            and _kernel_takes(terms * L, out, add, *(row_list if row_list else [rows]))):
+        got = _combine_compiled(coeffs, rows if row_list is None else row_list, out, wire, add,
                                 None if esc_cols is None else (esc_rows, esc_cols),
                                 None if add_cols is None else (add_rows, add_cols))
         if got is not None:
             return got
+    if row_list is not None:
+        rows = np.stack(row_list) if c else np.zeros((0, L), dtype=SYMBOL_DTYPE)
     width = _chunk_width(r, c, L)
     x = np.empty((c, width), dtype=np.float64)
     y = np.empty((r, width), dtype=np.float64)
@@ -269,7 +284,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     the order of the additions (and contraction into FMAs) cannot change a result.
     """
     r, c = C.shape
-    L = rows.shape[1]
+    L = out.shape[1]
     c2 = c + (c & 1)                                # terms go in pairs: a zero row pads
     B = min(L, KERNEL_COLUMNS, max(256, KERNEL_BLOCK_BYTES // (8 * max(c2, 1))) // 64 * 64)
     Cp = np.zeros((r + 3, c2))                      # and 3 zero rows: 3 rows take a group of 4
@@ -284,9 +299,9 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
         w = min(B, L - s)
         for j in range(c):
             xj = xb[j]
-            src = rows[j, s:s + w]
+            src = rows[j]                           # a row of a 2-D array, or of a list
             for t in range(w):
-                xj[t] = src[t]
+                xj[t] = src[s + t]
         while ep < esc_cols.size and esc_cols[ep] < s + w:
             xb[esc_rows[ep], esc_cols[ep] - s] += 65536.0
             ep += 1
@@ -459,18 +474,27 @@ def _combine_compiled(coeffs, rows, out, wire, add, esc, add_esc):
     none = np.zeros(0, dtype=np.int64)
     er, ec = esc if esc is not None else (none, none)
     ar, ac = add_esc if add_esc is not None else (none, none)
-    for pos, n, m in (((er, ec), rows.shape[0], L), ((ar, ac), r, L)):   # it does not check indices
+    for pos, n, m in (((er, ec), coeffs.shape[1], L), ((ar, ac), r, L)):   # it does not check indices
         if pos[0].size and (min(pos[0].min(), pos[1].min()) < 0 or pos[0].max() >= n
                             or pos[1].max() >= m):
             return None
     # the NumPy path redoes a call with too many escapes: keep its inputs intact
     if add is not None and np.may_share_memory(add, out):
         add = add.copy()
-    if np.may_share_memory(rows, out):
+    row_dtype = (rows[0].dtype if rows else SYMBOL_DTYPE) if isinstance(rows, list) else rows.dtype
+    if isinstance(rows, list):
+        rows = [x.copy() if np.may_share_memory(x, out) else x for x in rows]
+        # numba types a list by its items' type: one dtype, all writeable (or not) and aligned
+        if rows and len({(x.flags.writeable, x.flags.aligned) for x in rows}) == 1:
+            from numba.typed import List  # local: numba is loaded already (_kernel_takes)
+            rows = List(rows)
+        else:
+            rows = np.stack(rows) if rows else np.zeros((0, L), dtype=SYMBOL_DTYPE)
+    elif np.may_share_memory(rows, out):
         rows = rows.copy()
     found = np.empty(64 + r * L // 4096, dtype=np.int64)
     n = _compiled_combine(coeffs, rows, out, wire,
-                          add if add is not None else np.zeros((0, 0), dtype=rows.dtype),
+                          add if add is not None else np.zeros((0, 0), dtype=row_dtype),
                           add is not None, er, ec, ar, ac, found)
     if n > found.size:
         return None
@@ -537,6 +561,32 @@ def units_to_iv(units: np.ndarray, dim: int) -> np.ndarray:
     """Inverse of :func:`iv_units`: field elements (< 65536) back to float64 values."""
     symbols = np.asarray(units).reshape(-1)[: SYMBOLS_PER_VALUE * dim]
     return symbols.astype(np.uint16).view(np.float64)     # astype copies: a fresh array
+
+
+def decoded_ivs(x: np.ndarray, n: int, dim: int) -> list:
+    """The n IVs of a fresh uint16 array of decoded units (n IVs' units, one after the
+    other), as float64 views into it when every IV starts 8-byte aligned (no copy: the
+    array is the decoder's own), else as copies (:func:`units_to_iv`)."""
+    per = x.size // n if n else 0
+    if (x.dtype == SYMBOL_DTYPE and x.flags.c_contiguous and per % 4 == 0
+            and x.ctypes.data % 8 == 0):
+        flat = x.reshape(n, per)[:, : SYMBOLS_PER_VALUE * dim]
+        return list(flat.view(np.float64))
+    return [units_to_iv(x.reshape(n, -1)[m], dim) for m in range(n)]
+
+
+def iv_unit_rows(iv: np.ndarray, D: int, u: int) -> list:
+    """The D units of u symbols of an IV (:func:`iv_units`) as a list of uint16 rows:
+    views into the IV, copies only for units its end pads with zeros."""
+    symbols = np.ascontiguousarray(iv, dtype=np.float64).reshape(-1).view(np.uint16)
+    full = min(D, symbols.size // u)
+    rows = [symbols[f * u: (f + 1) * u] for f in range(full)]
+    for f in range(full, D):
+        unit = np.zeros(u, dtype=np.uint16)
+        part = symbols[f * u: (f + 1) * u]
+        unit[: part.size] = part
+        rows.append(unit)
+    return rows
 
 
 def _copy_symbols(dst: np.ndarray, iv: np.ndarray, first: int) -> None:
@@ -656,24 +706,22 @@ class Block(BlockLayout):
         Y, (er, ec) = split_packed(downlink, (self.R, u))
         rows = np.asarray(self.decode_rows[i], dtype=np.int64)
         mine = self.known(G, i)
-        stacked = np.empty((len(rows) + len(mine) * self.F, u), dtype=np.uint16)
-        for m, row in enumerate(rows):             # row by row: 3-4x faster than np.take
-            stacked[m] = Y[row]
-        for m, k in enumerate(mine):               # the known IVs' units, zero-padded
-            block = stacked[len(rows) + m * self.F: len(rows) + (m + 1) * self.F]
-            _copy_symbols(block.reshape(-1), ivs[int(k)], 0)
-        where = np.full(self.R, -1, dtype=np.int64)   # broadcast row -> row of ``stacked``
+        # the decoder's inputs row by row, views (no stacked copy): the broadcast rows it
+        # uses, then the known IVs' units (a copy only for a unit padded with zeros)
+        terms = [Y[row] for row in rows]
+        for k in mine:
+            terms += iv_unit_rows(ivs[int(k)], self.F, u)
+        where = np.full(self.R, -1, dtype=np.int64)   # broadcast row -> term
         where[rows] = np.arange(len(rows))
         pos = where[er]
         hit = pos >= 0
         x = np.empty((len(unknown) * self.F, u), dtype=np.uint16)
-        bad = combine_mod_p(self.decode_matrix[i], stacked, x, (pos[hit], ec[hit]))
+        bad = combine_mod_p(self.decode_matrix[i], terms, x, (pos[hit], ec[hit]))
         if bad.size:
             raise DecodeError(f"relay {i + 1}, {self.label}: decoded a symbol outside "
                               f"16 bits; the broadcast was corrupted")
-        x = x.reshape(len(unknown), self.F, u)
-        for m, k in enumerate(unknown):
-            out[k] = units_to_iv(x[m], dim)
+        for k, iv in zip(unknown, decoded_ivs(x, len(unknown), dim)):
+            out[k] = iv
 
     def decode_symbols(self, G: np.ndarray, i: int, dim: int) -> int:
         """Symbols relay i's decoder reads per iteration (broadcast rows + known units)."""
