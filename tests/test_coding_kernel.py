@@ -88,9 +88,9 @@ def test_kernel_equals_numpy_path_and_python_integers(paths, r, c, L):
 
 @pytest.mark.parametrize("readonly", ["none", "all", "some"])
 def test_rows_as_a_list_equal_the_stacked_rows(paths, readonly):
-    """Rows given one by one (views into separate arrays: the decoders' way, no stacked
-    copy) give the stacked array's results on both paths, escapes and ``add`` included;
-    rows numba cannot type as one list (some read-only) are stacked first."""
+    """Rows (and ``add``, and ``out``) given one by one (views into separate arrays: the
+    decoders' way, no stacked copy) give the arrays' results on both paths, escapes
+    included; rows numba cannot type as one list (some read-only) are stacked first."""
     rng = np.random.default_rng(11)
     r, c, L = 5, 9, 9001
     coeffs, rows, esc = _case(rng, r, c, L, 300)
@@ -100,14 +100,25 @@ def test_rows_as_a_list_equal_the_stacked_rows(paths, readonly):
         if readonly == "all" or (readonly == "some" and m % 2):
             pool.flags.writeable = False
     row_list = [pool[3: 3 + L] for pool in pools]
-    for kw in ({}, {"add": add}):
+    apos = np.unique(rng.integers(0, r * L, 40))
+    add_esc = (apos // L, apos % L)
+    add[add_esc] = 0
+    for kw in ({}, {"add": add, "add_escapes": add_esc}):
         want = np.empty((r, L), dtype=np.uint16)
         want_found = paths(False, coeffs, rows, want, esc, **kw)
+        assert want_found.size or kw          # (0, 0): the forced escape
+        if kw:                                # add given row by row too
+            kw = dict(kw, add=[x for x in add])
         for kernel in (False, True):
             out = np.full((r, L), 7, dtype=np.uint16)
             found = paths(kernel, coeffs, row_list, out, esc, **kw)
             assert np.array_equal(out, want) and np.array_equal(found, want_found)
-    with pytest.raises(ValueError, match="rows of shapes"):
+            # out row by row: rows of a larger buffer, written in place
+            buf = np.full((r + 2, L), 7, dtype=np.uint16)
+            found = paths(kernel, coeffs, row_list, [buf[m + 1] for m in range(r)], esc, **kw)
+            assert np.array_equal(buf[1:-1], want) and np.array_equal(found, want_found)
+            assert np.all(buf[0] == 7) and np.all(buf[-1] == 7)
+    with pytest.raises(ValueError, match="rows: rows of shapes"):
         combine_mod_p(coeffs, row_list[:-1] + [row_list[-1][:-1]], np.empty((r, L), np.uint16))
     with pytest.raises(ValueError, match="9 rows"):
         combine_mod_p(coeffs[:, :-1], row_list, np.empty((r, L), np.uint16))

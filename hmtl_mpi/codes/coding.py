@@ -125,6 +125,29 @@ def _blas_limit():
     return _blas_controller.limit(limits=BLAS_THREADS, user_api="blas")
 
 
+def _row_list(x, what: str):
+    """A list (or tuple) of 1-D arrays as a list, checked to be of one length and dtype;
+    None for anything else (an array)."""
+    if not isinstance(x, (list, tuple)):
+        return None
+    xs = [np.asarray(v) for v in x]
+    if any(v.ndim != 1 or v.shape != xs[0].shape or v.dtype != xs[0].dtype for v in xs):
+        raise ValueError(f"{what}: rows of shapes {sorted({v.shape for v in xs})} and dtypes "
+                         f"{sorted({str(v.dtype) for v in xs})}; expected 1-D rows of one "
+                         f"length and dtype")
+    return xs
+
+
+def _sorted_escapes(escapes):
+    """Escapes (rows, columns) as int64 arrays sorted by column (None when there are none)."""
+    if escapes is None or not len(escapes[1]):
+        return None
+    er = np.asarray(escapes[0], dtype=np.int64)
+    ec = np.asarray(escapes[1], dtype=np.int64)
+    order = np.argsort(ec, kind="stable")
+    return er[order], ec[order]
+
+
 def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
                   escapes: tuple | None = None, add: np.ndarray | None = None,
                   add_escapes: tuple | None = None) -> np.ndarray:
@@ -147,10 +170,11 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     ``add`` (r x L field elements, uint16 with ``add_escapes`` standing for 65536, or
     uint32) is added before the reduction: ``out = add + coeffs @ rows``, in the same
     pass over the chunk.
-    ``rows`` may also be a list of c 1-D arrays of L symbols (one dtype): the same terms
-    without stacking them into one array first, so that a decoder passes views of the
-    broadcast and of its own IVs; the kernel reads them in place (the NumPy path stacks
-    them).
+    ``rows``, ``add`` and ``out`` may also be lists of 1-D arrays of L symbols (one
+    dtype per list): the same rows without stacking them into one array first, so that
+    a decoder passes views of the broadcast and of its own IVs and writes its results
+    where they go; the kernel reads and writes them in place (the NumPy path stacks
+    the inputs and copies out its result's rows).
 
     Exactness of the reduction: for integers 0 <= y < 2^53, ``floor(y * fl(1/p))``
     equals floor(y / p). fl(1/p) is below 1/p by a relative 2.7e-20 (~2^-65),
@@ -162,29 +186,49 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     """
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
     r, c = coeffs.shape
-    row_list = None
-    if isinstance(rows, (list, tuple)):            # the rows one by one (no stacked copy)
-        row_list = [np.asarray(x) for x in rows]
-        if len(row_list) != c or any(x.ndim != 1 or x.shape != row_list[0].shape
-                                     or x.dtype != row_list[0].dtype for x in row_list):
-            raise ValueError(f"coefficient matrix is {r} x {c} but {len(row_list)} rows of "
-                             f"shapes {sorted({x.shape for x in row_list})} were given")
-        L = row_list[0].shape[0] if c else out.shape[1]
+    row_list, add_list, out_list = (_row_list(x, name) for x, name in
+                                    ((rows, "rows"), (add, "add"), (out, "out")))
+    if row_list is not None:
+        if len(row_list) != c:
+            raise ValueError(f"coefficient matrix is {r} x {c} but {len(row_list)} rows were given")
     elif rows.ndim != 2 or rows.shape[0] != c:
         raise ValueError(f"coefficient matrix is {r} x {c} but rows of shape {rows.shape} were given")
-    else:
+    out_shape = (len(out_list), out_list[0].size if out_list else 0) if out_list is not None \
+        else out.shape
+    out_dtype = (out_list[0].dtype if out_list else np.dtype(SYMBOL_DTYPE)) \
+        if out_list is not None else out.dtype
+    if row_list is None:
         L = rows.shape[1]
-    if out.shape != (r, L):
-        raise ValueError(f"out has shape {out.shape}, expected {(r, L)}")
-    wire = out.dtype == SYMBOL_DTYPE
-    if not wire and out.dtype != np.uint32:
-        raise ValueError(f"out must be uint16 (wire form) or uint32 (field elements), got {out.dtype}")
+    else:
+        L = row_list[0].size if c else out_shape[1]
+    if out_shape != (r, L):
+        raise ValueError(f"out has shape {out_shape}, expected {(r, L)}")
+    wire = out_dtype == SYMBOL_DTYPE
+    if not wire and out_dtype != np.uint32:
+        raise ValueError(f"out must be uint16 (wire form) or uint32 (field elements), got {out_dtype}")
     if (c + (add is not None)) * (P - 1) ** 2 >= 2 ** 53:
         raise ValueError(f"{c} terms per combination would not be exact in float64")
-    if add is not None and add.shape != (r, L):
-        raise ValueError(f"add has shape {add.shape}, expected {(r, L)}")
+    add_shape = None if add is None else (
+        (len(add_list), add_list[0].size if add_list else L) if add_list is not None else add.shape)
+    if add is not None and add_shape != (r, L):
+        raise ValueError(f"add has shape {add_shape}, expected {(r, L)}")
     if r * L >= 2 ** 32:
         raise ValueError(f"{r} x {L} symbols: escape positions would not fit in uint32")
+    if out_list is not None:                        # rows of out: the kernel writes them in
+        if (c <= KERNEL_MAX_TERMS and (c + (add is not None)) * L >= KERNEL_MIN_SYMBOLS
+                and r and _kernel_takes((c + (add is not None)) * L, *out_list,
+                                        *(add_list if add_list is not None else [add]),
+                                        *(row_list if row_list is not None else [rows]))):
+            got = _combine_compiled(coeffs, rows if row_list is None else row_list, out_list,
+                                    wire, add if add_list is None else add_list,
+                                    _sorted_escapes(escapes), _sorted_escapes(add_escapes))
+            if got is not None:
+                return got
+        whole = np.empty((r, L), dtype=out_dtype)   # else: one array, then its rows copied
+        found = combine_mod_p(coeffs, rows, whole, escapes, add, add_escapes)
+        for o, x in zip(out_list, whole):
+            o[...] = x
+        return found
     if (c == 0 and add is None) or L == 0:
         out[...] = 0
         return np.zeros(0, dtype=np.uint32)
@@ -205,14 +249,18 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
         add_cols = None
     terms = c + (add is not None)
     if (c <= KERNEL_MAX_TERMS and terms * L >= KERNEL_MIN_SYMBOLS
-            and _kernel_takes(terms * L, out, add, *(row_list if row_list else [rows]))):
-        got = _combine_compiled(coeffs, rows if row_list is None else row_list, out, wire, add,
+            and _kernel_takes(terms * L, out, *(add_list if add_list is not None else [add]),
+                              *(row_list if row_list is not None else [rows]))):
+        got = _combine_compiled(coeffs, rows if row_list is None else row_list, out, wire,
+                                add if add_list is None else add_list,
                                 None if esc_cols is None else (esc_rows, esc_cols),
                                 None if add_cols is None else (add_rows, add_cols))
         if got is not None:
             return got
-    if row_list is not None:
+    if row_list is not None:                        # the NumPy path reads stacked arrays
         rows = np.stack(row_list) if c else np.zeros((0, L), dtype=SYMBOL_DTYPE)
+    if add_list is not None:
+        add = np.stack(add_list)
     width = _chunk_width(r, c, L)
     x = np.empty((c, width), dtype=np.float64)
     y = np.empty((r, width), dtype=np.float64)
@@ -268,7 +316,7 @@ _numpy_symbols = 0          # input symbols this process combined in NumPy (call
 _compiled_combine = None
 
 
-def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_rows, add_cols,
+def _combine_steps(C, rows, out, L, wire, add, has_add, esc_rows, esc_cols, add_rows, add_cols,
                    found):  # pragma: no cover - compiled
     """``out = add + C @ rows mod p`` as numba compiles it (:func:`_combine_compiled`).
 
@@ -284,7 +332,6 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
     the order of the additions (and contraction into FMAs) cannot change a result.
     """
     r, c = C.shape
-    L = out.shape[1]
     c2 = c + (c & 1)                                # terms go in pairs: a zero row pads
     B = min(L, KERNEL_COLUMNS, max(256, KERNEL_BLOCK_BYTES // (8 * max(c2, 1))) // 64 * 64)
     Cp = np.zeros((r + 3, c2))                      # and 3 zero rows: 3 rows take a group of 4
@@ -299,9 +346,9 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
         w = min(B, L - s)
         for j in range(c):
             xj = xb[j]
-            src = rows[j]                           # a row of a 2-D array, or of a list
+            src = rows[j][s:s + w]                  # a row of a 2-D array, or of a list
             for t in range(w):
-                xj[t] = src[s + t]
+                xj[t] = src[t]
         while ep < esc_cols.size and esc_cols[ep] < s + w:
             xb[esc_rows[ep], esc_cols[ep] - s] += 65536.0
             ep += 1
@@ -314,7 +361,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
             if has_add:
                 for ii in range(min(nr, r - i)):
                     a = acc[ii]
-                    src = add[i + ii, s:s + w]
+                    src = add[i + ii][s:s + w]      # a row of a 2-D array, or of a list
                     for t in range(w):
                         a[t] = src[t]
             elif nr != 4 or c2 == 2:                # else the first pass writes them
@@ -412,7 +459,7 @@ def _combine_steps(C, rows, out, wire, add, has_add, esc_rows, esc_cols, add_row
                     j += 4
             for ii in range(min(nr, r - i)):
                 a = acc[ii]
-                o = out[i + ii, s:s + w]
+                o = out[i + ii][s:s + w]            # a row of a 2-D array, or of a list
                 top = 0
                 for t in range(w):
                     y = a[t]
@@ -470,7 +517,9 @@ def _combine_compiled(coeffs, rows, out, wire, add, esc, add_esc):
         from numba import njit  # local: imported by _kernel_takes already; only large calls
         _compiled_combine = njit(cache=True, boundscheck=False, fastmath={"contract"},
                                  nogil=True)(_combine_steps)
-    r, L = out.shape
+    outs = out if isinstance(out, list) else [out]
+    r = coeffs.shape[0]
+    L = out.shape[1] if not isinstance(out, list) else (out[0].size if out else 0)
     none = np.zeros(0, dtype=np.int64)
     er, ec = esc if esc is not None else (none, none)
     ar, ac = add_esc if add_esc is not None else (none, none)
@@ -478,22 +527,30 @@ def _combine_compiled(coeffs, rows, out, wire, add, esc, add_esc):
         if pos[0].size and (min(pos[0].min(), pos[1].min()) < 0 or pos[0].max() >= n
                             or pos[1].max() >= m):
             return None
-    # the NumPy path redoes a call with too many escapes: keep its inputs intact
-    if add is not None and np.may_share_memory(add, out):
-        add = add.copy()
     row_dtype = (rows[0].dtype if rows else SYMBOL_DTYPE) if isinstance(rows, list) else rows.dtype
-    if isinstance(rows, list):
-        rows = [x.copy() if np.may_share_memory(x, out) else x for x in rows]
-        # numba types a list by its items' type: one dtype, all writeable (or not) and aligned
-        if rows and len({(x.flags.writeable, x.flags.aligned) for x in rows}) == 1:
+
+    def kept(x):        # the NumPy path redoes a call with too many escapes: inputs intact
+        return x.copy() if any(np.may_share_memory(x, o) for o in outs) else x
+
+    def typed(xs, stack):   # a list as numba types it: one dtype, flags alike (else stacked)
+        if xs and len({(x.flags.writeable, x.flags.aligned) for x in xs}) == 1:
             from numba.typed import List  # local: numba is loaded already (_kernel_takes)
-            rows = List(rows)
-        else:
-            rows = np.stack(rows) if rows else np.zeros((0, L), dtype=SYMBOL_DTYPE)
-    elif np.may_share_memory(rows, out):
-        rows = rows.copy()
+            return List(xs)
+        return np.stack(xs) if stack and xs else None
+
+    if add is not None:
+        add = typed([kept(x) for x in add], True) if isinstance(add, list) else kept(add)
+    if isinstance(rows, list):
+        rows = typed([kept(x) for x in rows], True) if rows else \
+            np.zeros((0, L), dtype=SYMBOL_DTYPE)
+    else:
+        rows = kept(rows)
+    if isinstance(out, list):
+        out = typed(out, False)
+        if out is None:             # rows numba cannot type alike: the caller's NumPy path
+            return None
     found = np.empty(64 + r * L // 4096, dtype=np.int64)
-    n = _compiled_combine(coeffs, rows, out, wire,
+    n = _compiled_combine(coeffs, rows, out, L, wire,
                           add if add is not None else np.zeros((0, 0), dtype=row_dtype),
                           add is not None, er, ec, ar, ac, found)
     if n > found.size:
