@@ -155,10 +155,14 @@ def test_awkward_bit_patterns_at_every_relay():
     assert_all_exact(code, ivs, decoded)
 
 
+@pytest.mark.parametrize("kernel", [False, True])
 @pytest.mark.parametrize("name", ["paper-fig2", "rr-20-6-3"])
-def test_natural_escapes_on_parities_and_broadcast(name):
+def test_natural_escapes_on_parities_and_broadcast(name, kernel, monkeypatch):
     """At 20000 values coded symbols equal 65536 by themselves; they are escaped on the wire
-    (uplink parities and broadcast) and decoded."""
+    (uplink parities and broadcast) and decoded, on both paths of combine_mod_p (the
+    decoder's in-between units are wire rows with escapes too)."""
+    monkeypatch.setattr(coding, "KERNEL", kernel)
+    monkeypatch.setattr(coding, "KERNEL_MIN_SYMBOLS", 0)
     code = coded(name).code
     assert sum(int(b.tables()["parity"].sum()) for b in code.blocks) >= 3
     dim = 20000
@@ -231,7 +235,10 @@ def test_points_reused_when_the_broadcast_outgrows_the_field():
 
 # --- corruption ------------------------------------------------------------------------------
 
-def test_corrupted_broadcast_is_caught_or_wrong():
+@pytest.mark.parametrize("kernel", [False, True])
+def test_corrupted_broadcast_is_caught_or_wrong(kernel, monkeypatch):
+    monkeypatch.setattr(coding, "KERNEL", kernel)
+    monkeypatch.setattr(coding, "KERNEL_MIN_SYMBOLS", 0)
     code = coded("rr-20-6-3").code
     dim = 11
     ivs = special_ivs(code.K, dim, seed=2)

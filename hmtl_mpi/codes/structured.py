@@ -156,6 +156,29 @@ def field_mul(coeffs: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _cat_escapes(rows: list, cols: list) -> tuple:
+    """Escape lists (row, column) concatenated, as int64 arrays."""
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return (np.concatenate(rows).astype(np.int64, copy=False),
+            np.concatenate(cols).astype(np.int64, copy=False))
+
+
+def _pick(escapes: tuple, idx) -> tuple:
+    """The escapes (row, column) of the rows ``idx`` of a source, as (position in idx,
+    column): a row listed twice has its escapes twice."""
+    er, ec = escapes
+    idx = np.asarray(idx, dtype=np.int64)
+    if not len(er) or not len(idx):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    lo = np.searchsorted(idx[order], er, "left")
+    n = np.searchsorted(idx[order], er, "right") - lo
+    which = np.repeat(np.arange(len(er)), n)
+    k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+    return order[k], np.asarray(ec, dtype=np.int64)[which]
+
+
 def _windows(ivs: dict, users: np.ndarray, rows: np.ndarray, length: int, u: int,
              dim: int) -> np.ndarray:
     """Input rows (column, first unit) as uint16 (len(rows), length): ``length`` symbols of
@@ -410,12 +433,13 @@ class StructuredBlock(BlockLayout):
                  negate: bool = False, src_rows: np.ndarray | None = None) -> np.ndarray:
         """``out = add_src[src_rows] + (-)B[r, :] @ values`` over GF(p) (``src_rows``
         defaults to r), in row chunks so that B is never held whole; ``add_escapes`` and
-        ``values_escapes`` are the sources' escapes (row, column). Returns the escapes of a
-        uint16 ``out`` (flat positions)."""
+        ``values_escapes`` are the sources' escapes (row, column). ``values`` and ``out``
+        may be lists of rows (:func:`combine_mod_p`); the rows of ``add_src`` are read in
+        place. Returns the escapes of a uint16 ``out`` (flat positions)."""
         src_rows = r if src_rows is None else src_rows
         nq = max(1, len(self.tables()["qc"]))
         step = max(64, B_CHUNK_ENTRIES // nq)
-        L = out.shape[1]
+        L = add_src.shape[1]
         where = np.full(len(add_src), -1, dtype=np.int64)       # source row -> row of out
         where[src_rows] = np.arange(len(r))
         er, ec = (np.asarray(add_escapes[0], dtype=np.int64), np.asarray(add_escapes[1]))
@@ -429,8 +453,8 @@ class StructuredBlock(BlockLayout):
             b = self._b_rows(r[a: a + step], negate) if len(self.tables()["qc"]) else \
                 np.zeros((len(r[a: a + step]), 0), dtype=np.int64)
             lo, hi = np.searchsorted(at, (a, a + step))
-            f = combine_mod_p(b, values, out[a: a + step], values_escapes,
-                              add=add_src[src_rows[a: a + step]],
+            f = combine_mod_p(b, values, out[a: a + step], values_escapes,    # add: row views
+                              add=[add_src[k] for k in src_rows[a: a + step]],
                               add_escapes=(at[lo:hi] - a, ec[lo:hi]))
             if f.size:
                 found.append(f.astype(np.int64) + a * L)
@@ -512,12 +536,20 @@ class StructuredBlock(BlockLayout):
                 "parities": parities}
 
     @staticmethod
-    def _values(plan: dict, units: np.ndarray) -> np.ndarray:
-        out = np.empty((plan["n"], units.shape[1]), dtype=np.uint32)
-        out[plan["raw"]] = units[plan["rows"]]
+    def _values(plan: dict, units: list, u: int) -> tuple:
+        """The message units of a :meth:`_value_plan` in wire form: a list of uint16 rows
+        (a forwarded unit is the known unit's row itself, a parity is computed) and their
+        escapes (row, column)."""
+        out = [None] * plan["n"]
+        for a, row in zip(plan["raw"], plan["rows"]):
+            out[a] = units[row]
+        esc_rows, esc_cols = [], []
         for a, coeffs, rows in plan["parities"]:
-            out[a] = field_mul(coeffs, units[rows])[0]
-        return out
+            out[a] = np.empty(u, dtype=np.uint16)
+            found = combine_mod_p(coeffs, [units[k] for k in rows], [out[a]])
+            esc_rows.append(np.full(found.size, a, dtype=np.int64))
+            esc_cols.append(found.astype(np.int64))
+        return out, _cat_escapes(esc_rows, esc_cols)
 
     def decoder(self, G: np.ndarray, j: int) -> dict:
         """Relay j's decoder (cached, built on first use; every index it needs is fixed by
@@ -591,11 +623,26 @@ class StructuredBlock(BlockLayout):
                               f"no row carries (D0 fails: a bug)")
         sel_at = np.full(self.R, -1, dtype=np.int64)
         sel_at[sel] = np.arange(len(sel))
+        aff_dst = np.full(len(aff), -1, dtype=np.int64)    # row of x a decoded unit goes to
+        aff_dst[fwd_aff[0]] = fwd_aff[1]
+        cols_dst = np.full(len(cols), -1, dtype=np.int64)
+        cols_dst[fwd_cols[0]] = fwd_cols[1]
+        # step 1's right-hand side Z = Y[sel] - B[sel, kc] X[kc] - X[sel] in one product
+        # (Y[sel] added): coefficients [-B[sel, kc] | -I] on the rows X[kc], X[sel]
+        z_matrix = np.zeros((len(sel), len(kc) + len(sel)), dtype=np.int64)
+        if len(cols) and len(kc):
+            z_matrix[:, : len(kc)] = (-self._b_rows(sel)[:, kc]) % P
+        z_matrix[np.arange(len(sel)), len(kc) + np.arange(len(sel))] = P - 1
+        for solve in local:             # its inputs: the parities in order, then known units
+            order = np.empty(len(solve["from_aff"]) + len(solve["from_qc"]), dtype=np.int64)
+            order[solve["from_aff"]] = np.arange(len(solve["from_aff"]))
+            order[solve["from_qc"]] = len(solve["from_aff"]) + np.arange(len(solve["from_qc"]))
+            solve["parity_order"] = order
         dec = {"known": known, "sel": sel, "sel_at": sel_at, "cols": cols, "kc": kc,
                "aff": aff, "mine": mine, "unknown": unknown, "local": local,
-               "fwd_aff": fwd_aff, "fwd_cols": fwd_cols,
-               "inv": cauchy_inverse(np.asarray(self.beta)[sel], cols),
-               "b_sel_kc": self._b_rows(sel)[:, kc] if len(cols) and len(kc) else None,
+               "fwd_aff": fwd_aff, "fwd_cols": fwd_cols, "aff_dst": aff_dst,
+               "cols_dst": cols_dst,
+               "inv": cauchy_inverse(np.asarray(self.beta)[sel], cols), "z_matrix": z_matrix,
                "values_sel": self._value_plan(q0[sel], base, zero),
                "values_kc": self._value_plan(qc[kc], base, zero)}
         t["decoders"][j] = dec
@@ -611,42 +658,65 @@ class StructuredBlock(BlockLayout):
         t = self.tables()
         u = unit_symbols(dim, self.F)
         payload, (er, ec) = coding.split_packed(downlink, (self.R, u))
-        mine = dec["mine"]
-        units = np.zeros((len(mine) * self.F + 1, u), dtype=np.uint32)  # + a zero unit
-        units[:-1] = _windows(ivs, self.users, np.stack([mine, np.zeros_like(mine)], axis=1),
-                              self.F * u, u, dim).reshape(-1, u)
-        cols, aff = dec["cols"], dec["aff"]
-        XQc = np.empty((len(t["qc"]), u), dtype=np.uint32)
-        XQc[dec["kc"]] = self._values(dec["values_kc"], units)
-        if len(cols):                                   # step 1: a square Cauchy system
-            Ysel = payload[dec["sel"]].astype(np.uint32)
-            hit = dec["sel_at"][er] >= 0
-            Ysel[dec["sel_at"][er[hit]], ec[hit]] = 65536
-            Z = Ysel.astype(np.int64) - self._values(dec["values_sel"], units)
-            if dec["b_sel_kc"] is not None:
-                Z -= field_mul(dec["b_sel_kc"], XQc[dec["kc"]])
-            XQc[cols] = field_mul(dec["inv"], (Z % P).astype(np.uint32))
-        Xaff = np.empty((len(aff), u), dtype=np.uint32)  # step 2: the units of Q0 j lacks
-        self._b_apply(aff, XQc, Xaff, payload, (er, ec), negate=True)
+        er, ec = er.astype(np.int64), ec.astype(np.int64)
+        # every unit in wire form (uint16 rows, escapes apart), rows as views where they
+        # already are: the known IVs' units, the broadcast's rows, the rows of x
+        units = [row for c in dec["mine"]
+                 for row in coding.iv_unit_rows(ivs[int(self.users[c])], self.F, u)]
+        units.append(np.zeros(u, dtype=np.uint16))            # the zero unit (padding)
         x = np.empty((dec["unknown"].size * self.F, u), dtype=np.uint16)
+        cols, aff, kc = dec["cols"], dec["aff"], dec["kc"]
 
-        def put(dst, src):
-            if src.size and src.max() >= 65536:
+        def targets(dst):   # output rows: rows of x for decoded IV units, else new rows
+            return [x[d] if d >= 0 else np.empty(u, dtype=np.uint16) for d in dst]
+
+        def check(found, dst, what):    # an IV unit cannot hold 65536: corrupted broadcast
+            rows = found.astype(np.int64) // u
+            if rows.size and np.any(dst[rows] >= 0):
                 raise DecodeError(f"relay {j + 1}, {self.label}: decoded a symbol outside "
-                                  f"16 bits; the broadcast was corrupted")
-            x[dst] = src
+                                  f"16 bits ({what}); the broadcast was corrupted")
+            return rows, found.astype(np.int64) % u
 
-        put(dec["fwd_aff"][1], Xaff[dec["fwd_aff"][0]])   # step 3: forwarded rows ...
-        put(dec["fwd_cols"][1], XQc[cols[dec["fwd_cols"][0]]])
-        for solve in dec["local"]:                       # ... and hidden ones
-            parities = np.empty((len(solve["from_aff"]) + len(solve["from_qc"]), u), np.uint32)
-            parities[solve["from_aff"]] = Xaff[solve["aff_rows"]]
-            parities[solve["from_qc"]] = XQc[solve["qc_rows"]]
-            stacked = np.concatenate([parities, units[solve["src"]]])
-            put(solve["dst"], field_mul(solve["matrix"], stacked))
-        x = x.reshape(dec["unknown"].size, self.F, u)
-        for m, c in enumerate(dec["unknown"]):
-            out[int(self.users[c])] = coding.units_to_iv(x[m], dim)
+        XQc = [None] * len(t["qc"])
+        kc_rows, kc_esc = self._values(dec["values_kc"], units, u)
+        for m, row in zip(kc, kc_rows):
+            XQc[m] = row
+        qc_esc = [(kc[kc_esc[0]], kc_esc[1])]
+        if len(cols):                                   # step 1: a square Cauchy system
+            sel_at = dec["sel_at"][er]
+            hit = sel_at >= 0
+            sel_rows, sel_esc = self._values(dec["values_sel"], units, u)
+            Z = [np.empty(u, dtype=np.uint16) for _ in dec["sel"]]
+            # Z = Y[sel] - values[sel] - B[sel, kc] X[kc], in one pass
+            found = combine_mod_p(dec["z_matrix"], [XQc[m] for m in kc] + sel_rows, Z,
+                                  _cat_escapes([kc_esc[0], len(kc) + sel_esc[0]],
+                                               [kc_esc[1], sel_esc[1]]),
+                                  add=[payload[r] for r in dec["sel"]],
+                                  add_escapes=(sel_at[hit], ec[hit]))
+            out_cols = targets(dec["cols_dst"])
+            found = combine_mod_p(dec["inv"], Z, out_cols, (found.astype(np.int64) // u,
+                                                            found.astype(np.int64) % u))
+            esc = check(found, dec["cols_dst"], "step 1")
+            for m, row in zip(cols, out_cols):
+                XQc[m] = row
+            qc_esc.append((cols[esc[0]], esc[1]))
+        qc_esc = _cat_escapes([e[0] for e in qc_esc], [e[1] for e in qc_esc])
+        Xaff = targets(dec["aff_dst"])                  # step 2: the units of Q0 j lacks
+        found = self._b_apply(aff, XQc, Xaff, payload, (er, ec), qc_esc, negate=True)
+        aff_esc = check(found, dec["aff_dst"], "step 2")
+        for solve in dec["local"]:                      # step 3: hidden rows (forwarded ones
+            parities = ([Xaff[k] for k in solve["aff_rows"]]    # were written into x above)
+                        + [XQc[k] for k in solve["qc_rows"]])
+            a_pos, a_col = _pick(aff_esc, solve["aff_rows"])
+            q_pos, q_col = _pick(qc_esc, solve["qc_rows"])
+            order = solve["parity_order"]               # parity q: parities[order[q]]
+            inputs = [parities[k] for k in order] + [units[k] for k in solve["src"]]
+            esc = (np.concatenate([solve["from_aff"][a_pos], solve["from_qc"][q_pos]]),
+                   np.concatenate([a_col, q_col]))
+            found = combine_mod_p(solve["matrix"], inputs, [x[d] for d in solve["dst"]], esc)
+            check(found, np.zeros(len(solve["dst"]), dtype=np.int64), "step 3")
+        for c, iv in zip(dec["unknown"], coding.decoded_ivs(x, dec["unknown"].size, dim)):
+            out[int(self.users[c])] = iv
 
     def decode_symbols(self, G: np.ndarray, j: int, dim: int) -> int:
         """Symbols relay j's decoder reads per iteration: the broadcast rows it uses,
@@ -660,7 +730,7 @@ class StructuredBlock(BlockLayout):
 
     def decode_multiply_adds(self, G: np.ndarray, j: int) -> int:
         """Multiply-adds of relay j's decoder per symbol position of a unit: the Cauchy
-        solve (|sel| x |known Qc| + |A_j ∩ Qc|^2), the rows of Q0 it lacks (|A_j ∩ Q0| x
+        solve (|sel| x (|known Qc| + |sel|) for its right-hand side, + |A_j ∩ Qc|^2), the rows of Q0 it lacks (|A_j ∩ Q0| x
         |Qc|), the parities it knows and its local solves."""
         dec = self.decoder(G, j)
         if dec["unknown"].size == 0:
@@ -669,7 +739,7 @@ class StructuredBlock(BlockLayout):
         nq = len(t["qc"])
         known_parities = sum(rows.size for plan in (dec["values_kc"], dec["values_sel"])
                              for _, _, rows in plan["parities"])
-        return (len(dec["sel"]) * len(dec["kc"]) + len(dec["cols"]) ** 2
+        return (len(dec["sel"]) * (len(dec["kc"]) + len(dec["sel"])) + len(dec["cols"]) ** 2
                 + len(dec["aff"]) * nq + known_parities
                 + sum(s["matrix"].size for s in dec["local"]))
 
