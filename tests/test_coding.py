@@ -678,6 +678,8 @@ def test_bench_smoke(capsys):
                 "encode_kernel_MBps", "encode_12x20_kernel_cpu_MBps", "decode_kernel_MBps"):
         assert printed[key] > 0 and res[key] == printed[key]
     assert printed["decode_bit_exact"] is True
+    for key in ("decode", "decode_random", "joint_decode", "decode_sym52"):   # kernel's share
+        assert 0 < printed[f"{key}_kernel_share"] <= 1.0001
 
 
 # --- combine_mod_p against Python integers, escapes in and out ---------------------------
