@@ -609,9 +609,13 @@ def test_buffer_round_trip_decodes():
 
 # --- corruption ----------------------------------------------------------------------------
 
-def test_corrupted_broadcast_is_not_silently_exact():
+@pytest.mark.parametrize("rows", [False, True])
+def test_corrupted_broadcast_is_not_silently_exact(rows, monkeypatch):
     """relay_decode has no checksum: a flipped broadcast symbol decodes to wrong IVs
-    (which verify_exchange-style comparison flags) unless it hits 65536, which raises."""
+    (which verify_exchange-style comparison flags) unless it hits 65536, which raises
+    (``rows``: the decoder of long units, its inputs as row views, forced at this dim)."""
+    if rows:
+        monkeypatch.setattr(coding, "ROW_LIST_MIN_SYMBOLS", 0)
     plan, code = plan_and_code(paper_fig2())
     dim = 13
     ivs = special_ivs(code.K, dim, seed=2)

@@ -112,6 +112,21 @@ def test_structured_codes_decode_at_every_relay(name):
         assert res["bit_exact"], (name, dim)
 
 
+@pytest.mark.parametrize("kernel", [False, True])
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_long_unit_decoder_at_every_relay(name, kernel, monkeypatch):
+    """The decoder of long units (rows in wire form, written in place) forced at small
+    dims, on both paths of combine_mod_p: every relay's IVs bit-exact."""
+    monkeypatch.setattr(coding, "ROW_LIST_MIN_SYMBOLS", 0)
+    monkeypatch.setattr(coding, "KERNEL", kernel)
+    monkeypatch.setattr(coding, "KERNEL_MIN_SYMBOLS", 0)
+    code = coded(name).code
+    for dim in (1, 7, 64, 1001):
+        ivs = special_ivs(code.K, dim, seed=dim)
+        _, _, decoded = run_exchange(code, ivs)
+        assert_all_exact(code, ivs, decoded)
+
+
 @pytest.mark.parametrize("name", ["paper-fig2", "rr-20-6-3", "multi-unit", "sym-6-3"])
 def test_wire_bytes_equal_the_dense_equivalent_and_loads_the_random_code(name):
     scheme = coded(name)
@@ -155,14 +170,16 @@ def test_awkward_bit_patterns_at_every_relay():
     assert_all_exact(code, ivs, decoded)
 
 
-@pytest.mark.parametrize("kernel", [False, True])
+@pytest.mark.parametrize("kernel,short", [(False, None), (True, None), (True, 1 << 30)])
 @pytest.mark.parametrize("name", ["paper-fig2", "rr-20-6-3"])
-def test_natural_escapes_on_parities_and_broadcast(name, kernel, monkeypatch):
+def test_natural_escapes_on_parities_and_broadcast(name, kernel, short, monkeypatch):
     """At 20000 values coded symbols equal 65536 by themselves; they are escaped on the wire
     (uplink parities and broadcast) and decoded, on both paths of combine_mod_p (the
-    decoder's in-between units are wire rows with escapes too)."""
+    decoder's in-between units are wire rows with escapes too), and by the short-unit
+    decoder (stacked field elements) when every unit counts as short."""
     monkeypatch.setattr(coding, "KERNEL", kernel)
     monkeypatch.setattr(coding, "KERNEL_MIN_SYMBOLS", 0)
+    monkeypatch.setattr(coding, "ROW_LIST_MIN_SYMBOLS", 0 if short is None else short)
     code = coded(name).code
     assert sum(int(b.tables()["parity"].sum()) for b in code.blocks) >= 3
     dim = 20000
@@ -235,10 +252,13 @@ def test_points_reused_when_the_broadcast_outgrows_the_field():
 
 # --- corruption ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kernel", [False, True])
-def test_corrupted_broadcast_is_caught_or_wrong(kernel, monkeypatch):
+@pytest.mark.parametrize("kernel,rows", [(False, False), (False, True), (True, True)])
+def test_corrupted_broadcast_is_caught_or_wrong(kernel, rows, monkeypatch):
+    """(``rows``: the decoder of long units, rows in wire form, forced at this small dim.)"""
     monkeypatch.setattr(coding, "KERNEL", kernel)
     monkeypatch.setattr(coding, "KERNEL_MIN_SYMBOLS", 0)
+    if rows:
+        monkeypatch.setattr(coding, "ROW_LIST_MIN_SYMBOLS", 0)
     code = coded("rr-20-6-3").code
     dim = 11
     ivs = special_ivs(code.K, dim, seed=2)

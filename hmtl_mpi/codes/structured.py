@@ -453,8 +453,10 @@ class StructuredBlock(BlockLayout):
             b = self._b_rows(r[a: a + step], negate) if len(self.tables()["qc"]) else \
                 np.zeros((len(r[a: a + step]), 0), dtype=np.int64)
             lo, hi = np.searchsorted(at, (a, a + step))
-            f = combine_mod_p(b, values, out[a: a + step], values_escapes,    # add: row views
-                              add=[add_src[k] for k in src_rows[a: a + step]],
+            rows = src_rows[a: a + step]                # add: row views (a gather when short)
+            f = combine_mod_p(b, values, out[a: a + step], values_escapes,
+                              add=[add_src[k] for k in rows]
+                              if L >= coding.ROW_LIST_MIN_SYMBOLS else add_src[rows],
                               add_escapes=(at[lo:hi] - a, ec[lo:hi]))
             if f.size:
                 found.append(f.astype(np.int64) + a * L)
@@ -534,6 +536,14 @@ class StructuredBlock(BlockLayout):
         return {"n": len(idx), "raw": raw,
                 "rows": unit_rows(t["col"][idx[raw]], t["unit"][idx[raw]]),
                 "parities": parities}
+
+    @staticmethod
+    def _values_fields(plan: dict, units: np.ndarray) -> np.ndarray:
+        out = np.empty((plan["n"], units.shape[1]), dtype=np.uint32)
+        out[plan["raw"]] = units[plan["rows"]]
+        for a, coeffs, rows in plan["parities"]:
+            out[a] = field_mul(coeffs, units[rows])[0]
+        return out
 
     @staticmethod
     def _values(plan: dict, units: list, u: int) -> tuple:
@@ -643,6 +653,7 @@ class StructuredBlock(BlockLayout):
                "fwd_aff": fwd_aff, "fwd_cols": fwd_cols, "aff_dst": aff_dst,
                "cols_dst": cols_dst,
                "inv": cauchy_inverse(np.asarray(self.beta)[sel], cols), "z_matrix": z_matrix,
+               "b_sel_kc": self._b_rows(sel)[:, kc] if len(cols) and len(kc) else None,
                "values_sel": self._value_plan(q0[sel], base, zero),
                "values_kc": self._value_plan(qc[kc], base, zero)}
         t["decoders"][j] = dec
@@ -657,6 +668,8 @@ class StructuredBlock(BlockLayout):
             return
         t = self.tables()
         u = unit_symbols(dim, self.F)
+        if u < coding.ROW_LIST_MIN_SYMBOLS:
+            return self._decode_fields(G, j, ivs, downlink, dim, out)
         payload, (er, ec) = coding.split_packed(downlink, (self.R, u))
         er, ec = er.astype(np.int64), ec.astype(np.int64)
         # every unit in wire form (uint16 rows, escapes apart), rows as views where they
@@ -717,6 +730,54 @@ class StructuredBlock(BlockLayout):
             check(found, np.zeros(len(solve["dst"]), dtype=np.int64), "step 3")
         for c, iv in zip(dec["unknown"], coding.decoded_ivs(x, dec["unknown"].size, dim)):
             out[int(self.users[c])] = iv
+
+    def _decode_fields(self, G: np.ndarray, j: int, ivs: dict, downlink: np.ndarray, dim: int,
+                       out: dict) -> None:
+        """:meth:`decode` for short units (below coding.ROW_LIST_MIN_SYMBOLS symbols): the
+        same steps on stacked arrays of field elements (uint32, int64 for step 1), whose
+        few large NumPy calls cost less there than rows passed one by one."""
+        dec = self.decoder(G, j)
+        if dec["unknown"].size == 0:
+            return
+        t = self.tables()
+        u = unit_symbols(dim, self.F)
+        payload, (er, ec) = coding.split_packed(downlink, (self.R, u))
+        mine = dec["mine"]
+        units = np.zeros((len(mine) * self.F + 1, u), dtype=np.uint32)  # + a zero unit
+        units[:-1] = _windows(ivs, self.users, np.stack([mine, np.zeros_like(mine)], axis=1),
+                              self.F * u, u, dim).reshape(-1, u)
+        cols, aff = dec["cols"], dec["aff"]
+        XQc = np.empty((len(t["qc"]), u), dtype=np.uint32)
+        XQc[dec["kc"]] = self._values_fields(dec["values_kc"], units)
+        if len(cols):                                   # step 1: a square Cauchy system
+            Ysel = payload[dec["sel"]].astype(np.uint32)
+            hit = dec["sel_at"][er] >= 0
+            Ysel[dec["sel_at"][er[hit]], ec[hit]] = 65536
+            Z = Ysel.astype(np.int64) - self._values_fields(dec["values_sel"], units)
+            if dec["b_sel_kc"] is not None:
+                Z -= field_mul(dec["b_sel_kc"], XQc[dec["kc"]])
+            XQc[cols] = field_mul(dec["inv"], (Z % P).astype(np.uint32))
+        Xaff = np.empty((len(aff), u), dtype=np.uint32)  # step 2: the units of Q0 j lacks
+        self._b_apply(aff, XQc, Xaff, payload, (er, ec), negate=True)
+        x = np.empty((dec["unknown"].size * self.F, u), dtype=np.uint16)
+
+        def put(dst, src):
+            if src.size and src.max() >= 65536:
+                raise DecodeError(f"relay {j + 1}, {self.label}: decoded a symbol outside "
+                                  f"16 bits; the broadcast was corrupted")
+            x[dst] = src
+
+        put(dec["fwd_aff"][1], Xaff[dec["fwd_aff"][0]])   # step 3: forwarded rows ...
+        put(dec["fwd_cols"][1], XQc[cols[dec["fwd_cols"][0]]])
+        for solve in dec["local"]:                       # ... and hidden ones
+            parities = np.empty((len(solve["from_aff"]) + len(solve["from_qc"]), u), np.uint32)
+            parities[solve["from_aff"]] = Xaff[solve["aff_rows"]]
+            parities[solve["from_qc"]] = XQc[solve["qc_rows"]]
+            stacked = np.concatenate([parities, units[solve["src"]]])
+            put(solve["dst"], field_mul(solve["matrix"], stacked))
+        x = x.reshape(dec["unknown"].size, self.F, u)
+        for m, c in enumerate(dec["unknown"]):
+            out[int(self.users[c])] = coding.units_to_iv(x[m], dim)
 
     def decode_symbols(self, G: np.ndarray, j: int, dim: int) -> int:
         """Symbols relay j's decoder reads per iteration: the broadcast rows it uses,
