@@ -68,8 +68,10 @@ coding is then matrix application only: no rank test, no elimination.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -534,8 +536,16 @@ def _combine_compiled(coeffs, rows, out, wire, add, esc, add_esc):
             return None
     row_dtype = (rows[0].dtype if rows else SYMBOL_DTYPE) if isinstance(rows, list) else rows.dtype
 
-    def kept(x):        # the NumPy path redoes a call with too many escapes: inputs intact
-        return x.copy() if any(np.may_share_memory(x, o) for o in outs) else x
+    # the NumPy path redoes a call with too many escapes: inputs that overlap an output
+    # are copied first (byte ranges; sorted once, so that many rows cost O(log r) each)
+    spans = sorted(np.lib.array_utils.byte_bounds(o) for o in outs)
+    starts = [lo for lo, _ in spans]
+    reach = list(itertools.accumulate((hi for _, hi in spans), max))
+
+    def kept(x):
+        lo, hi = np.lib.array_utils.byte_bounds(x)
+        k = bisect.bisect_left(starts, hi)          # outputs starting before x ends
+        return x.copy() if k and reach[k - 1] > lo else x
 
     def typed(xs, stack):   # a list as numba types it: one dtype, flags alike (else stacked)
         if xs and L >= ROW_LIST_MIN_SYMBOLS and len(
