@@ -384,11 +384,11 @@ def run(json_out: bool = False, dim: int = 1_000_000, repeats: int = 5,
     code_r = Coded.plan(paper_fig2(), construction="random").code
     up_r = {i: coding.relay_encode(code_r, i, relay_ivs[i]) for i in range(code_r.H)}
     msgs_r = {i: up_r[i][r_comb] for i in range(code_r.H)}
-    measure("combine_random", "  same, random code", comb_mb,
+    measure("combine_random", "server_combine, random code", comb_mb,
             lambda: coding.server_combine(code_r, r_comb, msgs_r, dim))
     down_r = [coding.server_combine(code_r, r, {i: up_r[i][r] for i in range(code_r.H)}, dim)
               for r in range(len(code_r.blocks))]
-    measure("decode_random", "  same, random code",
+    measure("decode_random", "relay_decode, random code",
             decode_input(code_r, dec_relay)[0] / MB,
             lambda: coding.relay_decode(code_r, dec_relay, relay_ivs[dec_relay], down_r, dim),
             share=True)
