@@ -188,9 +188,9 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     """
     coeffs = np.ascontiguousarray(coeffs, dtype=np.float64)
     r, c = coeffs.shape
-    row_list = _row_list(rows, "rows") if isinstance(rows, (list, tuple)) else None
-    add_list = _row_list(add, "add") if isinstance(add, (list, tuple)) else None
-    out_list = _row_list(out, "out") if isinstance(out, (list, tuple)) else None
+    row_list = _row_list(rows, "rows")
+    add_list = _row_list(add, "add")
+    out_list = _row_list(out, "out")
     if row_list is not None:
         if len(row_list) != c:
             raise ValueError(f"coefficient matrix is {r} x {c} but {len(row_list)} rows were given")
@@ -236,29 +236,18 @@ def combine_mod_p(coeffs: np.ndarray, rows: np.ndarray, out: np.ndarray,
     if (c == 0 and add is None) or L == 0:
         out[...] = 0
         return np.zeros(0, dtype=np.uint32)
-    if escapes is not None and len(escapes[1]):
-        esc_rows = np.asarray(escapes[0], dtype=np.int64)
-        esc_cols = np.asarray(escapes[1], dtype=np.int64)
-        order = np.argsort(esc_cols, kind="stable")
-        esc_rows, esc_cols = esc_rows[order], esc_cols[order]
+    esc = _sorted_escapes(escapes)
+    esc_rows, esc_cols = esc if esc is not None else (None, None)
+    if esc is not None:
         esc_coeffs = coeffs[:, esc_rows].T * 65536.0          # per escape: its column's correction
-    else:
-        esc_cols = None
-    if add is not None and add_escapes is not None and len(add_escapes[1]):
-        add_rows = np.asarray(add_escapes[0], dtype=np.int64)
-        add_cols = np.asarray(add_escapes[1], dtype=np.int64)
-        order = np.argsort(add_cols, kind="stable")
-        add_rows, add_cols = add_rows[order], add_cols[order]
-    else:
-        add_cols = None
+    add_esc = _sorted_escapes(add_escapes) if add is not None else None
+    add_rows, add_cols = add_esc if add_esc is not None else (None, None)
     terms = c + (add is not None)
     if (c <= KERNEL_MAX_TERMS and terms * L >= KERNEL_MIN_SYMBOLS
             and _kernel_takes(terms * L, out, *(add_list if add_list is not None else [add]),
                               *(row_list if row_list is not None else [rows]))):
         got = _combine_compiled(coeffs, rows if row_list is None else row_list, out, wire,
-                                add if add_list is None else add_list,
-                                None if esc_cols is None else (esc_rows, esc_cols),
-                                None if add_cols is None else (add_rows, add_cols))
+                                add if add_list is None else add_list, esc, add_esc)
         if got is not None:
             return got
     if row_list is not None:                        # the NumPy path reads stacked arrays
@@ -655,9 +644,8 @@ def iv_unit_rows(iv: np.ndarray, D: int, u: int) -> list:
     full = min(D, symbols.size // u)
     rows = [symbols[f * u: (f + 1) * u] for f in range(full)]
     for f in range(full, D):
-        unit = np.zeros(u, dtype=np.uint16)
-        part = symbols[f * u: (f + 1) * u]
-        unit[: part.size] = part
+        unit = np.empty(u, dtype=np.uint16)
+        _copy_symbols(unit, iv, f * u)
         rows.append(unit)
     return rows
 

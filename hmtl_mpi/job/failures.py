@@ -473,7 +473,7 @@ class Control:
                 fn()
             except Exception:            # noqa: BLE001 - leaving must not fail
                 pass
-        os._exit(EXIT_OK)
+        end_after_loss(EXIT_OK)
 
     def linger(self, seconds: float) -> None:
         """Keep answering status requests while rank 0 ends the job."""

@@ -350,10 +350,9 @@ def loss_lines(losses) -> list:
         rec = loss.get("recovered_s")
         how = (f" (its link cut: no answer for {loss['unanswered_s']:.1f} s)"
                if loss.get("cause") == "cut off" else "")
+        after = (f"training again after {rec:.3f} s" if rec is not None
+                 else "no iteration completed after it")
         lines.append(f"  lost: {loss['name']} (rank {loss['rank']}) in iteration "
                      f"{loss['iteration']}{how}: detected after {loss['detected_s']:.3f} s, "
-                     f"training again after {rec:.3f} s" if rec is not None else
-                     f"  lost: {loss['name']} (rank {loss['rank']}) in iteration "
-                     f"{loss['iteration']}{how}: detected after {loss['detected_s']:.3f} s, "
-                     f"no iteration completed after it")
+                     + after)
     return lines
